@@ -1,0 +1,322 @@
+//! The tests and the child roles they start.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use ipckit_core::{
+    Command, Ctx, Error, Handle, RecvBytes, RecvTimeoutError, Result, Role, RoleResult,
+    SendBytes, TryRecvError,
+};
+use serde::{Deserialize, Serialize};
+
+/// How long any single blocking wait in a test may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One channel flavour of a mechanism, as the suite needs to see it.
+pub trait Flavour: 'static {
+    /// The sending end.
+    type Tx: SendBytes + Handle + Send + 'static;
+    /// The receiving end.
+    type Rx: RecvBytes + Handle + Send + 'static;
+
+    /// A connected pair of ends, in this process.
+    ///
+    /// # Errors
+    /// Whatever creating the channel fails with.
+    fn pair() -> Result<(Self::Tx, Self::Rx)>;
+
+    /// Writes `bytes` into the channel without framing, for the malformed-input tests.
+    /// `None` where the mechanism is not a byte stream (those tests then pass trivially).
+    fn send_raw(tx: &mut Self::Tx, bytes: &[u8]) -> Option<io::Result<()>>;
+}
+
+/// The child roles of the suite for flavour `F`.
+pub fn roles<F: Flavour>() -> Vec<Role> {
+    vec![
+        Role::new("conformance-send", role_send::<F>),
+        Role::new("conformance-send-forever", role_send_forever::<F>),
+        Role::new("conformance-recv", role_recv::<F>),
+    ]
+}
+
+/// Runs one test of the suite: first lets a role child take over, then runs `test`.
+pub fn run<F: Flavour>(test: fn() -> Result<()>) {
+    ipckit_core::enter(&roles::<F>());
+    if let Err(e) = test() {
+        panic!("conformance test failed: {e}");
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Plan {
+    sizes: Vec<usize>,
+    repeat: usize,
+}
+
+/// Message `seq` of `size` bytes: the sequence number, then a pattern derived from it.
+fn message(seq: usize, size: usize) -> Vec<u8> {
+    let mut m: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(31) ^ seq) as u8).collect();
+    let tag = (seq as u64).to_le_bytes();
+    let n = size.min(8);
+    m[..n].copy_from_slice(&tag[..n]);
+    m
+}
+
+fn check(seq: usize, size: usize, got: &[u8]) -> Result<()> {
+    if got.len() != size || got != message(seq, size) {
+        return Err(Error::Malformed(format!(
+            "message {seq}: expected {size} bytes of its pattern, got {} bytes",
+            got.len()
+        )));
+    }
+    Ok(())
+}
+
+fn plan_messages(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
+    (0..plan.repeat).flat_map(move |r| {
+        plan.sizes.iter().enumerate().map(move |(i, &s)| (r * plan.sizes.len() + i, s))
+    })
+}
+
+fn role_send<F: Flavour>(ctx: &mut Ctx) -> RoleResult {
+    let plan: Plan = ctx.arg()?;
+    let mut tx: F::Tx = ctx.handle("tx")?;
+    for (seq, size) in plan_messages(&plan) {
+        tx.send_bytes(&message(seq, size))?;
+    }
+    Ok(())
+}
+
+fn role_send_forever<F: Flavour>(ctx: &mut Ctx) -> RoleResult {
+    let mut tx: F::Tx = ctx.handle("tx")?;
+    for seq in 0.. {
+        tx.send_bytes(&message(seq, 1000))?;
+    }
+    Ok(())
+}
+
+fn role_recv<F: Flavour>(ctx: &mut Ctx) -> RoleResult {
+    let plan: Plan = ctx.arg()?;
+    let mut rx: F::Rx = ctx.handle("rx")?;
+    for (seq, size) in plan_messages(&plan) {
+        check(seq, size, &recv(&mut rx)?)?;
+    }
+    expect_disconnected(&mut rx)?;
+    Ok(())
+}
+
+/// Receives with the suite's patience: a hang fails the test instead of blocking it.
+fn recv(rx: &mut impl RecvBytes) -> Result<Vec<u8>> {
+    rx.recv_bytes_timeout(PATIENCE).map_err(|e| match e {
+        RecvTimeoutError::Timeout => Error::Malformed("no message within the test's patience".into()),
+        RecvTimeoutError::Disconnected => Error::Disconnected,
+        RecvTimeoutError::Failed(e) => e,
+        _ => Error::Malformed(format!("unexpected {e:?}")),
+    })
+}
+
+fn expect_disconnected(rx: &mut impl RecvBytes) -> Result<()> {
+    match rx.recv_bytes_timeout(PATIENCE) {
+        Err(RecvTimeoutError::Disconnected) => Ok(()),
+        other => Err(Error::Malformed(format!("expected Disconnected, got {other:?}"))),
+    }
+}
+
+fn join(child: &mut ipckit_core::Child) -> Result<()> {
+    let status = child.join_timeout(PATIENCE)?;
+    if !status.success() {
+        return Err(Error::Malformed(format!("child {} ended with {status}", child.role())));
+    }
+    Ok(())
+}
+
+fn start_sender<F: Flavour>(tx: F::Tx, plan: &Plan) -> Result<ipckit_core::Child> {
+    Command::new("conformance-send").arg(plan)?.handle("tx", tx).quiet().spawn()
+}
+
+/// A child process sends 1000 messages of varied sizes; they arrive whole and in order,
+/// then the receiver sees `Disconnected`.
+pub fn order_kept_across_processes<F: Flavour>() -> Result<()> {
+    let (tx, mut rx) = F::pair()?;
+    let plan = Plan { sizes: vec![1, 100, 5000, 70_000, 8], repeat: 200 };
+    let mut child = start_sender::<F>(tx, &plan)?;
+    for (seq, size) in plan_messages(&plan) {
+        check(seq, size, &recv(&mut rx)?)?;
+    }
+    expect_disconnected(&mut rx)?;
+    join(&mut child)
+}
+
+/// 100 000 small messages from another process, none lost, none reordered.
+pub fn hundred_thousand_messages<F: Flavour>() -> Result<()> {
+    let (tx, mut rx) = F::pair()?;
+    let plan = Plan { sizes: vec![16], repeat: 100_000 };
+    let mut child = start_sender::<F>(tx, &plan)?;
+    let mut buf = Vec::new();
+    for (seq, size) in plan_messages(&plan) {
+        rx.recv_bytes_into_deadline(&mut buf, ipckit_core::Deadline::after(PATIENCE))?;
+        check(seq, size, &buf)?;
+    }
+    expect_disconnected(&mut rx)?;
+    join(&mut child)
+}
+
+/// Empty messages and 16 MiB messages cross intact.
+pub fn empty_and_16mib_messages<F: Flavour>() -> Result<()> {
+    let (tx, mut rx) = F::pair()?;
+    let plan = Plan { sizes: vec![0, 16 << 20, 0, 1, 16 << 20], repeat: 1 };
+    let mut child = start_sender::<F>(tx, &plan)?;
+    for (seq, size) in plan_messages(&plan) {
+        check(seq, size, &recv(&mut rx)?)?;
+    }
+    expect_disconnected(&mut rx)?;
+    join(&mut child)
+}
+
+/// `try_recv` on an empty channel says `Empty` at once; after a send it gives the message.
+pub fn try_recv_on_empty<F: Flavour>() -> Result<()> {
+    let (mut tx, mut rx) = F::pair()?;
+    match rx.try_recv_bytes() {
+        Err(TryRecvError::Empty) => {}
+        other => return Err(Error::Malformed(format!("expected Empty, got {other:?}"))),
+    }
+    tx.send_bytes(b"x")?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match rx.try_recv_bytes() {
+            Ok(m) if m == b"x" => return Ok(()),
+            Err(TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
+            other => return Err(Error::Malformed(format!("expected the message, got {other:?}"))),
+        }
+    }
+}
+
+/// `recv_timeout` on an empty channel waits at least its timeout, then says `Timeout`.
+pub fn recv_timeout_honours_timeout<F: Flavour>() -> Result<()> {
+    let (_tx, mut rx) = F::pair()?;
+    let timeout = Duration::from_millis(200);
+    let start = Instant::now();
+    match rx.recv_bytes_timeout(timeout) {
+        Err(RecvTimeoutError::Timeout) => {}
+        other => return Err(Error::Malformed(format!("expected Timeout, got {other:?}"))),
+    }
+    if start.elapsed() < timeout {
+        return Err(Error::Malformed(format!("returned after {:?} < {timeout:?}", start.elapsed())));
+    }
+    Ok(())
+}
+
+/// A sender that sent and exited: the receiver first drains everything, then gets
+/// `Disconnected`.
+pub fn drop_drains_then_disconnects<F: Flavour>() -> Result<()> {
+    let (tx, mut rx) = F::pair()?;
+    let plan = Plan { sizes: vec![10], repeat: 20 };
+    let mut child = start_sender::<F>(tx, &plan)?;
+    join(&mut child)?;
+    for (seq, size) in plan_messages(&plan) {
+        check(seq, size, &recv(&mut rx)?)?;
+    }
+    expect_disconnected(&mut rx)?;
+    // It stays disconnected.
+    expect_disconnected(&mut rx)
+}
+
+/// The sending process is SIGKILLed mid-stream: the receiver gets every whole message it
+/// can, then `Disconnected` within 2 s, never a hang.
+pub fn peer_killed_mid_stream<F: Flavour>() -> Result<()> {
+    let (tx, mut rx) = F::pair()?;
+    let mut child = Command::new("conformance-send-forever").handle("tx", tx).quiet().spawn()?;
+    for seq in 0..100 {
+        check(seq, 1000, &recv(&mut rx)?)?;
+    }
+    child.kill()?;
+    let _ = child.join_timeout(PATIENCE)?;
+    for seq in 100.. {
+        match rx.recv_bytes_timeout(Duration::from_secs(2)) {
+            Ok(m) => check(seq, 1000, &m)?,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(e) => return Err(Error::Malformed(format!("after the kill: {e:?}"))),
+        }
+    }
+    unreachable!()
+}
+
+/// A header announcing 2^40 bytes is an error, without an allocation of that size or a panic.
+pub fn giant_header_is_refused<F: Flavour>() -> Result<()> {
+    let (mut tx, mut rx) = F::pair()?;
+    let mut header = vec![0xff; 4];
+    header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    let Some(sent) = F::send_raw(&mut tx, &header) else { return Ok(()) };
+    sent?;
+    match rx.recv_bytes_timeout(PATIENCE) {
+        Err(RecvTimeoutError::Failed(Error::TooLarge { len, .. })) if len == 1 << 40 => Ok(()),
+        other => Err(Error::Malformed(format!("expected TooLarge, got {other:?}"))),
+    }
+}
+
+/// Random bytes in the channel give errors or (garbage) messages, then `Disconnected` or an
+/// error; never a panic or a hang.
+pub fn garbage_is_an_error<F: Flavour>() -> Result<()> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _round in 0..20 {
+        let (mut tx, mut rx) = F::pair()?;
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let Some(sent) = F::send_raw(&mut tx, &garbage) else { return Ok(()) };
+        sent?;
+        drop(tx);
+        let mut rx = ipckit_core::Receiver::<Vec<String>, _>::new(&mut rx);
+        let mut ended = false;
+        for _ in 0..10_000 {
+            match rx.recv_timeout(PATIENCE) {
+                Ok(_) | Err(RecvTimeoutError::Failed(Error::Codec(_))) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(Error::Malformed("garbage made the receiver hang".into()));
+                }
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if !ended {
+            return Err(Error::Malformed("garbage never ended the stream".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The parent sends, a child process receives and checks.
+pub fn parent_to_child<F: Flavour>() -> Result<()> {
+    let (mut tx, rx) = F::pair()?;
+    let plan = Plan { sizes: vec![3, 300, 30_000], repeat: 100 };
+    let mut child = Command::new("conformance-recv").arg(&plan)?.handle("rx", rx).quiet().spawn()?;
+    for (seq, size) in plan_messages(&plan) {
+        tx.send_bytes(&message(seq, size))?;
+    }
+    drop(tx);
+    join(&mut child)
+}
+
+/// The typed receiver's iterator yields every value, then ends when the sender is gone.
+pub fn iterator_ends_with_peer<F: Flavour>() -> Result<()> {
+    let (tx, rx) = F::pair()?;
+    let mut tx = ipckit_core::Sender::<(u32, String), _>::new(tx);
+    for i in 0..50 {
+        tx.send(&(i, format!("message {i}")))?;
+    }
+    drop(tx);
+    let got: Vec<(u32, String)> = ipckit_core::Receiver::new(rx).into_iter().collect();
+    if got.len() != 50 || got.iter().enumerate().any(|(i, (n, s))| *n as usize != i || *s != format!("message {i}")) {
+        return Err(Error::Malformed(format!("iterator gave {} values", got.len())));
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Behaviour specific to pipes: named-pipe lifecycle and timeouts, line mode, the duplex
+//! deadlock pitfall, and Python interop of the framing.
+
+mod deadlock {
+    use std::time::Duration;
+
+    use ipckit_core::{Command, Ctx, Role, RoleResult};
+    use ipckit_pipes::{Connection, RecvBytes, SendBytes, duplex};
+
+    const BIG: usize = 8 << 20;
+
+    fn swapper(ctx: &mut Ctx) -> RoleResult {
+        let mut conn: Connection = ctx.handle("conn")?;
+        conn.send_bytes(&vec![2u8; BIG])?;
+        let got = conn.recv_bytes_timeout(Duration::from_secs(30))?;
+        if got.len() != BIG || got.iter().any(|&b| b != 1) {
+            return Err("child received a damaged message".into());
+        }
+        Ok(())
+    }
+
+    const ROLES: &[Role] = &[Role::new("swapper", swapper)];
+
+    /// The seeds' pitfall: both sides send a message far larger than the socket buffer
+    /// before either receives. A duplex connection must not deadlock.
+    #[test]
+    fn simultaneous_large_sends_do_not_deadlock() {
+        ipckit_core::enter(ROLES);
+        let (mut mine, theirs) = duplex().unwrap();
+        let mut child = Command::new("swapper").handle("conn", theirs).spawn().unwrap();
+        mine.send_bytes_timeout(&vec![1u8; BIG], Duration::from_secs(30)).unwrap();
+        let got = mine.recv_bytes_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(got.len(), BIG);
+        assert!(got.iter().all(|&b| b == 2));
+        assert!(child.join_timeout(Duration::from_secs(30)).unwrap().success());
+    }
+
+    /// Two one-way pipes in opposite directions cannot be rescued by the library: the
+    /// documented behaviour is that `send_timeout` reports `Timeout` when no byte fits.
+    #[test]
+    fn a_full_one_way_pipe_times_out_as_documented() {
+        let (_r, mut w) = ipckit_pipes::pipe().unwrap();
+        // Fill the pipe (64 KiB) with messages nobody reads.
+        let mut sent = 0;
+        loop {
+            match w.try_send_bytes(&[0u8; 1000]) {
+                Ok(()) => sent += 1,
+                Err(ipckit_core::TrySendError::Full(())) => break,
+                Err(e) => panic!("unexpected {e}"),
+            }
+            assert!(sent < 1000, "a pipe never filled up");
+        }
+        let start = std::time::Instant::now();
+        let r = w.send_bytes_timeout(&[0u8; 1000], Duration::from_millis(100));
+        assert!(matches!(r, Err(ipckit_core::SendTimeoutError::Timeout(()))), "{r:?}");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+    }
+}
+
+mod fifo {
+    use std::{
+        os::unix::fs::{FileTypeExt, PermissionsExt},
+        process::Command,
+        time::Duration,
+    };
+
+    use ipckit_pipes::{Error, Fifo, Framing, RecvBytes, SendBytes};
+
+    #[test]
+    fn created_0600_and_removed_on_drop() {
+        let fifo = Fifo::create().unwrap();
+        let path = fifo.path().to_owned();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_fifo());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        drop(fifo);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn open_timeouts_give_up_cleanly() {
+        let fifo = Fifo::create().unwrap();
+        let t = Duration::from_millis(100);
+        assert!(matches!(ipckit_pipes::open_read_timeout(fifo.path(), t), Err(Error::Timeout)));
+        assert!(matches!(ipckit_pipes::open_write_timeout(fifo.path(), t), Err(Error::Timeout)));
+    }
+
+    #[test]
+    fn opening_a_regular_file_is_a_clear_error() {
+        let path = ipckit_core::temp_path("notfifo");
+        std::fs::write(&path, b"").unwrap();
+        let r = ipckit_pipes::open_read_timeout(&path, Duration::from_secs(5));
+        std::fs::remove_file(&path).unwrap();
+        match r {
+            Err(Error::Io(e)) => assert!(e.to_string().contains("not a FIFO"), "{e}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_shell_echo_is_read_as_a_message_in_line_mode() {
+        let fifo = Fifo::create().unwrap();
+        let script = format!("{{ echo hi; printf 'two\\r\\nthree'; }} > '{}'", fifo.path().display());
+        let mut shell = Command::new("sh").arg("-c").arg(&script).spawn().unwrap();
+        let mut r = ipckit_pipes::open_read_timeout(fifo.path(), Duration::from_secs(10)).unwrap().framing(Framing::Lines);
+        let t = Duration::from_secs(10);
+        assert_eq!(r.recv_bytes_timeout(t).unwrap(), b"hi");
+        assert_eq!(r.recv_bytes_timeout(t).unwrap(), b"two");
+        // The last line needs no newline.
+        assert_eq!(r.recv_bytes_timeout(t).unwrap(), b"three");
+        assert!(matches!(r.recv_bytes_timeout(t), Err(ipckit_core::RecvTimeoutError::Disconnected)));
+        assert!(shell.wait().unwrap().success());
+    }
+
+    #[test]
+    fn line_mode_writer_refuses_newlines() {
+        let (_r, w) = ipckit_pipes::pipe().unwrap();
+        let mut w = w.framing(Framing::Lines);
+        assert!(matches!(w.send_bytes(b"a\nb"), Err(Error::Malformed(_))));
+        w.send_bytes(b"fine").unwrap();
+    }
+}
+
+mod python {
+    use std::{process::Command, time::Duration};
+
+    use ipckit_pipes::{RecvBytes, SendBytes};
+
+    /// A Python `multiprocessing.connection.Connection` on the other end of an ipckit pipe
+    /// reads and writes the same frames.
+    #[test]
+    fn python_connection_speaks_the_same_framing() {
+        if Command::new("python3").arg("--version").output().is_err() {
+            eprintln!("skipped: python3 is not installed");
+            return;
+        }
+        let (ours, theirs) = ipckit_pipes::duplex().unwrap();
+        let mut ours = ours;
+        let fd = std::os::fd::OwnedFd::from(std::os::fd::AsFd::as_fd(&theirs).try_clone_to_owned().unwrap());
+        drop(theirs);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let script = format!(
+            "from multiprocessing.connection import Connection\n\
+             c = Connection({raw})\n\
+             m = c.recv_bytes()\n\
+             c.send_bytes(m[::-1])\n\
+             c.send_bytes(b'x' * (1 << 20))\n"
+        );
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script);
+        // Let the child inherit exactly this descriptor.
+        let keep = fd;
+        nix::fcntl::fcntl(&keep, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let mut py = cmd.spawn().unwrap();
+        drop(keep);
+        ours.send_bytes(b"hello python").unwrap();
+        assert_eq!(ours.recv_bytes_timeout(Duration::from_secs(30)).unwrap(), b"nohtyp olleh");
+        assert_eq!(ours.recv_bytes_timeout(Duration::from_secs(30)).unwrap().len(), 1 << 20);
+        assert!(py.wait().unwrap().success());
+    }
+}
