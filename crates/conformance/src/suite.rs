@@ -6,8 +6,8 @@ use std::{
 };
 
 use ipckit_core::{
-    Command, Ctx, Error, Handle, RecvBytes, RecvTimeoutError, Result, Role, RoleResult,
-    SendBytes, TryRecvError,
+    Command, Ctx, Error, Handle, RecvBytes, RecvTimeoutError, Result, Role, RoleResult, SendBytes,
+    TryRecvError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,9 @@ struct Plan {
 
 /// Message `seq` of `size` bytes: the sequence number, then a pattern derived from it.
 fn message(seq: usize, size: usize) -> Vec<u8> {
-    let mut m: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(31) ^ seq) as u8).collect();
+    let mut m: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(31) ^ seq) as u8)
+        .collect();
     let tag = (seq as u64).to_le_bytes();
     let n = size.min(8);
     m[..n].copy_from_slice(&tag[..n]);
@@ -76,7 +78,10 @@ fn check(seq: usize, size: usize, got: &[u8]) -> Result<()> {
 
 fn plan_messages(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
     (0..plan.repeat).flat_map(move |r| {
-        plan.sizes.iter().enumerate().map(move |(i, &s)| (r * plan.sizes.len() + i, s))
+        plan.sizes
+            .iter()
+            .enumerate()
+            .map(move |(i, &s)| (r * plan.sizes.len() + i, s))
     })
 }
 
@@ -110,7 +115,9 @@ fn role_recv<F: Flavour>(ctx: &mut Ctx) -> RoleResult {
 /// Receives with the suite's patience: a hang fails the test instead of blocking it.
 fn recv(rx: &mut impl RecvBytes) -> Result<Vec<u8>> {
     rx.recv_bytes_timeout(PATIENCE).map_err(|e| match e {
-        RecvTimeoutError::Timeout => Error::Malformed("no message within the test's patience".into()),
+        RecvTimeoutError::Timeout => {
+            Error::Malformed("no message within the test's patience".into())
+        }
         RecvTimeoutError::Disconnected => Error::Disconnected,
         RecvTimeoutError::Failed(e) => e,
         _ => Error::Malformed(format!("unexpected {e:?}")),
@@ -120,27 +127,39 @@ fn recv(rx: &mut impl RecvBytes) -> Result<Vec<u8>> {
 fn expect_disconnected(rx: &mut impl RecvBytes) -> Result<()> {
     match rx.recv_bytes_timeout(PATIENCE) {
         Err(RecvTimeoutError::Disconnected) => Ok(()),
-        other => Err(Error::Malformed(format!("expected Disconnected, got {other:?}"))),
+        other => Err(Error::Malformed(format!(
+            "expected Disconnected, got {other:?}"
+        ))),
     }
 }
 
 fn join(child: &mut ipckit_core::Child) -> Result<()> {
     let status = child.join_timeout(PATIENCE)?;
     if !status.success() {
-        return Err(Error::Malformed(format!("child {} ended with {status}", child.role())));
+        return Err(Error::Malformed(format!(
+            "child {} ended with {status}",
+            child.role()
+        )));
     }
     Ok(())
 }
 
 fn start_sender<F: Flavour>(tx: F::Tx, plan: &Plan) -> Result<ipckit_core::Child> {
-    Command::new("conformance-send").arg(plan)?.handle("tx", tx).quiet().spawn()
+    Command::new("conformance-send")
+        .arg(plan)?
+        .handle("tx", tx)
+        .quiet()
+        .spawn()
 }
 
 /// A child process sends 1000 messages of varied sizes; they arrive whole and in order,
 /// then the receiver sees `Disconnected`.
 pub fn order_kept_across_processes<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan { sizes: vec![1, 100, 5000, 70_000, 8], repeat: 200 };
+    let plan = Plan {
+        sizes: vec![1, 100, 5000, 70_000, 8],
+        repeat: 200,
+    };
     let mut child = start_sender::<F>(tx, &plan)?;
     for (seq, size) in plan_messages(&plan) {
         check(seq, size, &recv(&mut rx)?)?;
@@ -152,7 +171,10 @@ pub fn order_kept_across_processes<F: Flavour>() -> Result<()> {
 /// 100 000 small messages from another process, none lost, none reordered.
 pub fn hundred_thousand_messages<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan { sizes: vec![16], repeat: 100_000 };
+    let plan = Plan {
+        sizes: vec![16],
+        repeat: 100_000,
+    };
     let mut child = start_sender::<F>(tx, &plan)?;
     let mut buf = Vec::new();
     for (seq, size) in plan_messages(&plan) {
@@ -166,7 +188,10 @@ pub fn hundred_thousand_messages<F: Flavour>() -> Result<()> {
 /// Empty messages and 16 MiB messages cross intact.
 pub fn empty_and_16mib_messages<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan { sizes: vec![0, 16 << 20, 0, 1, 16 << 20], repeat: 1 };
+    let plan = Plan {
+        sizes: vec![0, 16 << 20, 0, 1, 16 << 20],
+        repeat: 1,
+    };
     let mut child = start_sender::<F>(tx, &plan)?;
     for (seq, size) in plan_messages(&plan) {
         check(seq, size, &recv(&mut rx)?)?;
@@ -188,7 +213,11 @@ pub fn try_recv_on_empty<F: Flavour>() -> Result<()> {
         match rx.try_recv_bytes() {
             Ok(m) if m == b"x" => return Ok(()),
             Err(TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
-            other => return Err(Error::Malformed(format!("expected the message, got {other:?}"))),
+            other => {
+                return Err(Error::Malformed(format!(
+                    "expected the message, got {other:?}"
+                )));
+            }
         }
     }
 }
@@ -203,7 +232,10 @@ pub fn recv_timeout_honours_timeout<F: Flavour>() -> Result<()> {
         other => return Err(Error::Malformed(format!("expected Timeout, got {other:?}"))),
     }
     if start.elapsed() < timeout {
-        return Err(Error::Malformed(format!("returned after {:?} < {timeout:?}", start.elapsed())));
+        return Err(Error::Malformed(format!(
+            "returned after {:?} < {timeout:?}",
+            start.elapsed()
+        )));
     }
     Ok(())
 }
@@ -212,7 +244,10 @@ pub fn recv_timeout_honours_timeout<F: Flavour>() -> Result<()> {
 /// `Disconnected`.
 pub fn drop_drains_then_disconnects<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan { sizes: vec![10], repeat: 20 };
+    let plan = Plan {
+        sizes: vec![10],
+        repeat: 20,
+    };
     let mut child = start_sender::<F>(tx, &plan)?;
     join(&mut child)?;
     for (seq, size) in plan_messages(&plan) {
@@ -227,7 +262,10 @@ pub fn drop_drains_then_disconnects<F: Flavour>() -> Result<()> {
 /// can, then `Disconnected` within 2 s, never a hang.
 pub fn peer_killed_mid_stream<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let mut child = Command::new("conformance-send-forever").handle("tx", tx).quiet().spawn()?;
+    let mut child = Command::new("conformance-send-forever")
+        .handle("tx", tx)
+        .quiet()
+        .spawn()?;
     for seq in 0..100 {
         check(seq, 1000, &recv(&mut rx)?)?;
     }
@@ -248,11 +286,15 @@ pub fn giant_header_is_refused<F: Flavour>() -> Result<()> {
     let (mut tx, mut rx) = F::pair()?;
     let mut header = vec![0xff; 4];
     header.extend_from_slice(&(1u64 << 40).to_be_bytes());
-    let Some(sent) = F::send_raw(&mut tx, &header) else { return Ok(()) };
+    let Some(sent) = F::send_raw(&mut tx, &header) else {
+        return Ok(());
+    };
     sent?;
     match rx.recv_bytes_timeout(PATIENCE) {
         Err(RecvTimeoutError::Failed(Error::TooLarge { len, .. })) if len == 1 << 40 => Ok(()),
-        other => Err(Error::Malformed(format!("expected TooLarge, got {other:?}"))),
+        other => Err(Error::Malformed(format!(
+            "expected TooLarge, got {other:?}"
+        ))),
     }
 }
 
@@ -270,7 +312,9 @@ pub fn garbage_is_an_error<F: Flavour>() -> Result<()> {
                 state as u8
             })
             .collect();
-        let Some(sent) = F::send_raw(&mut tx, &garbage) else { return Ok(()) };
+        let Some(sent) = F::send_raw(&mut tx, &garbage) else {
+            return Ok(());
+        };
         sent?;
         drop(tx);
         let mut rx = ipckit_core::Receiver::<Vec<String>, _>::new(&mut rx);
@@ -297,8 +341,15 @@ pub fn garbage_is_an_error<F: Flavour>() -> Result<()> {
 /// The parent sends, a child process receives and checks.
 pub fn parent_to_child<F: Flavour>() -> Result<()> {
     let (mut tx, rx) = F::pair()?;
-    let plan = Plan { sizes: vec![3, 300, 30_000], repeat: 100 };
-    let mut child = Command::new("conformance-recv").arg(&plan)?.handle("rx", rx).quiet().spawn()?;
+    let plan = Plan {
+        sizes: vec![3, 300, 30_000],
+        repeat: 100,
+    };
+    let mut child = Command::new("conformance-recv")
+        .arg(&plan)?
+        .handle("rx", rx)
+        .quiet()
+        .spawn()?;
     for (seq, size) in plan_messages(&plan) {
         tx.send_bytes(&message(seq, size))?;
     }
@@ -315,8 +366,16 @@ pub fn iterator_ends_with_peer<F: Flavour>() -> Result<()> {
     }
     drop(tx);
     let got: Vec<(u32, String)> = ipckit_core::Receiver::new(rx).into_iter().collect();
-    if got.len() != 50 || got.iter().enumerate().any(|(i, (n, s))| *n as usize != i || *s != format!("message {i}")) {
-        return Err(Error::Malformed(format!("iterator gave {} values", got.len())));
+    if got.len() != 50
+        || got
+            .iter()
+            .enumerate()
+            .any(|(i, (n, s))| *n as usize != i || *s != format!("message {i}"))
+    {
+        return Err(Error::Malformed(format!(
+            "iterator gave {} values",
+            got.len()
+        )));
     }
     Ok(())
 }

@@ -167,4 +167,3 @@ impl<R: RecvBytes + ?Sized> RecvBytes for Box<R> {
         (**self).recv_bytes_into_deadline(buf, deadline)
     }
 }
-

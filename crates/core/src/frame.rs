@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(&h, &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0]);
         assert_eq!(
             decode_header(&h, usize::MAX).unwrap(),
-            Header::Frame { header_len: 12, len: 1 << 31 }
+            Header::Frame {
+                header_len: 12,
+                len: 1 << 31
+            }
         );
     }
 
@@ -113,7 +116,10 @@ mod tests {
 
     #[test]
     fn negative_length_is_malformed() {
-        assert!(matches!(decode_header(&[0xff, 0, 0, 1], 10), Err(Error::Malformed(_))));
+        assert!(matches!(
+            decode_header(&[0xff, 0, 0, 1], 10),
+            Err(Error::Malformed(_))
+        ));
     }
 
     proptest! {

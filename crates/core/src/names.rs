@@ -18,10 +18,19 @@ pub const NAME_PREFIX: &str = "ipckit-";
 /// `kind` says what the object is (`fifo`, `shm`, …) and must not contain `-` or `/`.
 pub fn unique_name(kind: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    debug_assert!(!kind.contains(['-', '/']), "kind must not contain '-' or '/'");
+    debug_assert!(
+        !kind.contains(['-', '/']),
+        "kind must not contain '-' or '/'"
+    );
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let salt = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{NAME_PREFIX}{kind}-{}-{seq}-{salt:08x}", std::process::id())
+    let salt = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{NAME_PREFIX}{kind}-{}-{seq}-{salt:08x}",
+        std::process::id()
+    )
 }
 
 /// A fresh path in the temporary directory, named by [`unique_name`].

@@ -117,7 +117,9 @@ impl Ctx {
     /// # Errors
     /// [`Error::RoleInput`] if there is none or it does not decode as `T`.
     pub fn arg<T: DeserializeOwned>(&self) -> Result<T> {
-        Postcard.decode(&self.arg).map_err(|e| Error::RoleInput(format!("argument: {e}")))
+        Postcard
+            .decode(&self.arg)
+            .map_err(|e| Error::RoleInput(format!("argument: {e}")))
     }
 
     /// Takes the handle the parent passed as `key` with [`Command::handle`].
@@ -162,7 +164,11 @@ pub fn enter(roles: &[Role]) {
             (k, h)
         })
         .collect();
-    let mut ctx = Ctx { role: spec.role, arg: spec.arg, handles };
+    let mut ctx = Ctx {
+        role: spec.role,
+        arg: spec.arg,
+        handles,
+    };
     let outcome = match roles.iter().find(|r| r.name == ctx.role) {
         None => Outcome::Failed(format!("no role called `{}` in this executable", ctx.role)),
         Some(role) => match catch_unwind(AssertUnwindSafe(|| (role.run)(&mut ctx))) {
@@ -244,7 +250,13 @@ pub struct Command {
 impl Command {
     /// A command that will run role `role`.
     pub fn new(role: &str) -> Self {
-        Command { role: role.to_string(), arg: Vec::new(), handles: Vec::new(), stdout: None, env: Vec::new() }
+        Command {
+            role: role.to_string(),
+            arg: Vec::new(),
+            handles: Vec::new(),
+            stdout: None,
+            env: Vec::new(),
+        }
     }
 
     /// Gives the role an argument, read with [`Ctx::arg`].
@@ -320,8 +332,20 @@ impl Command {
         tracing::debug!(role = %self.role, pid = child.id(), "spawned role");
         let mut control = StreamConnection::from_fd(mine)?;
         let mut buf = Vec::new();
-        Postcard.encode(&Spec { role: self.role.clone(), arg: self.arg, handles: wire }, &mut buf)?;
-        let mut child = Child { role: self.role, child, control: None, status: None };
+        Postcard.encode(
+            &Spec {
+                role: self.role.clone(),
+                arg: self.arg,
+                handles: wire,
+            },
+            &mut buf,
+        )?;
+        let mut child = Child {
+            role: self.role,
+            child,
+            control: None,
+            status: None,
+        };
         match control.send_bytes(&buf) {
             Ok(()) | Err(Error::Disconnected) => {}
             Err(e) => return Err(e),
@@ -392,8 +416,14 @@ impl Child {
         };
         match outcome {
             Outcome::Ok => Ok(status),
-            Outcome::Failed(message) => Err(Error::RoleFailed { role: self.role.clone(), message }),
-            Outcome::Panicked(message) => Err(Error::RolePanicked { role: self.role.clone(), message }),
+            Outcome::Failed(message) => Err(Error::RoleFailed {
+                role: self.role.clone(),
+                message,
+            }),
+            Outcome::Panicked(message) => Err(Error::RolePanicked {
+                role: self.role.clone(),
+                message,
+            }),
         }
     }
 

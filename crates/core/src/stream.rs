@@ -49,14 +49,19 @@ struct Fd {
 impl Fd {
     fn new(fd: OwnedFd) -> Result<Self> {
         let st = fstat(&fd)?;
-        let kind = if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK {
-            Kind::Socket
-        } else {
-            sys::ignore_sigpipe();
-            Kind::Other
-        };
+        let kind =
+            if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK {
+                Kind::Socket
+            } else {
+                sys::ignore_sigpipe();
+                Kind::Other
+            };
         let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
-        Ok(Fd { fd, kind, nonblocking: flags.contains(OFlag::O_NONBLOCK) })
+        Ok(Fd {
+            fd,
+            kind,
+            nonblocking: flags.contains(OFlag::O_NONBLOCK),
+        })
     }
 
     /// Puts a non-socket descriptor in the mode `deadline` needs (sockets use per-call flags).
@@ -78,8 +83,10 @@ impl Fd {
                 None => PollTimeout::NONE,
                 Some(d) if d.is_zero() => return Err(Error::Timeout),
                 // Round up so a short wait does not spin at zero milliseconds.
-                Some(d) => PollTimeout::try_from(d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::MAX),
+                Some(d) => PollTimeout::try_from(
+                    d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
+                )
+                .unwrap_or(PollTimeout::MAX),
             };
             let mut fds = [PollFd::new(self.fd.as_fd(), events)];
             match poll(&mut fds, timeout) {
@@ -103,7 +110,11 @@ impl Fd {
         loop {
             let r = match self.kind {
                 Kind::Socket => {
-                    let flags = if blocking { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+                    let flags = if blocking {
+                        MsgFlags::empty()
+                    } else {
+                        MsgFlags::MSG_DONTWAIT
+                    };
                     recv(self.fd.as_raw_fd(), buf, flags)
                 }
                 Kind::Other => read(&self.fd, buf),
@@ -199,7 +210,10 @@ struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { framing: Framing::Length, max: DEFAULT_MAX_MESSAGE }
+        Options {
+            framing: Framing::Length,
+            max: DEFAULT_MAX_MESSAGE,
+        }
     }
 }
 
@@ -215,7 +229,9 @@ struct ReadHalf {
 impl ReadHalf {
     fn recv(&mut self, fd: &mut Fd, out: &mut Vec<u8>, deadline: Deadline) -> Result<()> {
         if let Some(why) = &self.broken {
-            return Err(Error::Malformed(format!("stream unusable after an earlier error: {why}")));
+            return Err(Error::Malformed(format!(
+                "stream unusable after an earlier error: {why}"
+            )));
         }
         let r = self.recv_frame(fd, out, deadline);
         if let Err(e @ (Error::TooLarge { .. } | Error::Malformed(_))) = &r {
@@ -258,7 +274,10 @@ impl ReadHalf {
                         return Ok(());
                     }
                     if avail.len() > self.opts.max {
-                        return Err(Error::TooLarge { len: avail.len() as u64, max: self.opts.max });
+                        return Err(Error::TooLarge {
+                            len: avail.len() as u64,
+                            max: self.opts.max,
+                        });
                     }
                 }
             }
@@ -294,7 +313,11 @@ impl ReadHalf {
             let n = fd.read(&mut out[filled..], Deadline::Never)?;
             if n == 0 {
                 self.eof = true;
-                tracing::warn!(expected = len, got = filled, "dropped frame: peer gone mid-message");
+                tracing::warn!(
+                    expected = len,
+                    got = filled,
+                    "dropped frame: peer gone mid-message"
+                );
                 return Err(Error::Disconnected);
             }
             filled += n;
@@ -313,7 +336,10 @@ fn send_frame(
     mut drain: Option<&mut ReadHalf>,
 ) -> Result<()> {
     if msg.len() > opts.max {
-        return Err(Error::TooLarge { len: msg.len() as u64, max: opts.max });
+        return Err(Error::TooLarge {
+            len: msg.len() as u64,
+            max: opts.max,
+        });
     }
     let mut header = [0u8; MAX_HEADER];
     let head: &[u8] = match opts.framing {
@@ -323,12 +349,18 @@ fn send_frame(
         }
         Framing::Lines => {
             if msg.contains(&b'\n') {
-                return Err(Error::Malformed("a line-framed message cannot contain a newline".into()));
+                return Err(Error::Malformed(
+                    "a line-framed message cannot contain a newline".into(),
+                ));
             }
             &[]
         }
     };
-    let tail: &[u8] = if opts.framing == Framing::Lines { b"\n" } else { &[] };
+    let tail: &[u8] = if opts.framing == Framing::Lines {
+        b"\n"
+    } else {
+        &[]
+    };
     let parts = [head, msg, tail];
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
@@ -339,7 +371,11 @@ fn send_frame(
         match fd.write_now(&slices, blocking_writes)? {
             Some(n) => written += n,
             None => {
-                let wait_until = if written == 0 { deadline } else { Deadline::Never };
+                let wait_until = if written == 0 {
+                    deadline
+                } else {
+                    Deadline::Never
+                };
                 let can_drain = drain
                     .as_deref()
                     .is_some_and(|h| !h.eof && h.rb.available().len() <= opts.max + READ_CHUNK);
@@ -404,7 +440,10 @@ impl StreamReader {
     /// # Errors
     /// [`Error::Io`] if the descriptor cannot be inspected.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
-        Ok(StreamReader { fd: Fd::new(fd)?, half: ReadHalf::default() })
+        Ok(StreamReader {
+            fd: Fd::new(fd)?,
+            half: ReadHalf::default(),
+        })
     }
 
     /// Sets how messages are delimited (length-prefixed by default).
@@ -428,7 +467,10 @@ impl StreamWriter {
     /// # Errors
     /// [`Error::Io`] if the descriptor cannot be inspected.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
-        Ok(StreamWriter { fd: Fd::new(fd)?, opts: Options::default() })
+        Ok(StreamWriter {
+            fd: Fd::new(fd)?,
+            opts: Options::default(),
+        })
     }
 
     /// Sets how messages are delimited (length-prefixed by default).
@@ -452,7 +494,10 @@ impl StreamConnection {
     /// # Errors
     /// [`Error::Io`] if the descriptor cannot be inspected.
     pub fn from_fd(fd: OwnedFd) -> Result<Self> {
-        Ok(StreamConnection { fd: Fd::new(fd)?, half: ReadHalf::default() })
+        Ok(StreamConnection {
+            fd: Fd::new(fd)?,
+            half: ReadHalf::default(),
+        })
     }
 
     /// Sets the largest message sent or accepted (64 MiB by default).

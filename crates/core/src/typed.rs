@@ -36,7 +36,12 @@ impl<T: Serialize, S: SendBytes> Sender<T, S, Postcard> {
 impl<T: Serialize, S: SendBytes, C: Codec> Sender<T, S, C> {
     /// Wraps a byte sender, using `codec`.
     pub fn with_codec(inner: S, codec: C) -> Self {
-        Sender { inner, codec, scratch: Vec::new(), _t: PhantomData }
+        Sender {
+            inner,
+            codec,
+            scratch: Vec::new(),
+            _t: PhantomData,
+        }
     }
 
     fn encode(&mut self, msg: &T) -> Result<()> {
@@ -51,7 +56,8 @@ impl<T: Serialize, S: SendBytes, C: Codec> Sender<T, S, C> {
     /// [`Error::TooLarge`] when the value cannot be sent.
     pub fn send(&mut self, msg: &T) -> Result<()> {
         self.encode(msg)?;
-        self.inner.send_bytes_deadline(&self.scratch, Deadline::Never)
+        self.inner
+            .send_bytes_deadline(&self.scratch, Deadline::Never)
     }
 
     /// Sends `msg` if there is room now; gives it back if not.
@@ -101,11 +107,17 @@ impl<T: DeserializeOwned, R: RecvBytes> Receiver<T, R, Postcard> {
 impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Receiver<T, R, C> {
     /// Wraps a byte receiver, using `codec`.
     pub fn with_codec(inner: R, codec: C) -> Self {
-        Receiver { inner, codec, scratch: Vec::new(), _t: PhantomData }
+        Receiver {
+            inner,
+            codec,
+            scratch: Vec::new(),
+            _t: PhantomData,
+        }
     }
 
     fn recv_deadline(&mut self, deadline: Deadline) -> Result<T> {
-        self.inner.recv_bytes_into_deadline(&mut self.scratch, deadline)?;
+        self.inner
+            .recv_bytes_into_deadline(&mut self.scratch, deadline)?;
         self.codec.decode(&self.scratch)
     }
 
@@ -196,13 +208,17 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Iterator for IntoIter<T, R, C>
 
 impl<T, S: fmt::Debug, C> fmt::Debug for Sender<T, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Sender")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
 impl<T, R: fmt::Debug, C> fmt::Debug for Receiver<T, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Receiver").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Receiver")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 

@@ -31,7 +31,12 @@ pub fn pipe() -> Result<(PipeReader, PipeWriter)> {
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if the process is out of descriptors.
 pub fn duplex() -> Result<(Connection, Connection)> {
-    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
     tracing::debug!("duplex connection created");
     Ok((Connection::from_fd(a)?, Connection::from_fd(b)?))
 }

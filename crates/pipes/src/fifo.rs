@@ -115,7 +115,11 @@ pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<P
     let deadline = Deadline::after(timeout);
     let mut pause = Duration::from_millis(1);
     loop {
-        match OpenOptions::new().write(true).custom_flags(OFlag::O_NONBLOCK.bits()).open(path) {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(path)
+        {
             // The writer switches itself back to blocking writes on first use.
             Ok(f) => return PipeWriter::from_fd(checked(f, path)?),
             Err(e) if e.raw_os_error() == Some(Errno::ENXIO as i32) => {}
@@ -157,7 +161,10 @@ pub fn open_read_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Pi
             loop {
                 // This open succeeds once the helper is blocked in its own open, which then
                 // returns; the helper's descriptor is dropped unused.
-                let _release = OpenOptions::new().write(true).custom_flags(OFlag::O_NONBLOCK.bits()).open(&path);
+                let _release = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(OFlag::O_NONBLOCK.bits())
+                    .open(&path);
                 match rx.recv_timeout(Duration::from_millis(5)) {
                     Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -8,7 +8,7 @@ pub use {
     anon::{duplex, pipe},
     fifo::{Fifo, open_read, open_read_timeout, open_write, open_write_timeout},
     ipckit_core::{
-        Deadline, Error, Framing, RecvBytes, Result, SendBytes,
-        StreamConnection as Connection, StreamReader as PipeReader, StreamWriter as PipeWriter,
+        Deadline, Error, Framing, RecvBytes, Result, SendBytes, StreamConnection as Connection,
+        StreamReader as PipeReader, StreamWriter as PipeWriter,
     },
 };

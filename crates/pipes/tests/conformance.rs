@@ -41,7 +41,9 @@ impl Flavour for NamedPipe {
     fn pair() -> Result<(PipeWriter, PipeReader)> {
         let fifo = Fifo::create()?;
         let path = fifo.path().to_owned();
-        let writer = std::thread::spawn(move || ipckit_pipes::open_write_timeout(path, Duration::from_secs(10)));
+        let writer = std::thread::spawn(move || {
+            ipckit_pipes::open_write_timeout(path, Duration::from_secs(10))
+        });
         let reader = ipckit_pipes::open_read_timeout(fifo.path(), Duration::from_secs(10))?;
         let writer = writer.join().expect("opener thread")?;
         // Both ends are open: the name can go.

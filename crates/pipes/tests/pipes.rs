@@ -27,12 +27,21 @@ mod deadlock {
     fn simultaneous_large_sends_do_not_deadlock() {
         ipckit_core::enter(ROLES);
         let (mut mine, theirs) = duplex().unwrap();
-        let mut child = Command::new("swapper").handle("conn", theirs).spawn().unwrap();
-        mine.send_bytes_timeout(&vec![1u8; BIG], Duration::from_secs(30)).unwrap();
+        let mut child = Command::new("swapper")
+            .handle("conn", theirs)
+            .spawn()
+            .unwrap();
+        mine.send_bytes_timeout(&vec![1u8; BIG], Duration::from_secs(30))
+            .unwrap();
         let got = mine.recv_bytes_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(got.len(), BIG);
         assert!(got.iter().all(|&b| b == 2));
-        assert!(child.join_timeout(Duration::from_secs(30)).unwrap().success());
+        assert!(
+            child
+                .join_timeout(Duration::from_secs(30))
+                .unwrap()
+                .success()
+        );
     }
 
     /// Two one-way pipes in opposite directions cannot be rescued by the library: the
@@ -52,7 +61,10 @@ mod deadlock {
         }
         let start = std::time::Instant::now();
         let r = w.send_bytes_timeout(&[0u8; 1000], Duration::from_millis(100));
-        assert!(matches!(r, Err(ipckit_core::SendTimeoutError::Timeout(()))), "{r:?}");
+        assert!(
+            matches!(r, Err(ipckit_core::SendTimeoutError::Timeout(()))),
+            "{r:?}"
+        );
         assert!(start.elapsed() >= Duration::from_millis(100));
     }
 }
@@ -81,8 +93,14 @@ mod fifo {
     fn open_timeouts_give_up_cleanly() {
         let fifo = Fifo::create().unwrap();
         let t = Duration::from_millis(100);
-        assert!(matches!(ipckit_pipes::open_read_timeout(fifo.path(), t), Err(Error::Timeout)));
-        assert!(matches!(ipckit_pipes::open_write_timeout(fifo.path(), t), Err(Error::Timeout)));
+        assert!(matches!(
+            ipckit_pipes::open_read_timeout(fifo.path(), t),
+            Err(Error::Timeout)
+        ));
+        assert!(matches!(
+            ipckit_pipes::open_write_timeout(fifo.path(), t),
+            Err(Error::Timeout)
+        ));
     }
 
     #[test]
@@ -100,15 +118,23 @@ mod fifo {
     #[test]
     fn a_shell_echo_is_read_as_a_message_in_line_mode() {
         let fifo = Fifo::create().unwrap();
-        let script = format!("{{ echo hi; printf 'two\\r\\nthree'; }} > '{}'", fifo.path().display());
+        let script = format!(
+            "{{ echo hi; printf 'two\\r\\nthree'; }} > '{}'",
+            fifo.path().display()
+        );
         let mut shell = Command::new("sh").arg("-c").arg(&script).spawn().unwrap();
-        let mut r = ipckit_pipes::open_read_timeout(fifo.path(), Duration::from_secs(10)).unwrap().framing(Framing::Lines);
+        let mut r = ipckit_pipes::open_read_timeout(fifo.path(), Duration::from_secs(10))
+            .unwrap()
+            .framing(Framing::Lines);
         let t = Duration::from_secs(10);
         assert_eq!(r.recv_bytes_timeout(t).unwrap(), b"hi");
         assert_eq!(r.recv_bytes_timeout(t).unwrap(), b"two");
         // The last line needs no newline.
         assert_eq!(r.recv_bytes_timeout(t).unwrap(), b"three");
-        assert!(matches!(r.recv_bytes_timeout(t), Err(ipckit_core::RecvTimeoutError::Disconnected)));
+        assert!(matches!(
+            r.recv_bytes_timeout(t),
+            Err(ipckit_core::RecvTimeoutError::Disconnected)
+        ));
         assert!(shell.wait().unwrap().success());
     }
 
@@ -122,9 +148,14 @@ mod fifo {
 }
 
 mod python {
-    use std::{process::Command, time::Duration};
+    use std::{
+        os::fd::{AsFd, AsRawFd},
+        process::Command,
+        time::Duration,
+    };
 
     use ipckit_pipes::{RecvBytes, SendBytes};
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
     /// A Python `multiprocessing.connection.Connection` on the other end of an ipckit pipe
     /// reads and writes the same frames.
@@ -134,28 +165,36 @@ mod python {
             eprintln!("skipped: python3 is not installed");
             return;
         }
-        let (ours, theirs) = ipckit_pipes::duplex().unwrap();
-        let mut ours = ours;
-        let fd = std::os::fd::OwnedFd::from(std::os::fd::AsFd::as_fd(&theirs).try_clone_to_owned().unwrap());
+        let (mut ours, theirs) = ipckit_pipes::duplex().unwrap();
+        let fd = theirs.as_fd().try_clone_to_owned().unwrap();
         drop(theirs);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         let script = format!(
             "from multiprocessing.connection import Connection\n\
-             c = Connection({raw})\n\
+             c = Connection({})\n\
              m = c.recv_bytes()\n\
              c.send_bytes(m[::-1])\n\
-             c.send_bytes(b'x' * (1 << 20))\n"
+             c.send_bytes(b'x' * (1 << 20))\n",
+            fd.as_raw_fd()
         );
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c").arg(script);
-        // Let the child inherit exactly this descriptor.
-        let keep = fd;
-        nix::fcntl::fcntl(&keep, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
-        let mut py = cmd.spawn().unwrap();
-        drop(keep);
+        // Python inherits exactly this descriptor: close-on-exec is cleared on it alone.
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        let mut py = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .unwrap();
+        drop(fd);
         ours.send_bytes(b"hello python").unwrap();
-        assert_eq!(ours.recv_bytes_timeout(Duration::from_secs(30)).unwrap(), b"nohtyp olleh");
-        assert_eq!(ours.recv_bytes_timeout(Duration::from_secs(30)).unwrap().len(), 1 << 20);
+        assert_eq!(
+            ours.recv_bytes_timeout(Duration::from_secs(30)).unwrap(),
+            b"nohtyp olleh"
+        );
+        assert_eq!(
+            ours.recv_bytes_timeout(Duration::from_secs(30))
+                .unwrap()
+                .len(),
+            1 << 20
+        );
         assert!(py.wait().unwrap().success());
     }
 }
