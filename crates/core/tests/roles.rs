@@ -1,0 +1,202 @@
+//! Process roles: exit status, panics and errors reported to the parent, descriptors passed
+//! only on purpose, and no child outliving its parent.
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    time::{Duration, Instant},
+};
+
+use ipckit_core::{
+    Command, Ctx, Error, RecvBytes, Role, RoleResult, SendBytes, StreamReader, StreamWriter,
+};
+use nix::{
+    errno::Errno,
+    fcntl::OFlag,
+    sys::signal::kill,
+    unistd::{Pid, pipe2},
+};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn ok(_: &mut Ctx) -> RoleResult {
+    Ok(())
+}
+
+fn panics(_: &mut Ctx) -> RoleResult {
+    panic!("the oven is on fire");
+}
+
+fn fails(_: &mut Ctx) -> RoleResult {
+    Err("out of dough".into())
+}
+
+fn exits(ctx: &mut Ctx) -> RoleResult {
+    std::process::exit(ctx.arg()?);
+}
+
+/// Reports, for each descriptor number it is given, whether it is open in this process.
+fn probe(ctx: &mut Ctx) -> RoleResult {
+    let fds: Vec<RawFd> = ctx.arg()?;
+    let mut out: StreamWriter = ctx.handle("out")?;
+    for fd in fds {
+        let open = std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
+        out.send_bytes(&[u8::from(open)])?;
+    }
+    Ok(())
+}
+
+/// Starts a sleeping grandchild, reports its pid, then waits to be killed.
+fn middle(ctx: &mut Ctx) -> RoleResult {
+    let mut out: StreamWriter = ctx.handle("out")?;
+    let grandchild = Command::new("sleeper").quiet().spawn()?;
+    out.send_bytes(&grandchild.pid().to_le_bytes())?;
+    std::mem::forget(grandchild);
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+fn sleeper(_: &mut Ctx) -> RoleResult {
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+const ROLES: &[Role] = &[
+    Role::new("ok", ok),
+    Role::new("panics", panics),
+    Role::new("fails", fails),
+    Role::new("exits", exits),
+    Role::new("probe", probe),
+    Role::new("middle", middle),
+    Role::new("sleeper", sleeper),
+];
+
+#[test]
+fn join_gives_the_exit_status() {
+    ipckit_core::enter(ROLES);
+    let status = Command::new("ok")
+        .quiet()
+        .spawn()
+        .unwrap()
+        .join_timeout(PATIENCE)
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new("exits")
+        .arg(&7)
+        .unwrap()
+        .quiet()
+        .spawn()
+        .unwrap();
+    assert_eq!(child.join_timeout(PATIENCE).unwrap().code(), Some(7));
+}
+
+#[test]
+fn a_panic_comes_back_with_its_message() {
+    ipckit_core::enter(ROLES);
+    let mut child = Command::new("panics").quiet().spawn().unwrap();
+    match child.join_timeout(PATIENCE) {
+        Err(Error::RolePanicked { role, message }) => {
+            assert_eq!(role, "panics");
+            assert_eq!(message, "the oven is on fire");
+        }
+        other => panic!("expected RolePanicked, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_error_comes_back_with_its_message() {
+    ipckit_core::enter(ROLES);
+    let mut child = Command::new("fails").quiet().spawn().unwrap();
+    assert!(matches!(
+        child.join_timeout(PATIENCE),
+        Err(Error::RoleFailed { message, .. }) if message == "out of dough"
+    ));
+}
+
+#[test]
+fn an_unknown_role_is_an_error() {
+    ipckit_core::enter(ROLES);
+    let mut child = Command::new("nobody").quiet().spawn().unwrap();
+    assert!(matches!(
+        child.join_timeout(PATIENCE),
+        Err(Error::RoleFailed { message, .. }) if message.contains("nobody")
+    ));
+}
+
+#[test]
+fn join_timeout_leaves_a_running_child_running() {
+    ipckit_core::enter(ROLES);
+    let mut child = Command::new("sleeper").quiet().spawn().unwrap();
+    assert!(matches!(
+        child.join_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
+    child.kill().unwrap();
+    let status = child.join_timeout(PATIENCE).unwrap();
+    assert!(!status.success());
+}
+
+#[test]
+fn only_passed_descriptors_are_inherited() {
+    ipckit_core::enter(ROLES);
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+    let (secret_r, secret_w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+    let probe_fds = vec![secret_r.as_raw_fd(), secret_w.as_raw_fd(), w.as_raw_fd()];
+    let mut child = Command::new("probe")
+        .arg(&probe_fds)
+        .unwrap()
+        .handle("out", StreamWriter::from_fd(w).unwrap())
+        .quiet()
+        .spawn()
+        .unwrap();
+    let mut r = StreamReader::from_fd(r).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(r.recv_bytes_timeout(PATIENCE).unwrap()[0]);
+    }
+    // The secret pipe is not open in the child; the passed end is.
+    assert_eq!(seen, [0, 0, 1]);
+    assert!(child.join_timeout(PATIENCE).unwrap().success());
+    drop((secret_r, secret_w));
+}
+
+#[test]
+fn a_child_dies_with_its_parent() {
+    ipckit_core::enter(ROLES);
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+    let mut middle = Command::new("middle")
+        .handle("out", StreamWriter::from_fd(w).unwrap())
+        .quiet()
+        .spawn()
+        .unwrap();
+    let mut r = StreamReader::from_fd(r).unwrap();
+    let pid = u32::from_le_bytes(
+        r.recv_bytes_timeout(PATIENCE).unwrap()[..4]
+            .try_into()
+            .unwrap(),
+    );
+    let grandchild = Pid::from_raw(pid as i32);
+    assert_eq!(kill(grandchild, None), Ok(()), "the grandchild runs");
+    middle.kill().unwrap();
+    middle.join_timeout(PATIENCE).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while alive(grandchild) {
+        assert!(
+            Instant::now() < deadline,
+            "the grandchild outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` runs: it exists and is not a zombie waiting for a reaper.
+fn alive(pid: Pid) -> bool {
+    if kill(pid, None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    !matches!(
+        stat.rsplit(") ").next().and_then(|s| s.chars().next()),
+        Some('Z') | None
+    )
+}
