@@ -38,30 +38,58 @@ enum Kind {
     Other,
 }
 
+/// The largest pipe buffer ipckit asks for, the default `/proc/sys/fs/pipe-max-size`.
+const MAX_PIPE_BUFFER: usize = 1 << 20;
+
 /// A descriptor, what it is, and whether `O_NONBLOCK` is set on it.
 #[derive(Debug)]
 struct Fd {
     fd: OwnedFd,
     kind: Kind,
     nonblocking: bool,
+    /// The kernel buffer of a pipe or FIFO, grown for large messages; `None` otherwise.
+    pipe_buffer: Option<usize>,
 }
 
 impl Fd {
     fn new(fd: OwnedFd) -> Result<Self> {
         let st = fstat(&fd)?;
-        let kind =
-            if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK {
-                Kind::Socket
-            } else {
-                sys::ignore_sigpipe();
-                Kind::Other
-            };
+        let file_type = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let kind = if file_type == SFlag::S_IFSOCK {
+            Kind::Socket
+        } else {
+            sys::ignore_sigpipe();
+            Kind::Other
+        };
+        let pipe_buffer = match file_type {
+            SFlag::S_IFIFO => fcntl(&fd, FcntlArg::F_GETPIPE_SZ).ok().map(|n| n as usize),
+            _ => None,
+        };
         let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
         Ok(Fd {
             fd,
             kind,
             nonblocking: flags.contains(OFlag::O_NONBLOCK),
+            pipe_buffer,
         })
+    }
+
+    /// Grows a pipe's kernel buffer towards `frame` bytes (at most 1 MiB), so that a large
+    /// message crosses in few wake-ups. Best effort: the system's limits may refuse it.
+    fn fit(&mut self, frame: usize) {
+        let Some(have) = self
+            .pipe_buffer
+            .filter(|&n| n < frame && n < MAX_PIPE_BUFFER)
+        else {
+            return;
+        };
+        let want = frame.next_power_of_two().min(MAX_PIPE_BUFFER);
+        self.pipe_buffer = match fcntl(&self.fd, FcntlArg::F_SETPIPE_SZ(want as i32)) {
+            Ok(n) => Some(n as usize),
+            // Do not ask again.
+            Err(_) => Some(MAX_PIPE_BUFFER),
+        };
+        tracing::trace!(from = have, to = ?self.pipe_buffer, "pipe buffer grown");
     }
 
     /// Puts a non-socket descriptor in the mode `deadline` needs (sockets use per-call flags).
@@ -363,6 +391,7 @@ fn send_frame(
     };
     let parts = [head, msg, tail];
     let total: usize = parts.iter().map(|p| p.len()).sum();
+    fd.fit(total);
     let mut written = 0;
     // A duplex stream never blocks inside write(2): it waits in poll, reading meanwhile.
     let blocking_writes = drain.is_none() && deadline == Deadline::Never;

@@ -12,7 +12,9 @@ use crate::{Connection, PipeReader, PipeWriter, Result};
 ///
 /// Both ends are close-on-exec; hand one to a child with
 /// [`Command::handle`](ipckit_core::Command::handle). Up to 64 KiB (the kernel's pipe
-/// buffer) can be in flight; beyond that `send` waits for the reader.
+/// buffer) can be in flight; beyond that `send` waits for the reader. Sending a larger
+/// message grows the buffer towards 1 MiB where the system allows, so that large messages
+/// cross in few wake-ups.
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if the process is out of descriptors.
