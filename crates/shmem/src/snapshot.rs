@@ -1,0 +1,339 @@
+//! Snapshots: a single-writer cell that never shows a torn value (`SeqLock`), and a ring
+//! of readings that many readers follow at their own pace (`Ring`).
+
+use std::{
+    cell::UnsafeCell,
+    fmt,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
+    time::Duration,
+};
+
+use bytemuck::Pod;
+use ipckit_core::Deadline;
+use nix::{errno::Errno, sys::signal::kill, unistd::Pid};
+
+use crate::{
+    Error, Placeable, Result,
+    sys::{copy_in, copy_out, futex_wait, futex_wake},
+};
+
+/// A value that one writer publishes and any number of readers, in any process, read
+/// whole: a reader never sees half of one update and half of another.
+///
+/// Readers do not block the writer (a sequence lock): a read that overlaps a write is
+/// retried. Writers are serialised among themselves.
+#[repr(C)]
+pub struct SeqLock<T> {
+    seq: AtomicU32,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached only through atomic copies, validated by the sequence.
+unsafe impl<T: Pod + Send> Sync for SeqLock<T> {}
+
+// SAFETY: Sync (above), atomics and plain data; `init` writes the first value.
+unsafe impl<T: Pod + Send> Placeable for SeqLock<T> {
+    type Init = T;
+
+    unsafe fn init(this: *mut Self, init: T) -> std::io::Result<()> {
+        // SAFETY: the caller gives aligned, writable, unshared memory.
+        unsafe { (&raw mut (*this).value).cast::<T>().write(init) };
+        Ok(())
+    }
+}
+
+impl<T: Pod> SeqLock<T> {
+    /// Publishes a new value and wakes readers waiting for one.
+    pub fn publish(&self, value: &T) {
+        // Take the write side: an even sequence made odd by us alone.
+        let mut seq = self.seq.load(Ordering::Relaxed);
+        loop {
+            if seq % 2 == 1 {
+                std::hint::spin_loop();
+                seq = self.seq.load(Ordering::Relaxed);
+                continue;
+            }
+            match self.seq.compare_exchange_weak(
+                seq,
+                seq.wrapping_add(1),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(s) => seq = s,
+            }
+        }
+        // SAFETY: the cell is valid for T; readers only copy it with atomic loads and
+        // discard what they read while the sequence is odd. `copy_out` starts with a
+        // Release fence, ordering the odd sequence before the data.
+        unsafe { copy_out(self.value.get().cast(), bytemuck::bytes_of(value)) };
+        // Pairs with the Acquire load of `read`: a reader that sees the new even sequence
+        // sees the whole value.
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        futex_wake(&self.seq, i32::MAX);
+    }
+
+    /// The latest value and its version (which grows by 2 with each publish).
+    pub fn read(&self) -> (T, u32) {
+        loop {
+            // Pairs with the Release store of `publish`.
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut out = T::zeroed();
+            // SAFETY: the cell is valid for T; a concurrent write is detected below.
+            unsafe { copy_in(bytemuck::bytes_of_mut(&mut out), self.value.get().cast()) };
+            // `copy_in` ends with an Acquire fence: the data loads happen before this load.
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return (out, before);
+            }
+        }
+    }
+
+    /// The latest value.
+    pub fn load(&self) -> T {
+        self.read().0
+    }
+
+    /// Waits for a version newer than `seen`, at most `timeout`, sleeping in the kernel.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if nothing new was published in time.
+    pub fn wait_newer(&self, seen: u32, timeout: Duration) -> Result<(T, u32)> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            let now = self.seq.load(Ordering::Acquire);
+            if now != seen && now % 2 == 0 {
+                return Ok(self.read());
+            }
+            match deadline.remaining() {
+                Some(d) if d.is_zero() => return Err(Error::Timeout),
+                left => {
+                    futex_wait(&self.seq, now, left);
+                }
+            }
+        }
+    }
+
+    /// Waits for a version newer than `seen` by spinning, never sleeping: the lowest latency
+    /// there is, at the cost of a busy core. At most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if nothing new was published in time.
+    pub fn spin_newer(&self, seen: u32, timeout: Duration) -> Result<(T, u32)> {
+        let deadline = Deadline::after(timeout);
+        let mut spins = 0u32;
+        loop {
+            let now = self.seq.load(Ordering::Acquire);
+            if now != seen && now % 2 == 0 {
+                return Ok(self.read());
+            }
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && deadline.has_passed() {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for SeqLock<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeqLock")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+#[repr(C)]
+struct Slot<T> {
+    /// `2 * (index + 1)` once item `index` is complete here; odd while it is written.
+    stamp: AtomicU64,
+    value: UnsafeCell<T>,
+}
+
+/// A ring of the last `N` readings from one writer process, which any number of reader
+/// processes follow, each at its own pace, with a [`RingReader`].
+///
+/// The writer never waits for readers: a reader that falls more than `N` items behind is
+/// told how many it missed ([`Error::Lagged`]) and goes on from the oldest item still there.
+/// The writer ends the stream with [`close`](Ring::close) (or by dying), and readers get
+/// [`Error::Disconnected`] after the last item: no end marker, no "0.0 means empty" guess.
+#[repr(C)]
+pub struct Ring<T, const N: usize> {
+    /// Items published so far.
+    head: AtomicU64,
+    /// Bumped on every publish and on close: what readers sleep on.
+    notify: AtomicU32,
+    closed: AtomicU32,
+    writer_pid: AtomicU32,
+    slots: [Slot<T>; N],
+}
+
+// SAFETY: slots are reached only through atomic copies validated by their stamps.
+unsafe impl<T: Pod + Send, const N: usize> Sync for Ring<T, N> {}
+
+// SAFETY: Sync (above), atomics and plain data; all zeroes is the empty ring.
+unsafe impl<T: Pod + Send, const N: usize> Placeable for Ring<T, N> {
+    type Init = ();
+
+    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
+        const { assert!(N > 0, "a ring needs at least one slot") };
+        Ok(())
+    }
+}
+
+impl<T: Pod, const N: usize> Ring<T, N> {
+    /// Publishes the next item (one writer at a time) and wakes waiting readers.
+    pub fn push(&self, value: &T) {
+        self.writer_pid.store(std::process::id(), Ordering::Relaxed);
+        let index = self.head.load(Ordering::Relaxed);
+        let slot = &self.slots[(index % N as u64) as usize];
+        slot.stamp.store(2 * index + 1, Ordering::Relaxed);
+        // SAFETY: the slot is valid for T; readers copy it atomically and check the stamp
+        // around their copy. `copy_out` begins with a Release fence after the odd stamp.
+        unsafe { copy_out(slot.value.get().cast(), bytemuck::bytes_of(value)) };
+        // Pairs with the Acquire load of the stamp in `RingReader::try_next`.
+        slot.stamp.store(2 * (index + 1), Ordering::Release);
+        // Pairs with the Acquire load of `head` by readers.
+        self.head.store(index + 1, Ordering::Release);
+        self.notify.fetch_add(1, Ordering::Release);
+        futex_wake(&self.notify, i32::MAX);
+    }
+
+    /// Ends the stream: readers get every item still in the ring, then `Disconnected`.
+    pub fn close(&self) {
+        self.closed.store(1, Ordering::Release);
+        self.notify.fetch_add(1, Ordering::Release);
+        futex_wake(&self.notify, i32::MAX);
+    }
+
+    /// Items published so far.
+    pub fn published(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// A reader starting at the oldest item still in the ring.
+    pub fn reader(&self) -> RingReader<'_, T, N> {
+        let head = self.published();
+        RingReader {
+            ring: self,
+            next: head.saturating_sub(N as u64),
+        }
+    }
+
+    /// A reader that will see only items published from now on.
+    pub fn reader_from_now(&self) -> RingReader<'_, T, N> {
+        RingReader {
+            ring: self,
+            next: self.published(),
+        }
+    }
+
+    fn writer_gone(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) != 0 {
+            return true;
+        }
+        let pid = self.writer_pid.load(Ordering::Relaxed);
+        pid != 0 && kill(Pid::from_raw(pid as i32), None) == Err(Errno::ESRCH)
+    }
+}
+
+impl<T, const N: usize> fmt::Debug for Ring<T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("head", &self.head)
+            .field("capacity", &N)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One reader's position in a [`Ring`].
+#[derive(Debug)]
+pub struct RingReader<'a, T, const N: usize> {
+    ring: &'a Ring<T, N>,
+    next: u64,
+}
+
+impl<T: Pod, const N: usize> RingReader<'_, T, N> {
+    /// The next item if it is there; `Ok(None)` if not yet.
+    fn try_next(&mut self) -> Result<Option<T>> {
+        let head = self.ring.head.load(Ordering::Acquire);
+        if self.next >= head {
+            return Ok(None);
+        }
+        if head - self.next > N as u64 {
+            let missed = head - N as u64 - self.next;
+            self.next = head - N as u64;
+            return Err(Error::Lagged(missed));
+        }
+        let slot = &self.ring.slots[(self.next % N as u64) as usize];
+        let want = 2 * (self.next + 1);
+        // Pairs with the Release store of the stamp in `push`.
+        let before = slot.stamp.load(Ordering::Acquire);
+        let mut out = T::zeroed();
+        // SAFETY: the slot is valid for T; a concurrent overwrite is detected below.
+        unsafe { copy_in(bytemuck::bytes_of_mut(&mut out), slot.value.get().cast()) };
+        fence(Ordering::Acquire);
+        let after = slot.stamp.load(Ordering::Relaxed);
+        if before == want && after == want {
+            self.next += 1;
+            return Ok(Some(out));
+        }
+        // Overwritten while we looked: the writer is at least a lap ahead.
+        let head = self.ring.head.load(Ordering::Acquire);
+        let missed = (head.saturating_sub(N as u64))
+            .saturating_sub(self.next)
+            .max(1);
+        self.next += missed;
+        Err(Error::Lagged(missed))
+    }
+
+    /// The next item, waiting at most `timeout`, sleeping in the kernel.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if none came, [`Error::Disconnected`] once the writer closed the
+    /// ring (or died) and every item was read, [`Error::Lagged`] if items were overwritten
+    /// before this reader got to them (the next call goes on from the oldest one left).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            let seen = self.ring.notify.load(Ordering::Acquire);
+            if let Some(v) = self.try_next()? {
+                return Ok(v);
+            }
+            if self.ring.writer_gone() {
+                // A last look: the writer may have pushed just before closing.
+                return self.try_next()?.ok_or(Error::Disconnected);
+            }
+            let left = deadline.remaining();
+            if left.is_some_and(|d| d.is_zero()) {
+                return Err(Error::Timeout);
+            }
+            // Wake at least every 100 ms to notice a writer that died without closing.
+            let slice = Duration::from_millis(100);
+            futex_wait(
+                &self.ring.notify,
+                seen,
+                Some(left.map_or(slice, |d| d.min(slice))),
+            );
+        }
+    }
+
+    /// The next item if there is one now.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if there is none, otherwise as
+    /// [`recv_timeout`](RingReader::recv_timeout).
+    pub fn try_recv(&mut self) -> Result<T> {
+        self.recv_timeout(Duration::ZERO)
+    }
+
+    /// Items published but not yet read by this reader.
+    pub fn pending(&self) -> u64 {
+        self.ring.published().saturating_sub(self.next)
+    }
+}
