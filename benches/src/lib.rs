@@ -91,15 +91,28 @@ pub fn record(group: &'static str, row: &'static str, elapsed: Duration, iters: 
     elapsed
 }
 
-/// The mean time of one iteration over the recorded batches of `row` in `group`, if any.
-pub fn mean(group: &str, row: &str) -> Option<Duration> {
+/// The time taken and the iterations run over the recorded batches of `row` in `group`.
+fn totals(group: &str, row: &str) -> Option<(Duration, u64)> {
     let batches = BATCHES.lock().unwrap_or_else(PoisonError::into_inner);
     let kept = batches.get(&(group, row))?;
-    let (total, iters) = kept
-        .iter()
-        .fold((Duration::ZERO, 0u64), |(t, n), &(e, i)| (t + e, n + i));
+    Some(
+        kept.iter()
+            .fold((Duration::ZERO, 0u64), |(t, n), &(e, i)| (t + e, n + i)),
+    )
+}
+
+/// The mean time of one iteration over the recorded batches of `row` in `group`, if any.
+pub fn mean(group: &str, row: &str) -> Option<Duration> {
+    let (total, iters) = totals(group, row)?;
     let iters = u32::try_from(iters).ok().filter(|&n| n > 0)?;
     Some(total / iters)
+}
+
+/// As [`mean`], in seconds, without rounding to whole nanoseconds (a figure of a few
+/// nanoseconds per iteration would lose several percent to it).
+fn mean_secs(group: &str, row: &str) -> Option<f64> {
+    let (total, iters) = totals(group, row)?;
+    (iters > 0).then(|| total.as_secs_f64() / iters as f64)
 }
 
 /// What a group's figure is.
@@ -109,30 +122,42 @@ pub enum Figure {
     RoundTrip,
     /// Bytes moved per iteration, shown as GB/s: higher is better.
     Bandwidth(u64),
+    /// Operations per second (one operation per iteration), shown in millions per second:
+    /// higher is better.
+    Rate,
+    /// Time per operation (one per iteration), shown in ns: lower is better.
+    Operation,
 }
 
 impl Figure {
-    /// The figure of an iteration that took `per_iter`, in µs or GB/s.
-    fn value(self, per_iter: Duration) -> f64 {
+    /// The figure of an iteration that took `secs` seconds, in µs, GB/s, M/s or ns.
+    fn value(self, secs: f64) -> f64 {
         match self {
-            Figure::RoundTrip => per_iter.as_secs_f64() * 1e6,
-            Figure::Bandwidth(bytes) => bytes as f64 / per_iter.as_secs_f64() / 1e9,
+            Figure::RoundTrip => secs * 1e6,
+            Figure::Bandwidth(bytes) => bytes as f64 / secs / 1e9,
+            Figure::Rate => 1.0 / secs / 1e6,
+            Figure::Operation => secs * 1e9,
         }
     }
 
     fn show(self, value: f64, first: bool) -> String {
+        // Below a microsecond, one decimal would hide most of the figure.
+        let digits = if value < 1.0 { 3 } else { 1 };
         match (self, first) {
-            (Figure::RoundTrip, true) => format!("{value:.1} µs/RTT"),
-            (Figure::RoundTrip, false) => format!("{value:.1} µs"),
+            (Figure::RoundTrip, true) => format!("{value:.digits$} µs/RTT"),
+            (Figure::RoundTrip, false) => format!("{value:.digits$} µs"),
             (Figure::Bandwidth(_), _) => format!("{value:.2} GB/s"),
+            (Figure::Rate, _) => format!("{value:.2} M/s"),
+            (Figure::Operation, true) => format!("{value:.1} ns/op"),
+            (Figure::Operation, false) => format!("{value:.1} ns"),
         }
     }
 
     /// How many times better `ours` is than `theirs` (both from [`Figure::value`]).
     fn better(self, ours: f64, theirs: f64) -> f64 {
         match self {
-            Figure::RoundTrip => theirs / ours,
-            Figure::Bandwidth(_) => ours / theirs,
+            Figure::RoundTrip | Figure::Operation => theirs / ours,
+            Figure::Bandwidth(_) | Figure::Rate => ours / theirs,
         }
     }
 }
@@ -148,11 +173,11 @@ pub fn ratio_line(
     floors: &[&str],
     peers: &[&str],
 ) -> Option<String> {
-    let our = figure.value(mean(group, ours)?);
+    let our = figure.value(mean_secs(group, ours)?);
     let mut line = format!("{group}: {ours} {}", figure.show(our, true));
     let measured = |rows: &[&str]| -> Vec<(String, f64)> {
         rows.iter()
-            .filter_map(|&r| mean(group, r).map(|m| (r.to_string(), figure.value(m))))
+            .filter_map(|&r| mean_secs(group, r).map(|m| (r.to_string(), figure.value(m))))
             .collect()
     };
     for (i, (row, v)) in measured(floors).into_iter().enumerate() {
@@ -212,5 +237,25 @@ mod tests {
             "t: ipckit 15.0 µs/RTT, raw 15.0 µs → ipckit/raw = 1.00×; peer 30.0 µs → ipckit is 2.00× faster"
         );
         assert_eq!(ratio_line("t", Figure::RoundTrip, "absent", &[], &[]), None);
+    }
+
+    #[test]
+    fn rates_and_operations_compare_the_right_way_round() {
+        record("r", "ipckit", Duration::from_nanos(4_000), 100);
+        record("r", "raw", Duration::from_nanos(2_000), 100);
+        record("r", "peer", Duration::from_nanos(8_000), 100);
+        assert_eq!(
+            ratio_line("r", Figure::Rate, "ipckit", &["raw"], &["peer"]).unwrap(),
+            "r: ipckit 25.00 M/s, raw 50.00 M/s → ipckit/raw = 0.50×; peer 12.50 M/s → ipckit is 2.00× faster"
+        );
+        assert_eq!(
+            ratio_line("r", Figure::Operation, "ipckit", &["raw"], &["peer"]).unwrap(),
+            "r: ipckit 40.0 ns/op, raw 20.0 ns → ipckit/raw = 2.00×; peer 80.0 ns → ipckit is 2.00× faster"
+        );
+        record("s", "ipckit", Duration::from_nanos(412), 1);
+        assert_eq!(
+            ratio_line("s", Figure::RoundTrip, "ipckit", &[], &[]).unwrap(),
+            "s: ipckit 0.412 µs/RTT"
+        );
     }
 }

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ipckit_core::Role;
 
+mod counter;
 mod fifo;
 mod pipes;
+mod sensor;
 mod support;
 
 /// Classic IPC scenarios with ipckit: real processes, checked outcomes.
@@ -35,6 +37,18 @@ enum Scenario {
     ParentChild,
     /// A writer and a reader process, unrelated but for a named pipe (FIFO) in /tmp.
     Fifo,
+    /// Three worker processes add 5 each to one counter in shared memory; it must end at 15.
+    Counter {
+        /// Increment a lock-free atomic (`Shared<AtomicU64>`) instead of a locked `Value`.
+        #[arg(long, conflicts_with = "unsafe")]
+        atomic: bool,
+        /// Increment without the lock, to watch updates get lost (the run still succeeds).
+        #[arg(long = "unsafe", id = "unsafe")]
+        unlocked: bool,
+    },
+    /// A sensor process publishes 20 temperatures into a ring in shared memory; a monitor
+    /// process prints them with a moving average, until the sensor closes the ring.
+    Sensor,
 }
 
 const ROLES: &[Role] = &[
@@ -43,6 +57,9 @@ const ROLES: &[Role] = &[
     Role::new("parent-child-child", pipes::child),
     Role::new("fifo-writer", fifo::writer),
     Role::new("fifo-reader", fifo::reader),
+    Role::new("counter-worker", counter::worker),
+    Role::new("sensor-writer", sensor::writer),
+    Role::new("sensor-monitor", sensor::monitor),
 ];
 
 fn main() -> ExitCode {
@@ -55,6 +72,17 @@ fn main() -> ExitCode {
         Scenario::Pipe => pipes::pipe(pace),
         Scenario::ParentChild => pipes::parent_child(pace),
         Scenario::Fifo => fifo::fifo(pace),
+        Scenario::Counter { atomic, unlocked } => {
+            let variant = if atomic {
+                counter::Variant::Atomic
+            } else if unlocked {
+                counter::Variant::Unlocked
+            } else {
+                counter::Variant::Locked
+            };
+            counter::counter(variant, pace)
+        }
+        Scenario::Sensor => sensor::sensor(pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -96,6 +96,94 @@ fn fifo_leaves_no_file() {
     );
 }
 
+/// The values printed after `prefix` on each line, in order.
+fn values_after(text: &str, prefix: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(prefix))
+        .map(|(_, v)| v.trim().parse().expect("a number"))
+        .collect()
+}
+
+#[test]
+fn counter_under_the_lock_reaches_15() {
+    let out = demo(&["counter", "--fast"]);
+    assert!(out.contains("Value<u64>"), "{out}");
+    // Printed under the lock: every value once, in order.
+    assert_eq!(
+        values_after(&out, ": counter = "),
+        (1..=15).collect::<Vec<_>>()
+    );
+    assert_in_order(
+        &out,
+        &[
+            "🎯 Final counter value: 15",
+            "Expected: 15 (3 processes × 5 increments)",
+            "No update lost",
+        ],
+    );
+}
+
+#[test]
+fn counter_atomic_reaches_15() {
+    let out = demo(&["counter", "--atomic", "--fast"]);
+    assert!(out.contains("Shared<AtomicU64>"), "{out}");
+    // Printed after the add, so perhaps out of order, but every value exactly once.
+    let mut seen = values_after(&out, ": counter = ");
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=15).collect::<Vec<_>>());
+    assert_in_order(&out, &["🎯 Final counter value: 15", "No update lost"]);
+}
+
+#[test]
+fn counter_unsafe_reports_lost_updates() {
+    let out = demo(&["counter", "--unsafe", "--fast"]);
+    assert_eq!(out.matches(", wrote ").count(), 15, "{out}");
+    let fin = values_after(&out, "Final counter value: ");
+    assert_eq!(fin.len(), 1, "{out}");
+    let lost = 15 - fin[0];
+    if lost > 0 {
+        assert!(
+            out.contains(&format!("{lost} of 15 updates were lost"))
+                && out.contains("the race the lock prevents"),
+            "{out}"
+        );
+    } else {
+        assert!(out.contains("No update was lost this time"), "{out}");
+    }
+}
+
+#[test]
+fn counter_variants_exclude_each_other() {
+    let out = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &["counter", "--atomic", "--unsafe", "--fast"],
+    );
+    assert!(!out.status.success());
+    let help = demo(&["counter", "--help"]);
+    assert!(
+        help.contains("--atomic") && help.contains("--unsafe"),
+        "{help}"
+    );
+}
+
+#[test]
+fn sensor_monitor_sees_every_reading() {
+    let out = demo(&["sensor", "--fast"]);
+    assert_in_order(
+        &out,
+        &[
+            "📊 Monitor: reading 1 = 20.00°C, average of the last 1 = 20.00°C",
+            "📊 Monitor: reading 5 = 22.10°C, average of the last 5 = 21.08°C",
+            "📊 Monitor: reading 20 = 29.60°C, average of the last 5 = 28.58°C",
+            "the sensor closed the ring",
+            "📊 Final stats: 20 readings, in order",
+            "🎉 The monitor saw all 20 readings, in order",
+        ],
+    );
+    assert_eq!(out.matches("🌡️ Sensor: reading ").count(), 20, "{out}");
+    assert_eq!(out.matches("📊 Monitor: reading ").count(), 20, "{out}");
+}
+
 #[test]
 fn verbose_shows_ipckit_events() {
     let out = run(
@@ -112,7 +200,7 @@ fn verbose_shows_ipckit_events() {
 
 #[test]
 fn every_scenario_has_help() {
-    for scenario in ["pipe", "parent-child", "fifo"] {
+    for scenario in ["pipe", "parent-child", "fifo", "counter", "sensor"] {
         let out = demo(&[scenario, "--help"]);
         assert!(out.contains("--fast"), "{scenario} --help: {out}");
     }

@@ -21,7 +21,10 @@ pub use {
     deadline::Deadline,
     error::{Error, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError},
     frame::{DEFAULT_MAX_MESSAGE, Framing, Header, MAX_HEADER, decode_header, encode_header},
-    names::{NAME_PREFIX, find_stale, is_stale, owner_pid, remove_stale, temp_path, unique_name},
+    names::{
+        NAME_PREFIX, find_stale, is_alive, is_stale, owner_pid, remove_stale, temp_path,
+        unique_name,
+    },
     roles::{Child, Command, Ctx, Handle, Handoff, Role, RoleResult, enter},
     stream::{StreamConnection, StreamReader, StreamWriter},
     typed::{IntoIter, Iter, Receiver, Sender},

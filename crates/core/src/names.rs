@@ -47,9 +47,24 @@ pub fn owner_pid(name: &str) -> Option<i32> {
     pid.parse().ok()
 }
 
+/// Whether process `pid` is running: it exists and is not a zombie waiting to be reaped.
+pub fn is_alive(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    // The state letter follows the parenthesised command name.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit(") ").next().and_then(|s| s.chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => true,
+    }
+}
+
 /// Whether the process that made `name` has exited.
 pub fn is_stale(name: &str) -> bool {
-    owner_pid(name).is_some_and(|pid| kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH))
+    owner_pid(name).is_some_and(|pid| !is_alive(pid))
 }
 
 /// Entries of `dir` that ipckit named and whose owner process has exited (it was killed

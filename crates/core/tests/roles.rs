@@ -10,7 +10,6 @@ use ipckit_core::{
     Command, Ctx, Error, RecvBytes, Role, RoleResult, SendBytes, StreamReader, StreamWriter,
 };
 use nix::{
-    errno::Errno,
     fcntl::OFlag,
     sys::signal::kill,
     unistd::{Pid, pipe2},
@@ -179,24 +178,11 @@ fn a_child_dies_with_its_parent() {
     middle.kill().unwrap();
     middle.join_timeout(PATIENCE).unwrap();
     let deadline = Instant::now() + PATIENCE;
-    while alive(grandchild) {
+    while ipckit_core::is_alive(grandchild.as_raw()) {
         assert!(
             Instant::now() < deadline,
             "the grandchild outlived its parent"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Whether `pid` runs: it exists and is not a zombie waiting for a reaper.
-fn alive(pid: Pid) -> bool {
-    if kill(pid, None) == Err(Errno::ESRCH) {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name.
-    !matches!(
-        stat.rsplit(") ").next().and_then(|s| s.chars().next()),
-        Some('Z') | None
-    )
 }

@@ -46,6 +46,9 @@ pub enum Error {
     /// A lock whose state was made unrecoverable (its holder died and nobody repaired it).
     #[error("the lock is unrecoverable")]
     Unrecoverable,
+    /// The calling thread already holds this lock: locking it again would wait for ever.
+    #[error("this thread already holds the lock")]
+    WouldDeadlock,
     /// A barrier whose wait was abandoned by a participant (timeout or death).
     #[error("the barrier is broken: a participant gave up waiting")]
     BrokenBarrier,

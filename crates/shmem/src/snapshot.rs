@@ -10,21 +10,23 @@ use std::{
 
 use bytemuck::Pod;
 use ipckit_core::Deadline;
-use nix::{errno::Errno, sys::signal::kill, unistd::Pid};
 
 use crate::{
     Error, Placeable, Result,
-    sys::{copy_in, copy_out, futex_wait, futex_wake},
+    sys::{copy_in, copy_out, futex_wake, sleep_counted, wake_sleepers},
 };
 
 /// A value that one writer publishes and any number of readers, in any process, read
 /// whole: a reader never sees half of one update and half of another.
 ///
 /// Readers do not block the writer (a sequence lock): a read that overlaps a write is
-/// retried. Writers are serialised among themselves.
+/// retried, so a writer that publishes back to back, faster than a reader can copy the
+/// value, starves that reader. Writers are serialised among themselves.
 #[repr(C)]
 pub struct SeqLock<T> {
     seq: AtomicU32,
+    /// Readers asleep in `wait_newer`: `publish` makes no system call when there are none.
+    sleepers: AtomicU32,
     value: UnsafeCell<T>,
 }
 
@@ -70,7 +72,7 @@ impl<T: Pod> SeqLock<T> {
         // Pairs with the Acquire load of `read`: a reader that sees the new even sequence
         // sees the whole value.
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
-        futex_wake(&self.seq, i32::MAX);
+        wake_sleepers(&self.seq, &self.sleepers);
     }
 
     /// The latest value and its version (which grows by 2 with each publish).
@@ -112,7 +114,7 @@ impl<T: Pod> SeqLock<T> {
             match deadline.remaining() {
                 Some(d) if d.is_zero() => return Err(Error::Timeout),
                 left => {
-                    futex_wait(&self.seq, now, left);
+                    sleep_counted(&self.seq, now, &self.sleepers, left);
                 }
             }
         }
@@ -124,7 +126,8 @@ impl<T: Pod> SeqLock<T> {
     /// # Errors
     /// [`Error::Timeout`] if nothing new was published in time.
     pub fn spin_newer(&self, seen: u32, timeout: Duration) -> Result<(T, u32)> {
-        let deadline = Deadline::after(timeout);
+        // The clock is read only once the wait is long, not on the fast path.
+        let mut deadline = None;
         let mut spins = 0u32;
         loop {
             let now = self.seq.load(Ordering::Acquire);
@@ -133,7 +136,11 @@ impl<T: Pod> SeqLock<T> {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && deadline.has_passed() {
+            if spins % 1024 == 0
+                && deadline
+                    .get_or_insert_with(|| Deadline::after(timeout))
+                    .has_passed()
+            {
                 return Err(Error::Timeout);
             }
         }
@@ -168,6 +175,8 @@ pub struct Ring<T, const N: usize> {
     head: AtomicU64,
     /// Bumped on every publish and on close: what readers sleep on.
     notify: AtomicU32,
+    /// Readers asleep on `notify`: `push` makes no system call when there are none.
+    sleepers: AtomicU32,
     closed: AtomicU32,
     writer_pid: AtomicU32,
     slots: [Slot<T>; N],
@@ -201,7 +210,7 @@ impl<T: Pod, const N: usize> Ring<T, N> {
         // Pairs with the Acquire load of `head` by readers.
         self.head.store(index + 1, Ordering::Release);
         self.notify.fetch_add(1, Ordering::Release);
-        futex_wake(&self.notify, i32::MAX);
+        wake_sleepers(&self.notify, &self.sleepers);
     }
 
     /// Ends the stream: readers get every item still in the ring, then `Disconnected`.
@@ -238,7 +247,7 @@ impl<T: Pod, const N: usize> Ring<T, N> {
             return true;
         }
         let pid = self.writer_pid.load(Ordering::Relaxed);
-        pid != 0 && kill(Pid::from_raw(pid as i32), None) == Err(Errno::ESRCH)
+        pid != 0 && !ipckit_core::is_alive(pid as i32)
     }
 }
 
@@ -315,11 +324,8 @@ impl<T: Pod, const N: usize> RingReader<'_, T, N> {
             }
             // Wake at least every 100 ms to notice a writer that died without closing.
             let slice = Duration::from_millis(100);
-            futex_wait(
-                &self.ring.notify,
-                seen,
-                Some(left.map_or(slice, |d| d.min(slice))),
-            );
+            let nap = Some(left.map_or(slice, |d| d.min(slice)));
+            sleep_counted(&self.ring.notify, seen, &self.ring.sleepers, nap);
         }
     }
 

@@ -51,6 +51,33 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     }
 }
 
+/// Sleeps while `word` holds `expected` (at most `timeout`), counted in `sleepers` so that
+/// [`wake_sleepers`] can skip the system call when nobody sleeps. Returns `false` on timeout.
+pub(crate) fn sleep_counted(
+    word: &AtomicU32,
+    expected: u32,
+    sleepers: &AtomicU32,
+    timeout: Option<Duration>,
+) -> bool {
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    // Pairs with the fence in `wake_sleepers`: either the waker sees this sleeper, or this
+    // load sees the waker's new value (and the kernel's compare does not sleep).
+    fence(Ordering::SeqCst);
+    let woken = word.load(Ordering::Relaxed) != expected || futex_wait(word, expected, timeout);
+    sleepers.fetch_sub(1, Ordering::SeqCst);
+    woken
+}
+
+/// Wakes every sleeper of [`sleep_counted`] on `word`, with no system call if there is none.
+/// Call it after changing `word`.
+pub(crate) fn wake_sleepers(word: &AtomicU32, sleepers: &AtomicU32) {
+    // Pairs with the fence in `sleep_counted`.
+    fence(Ordering::SeqCst);
+    if sleepers.load(Ordering::Relaxed) > 0 {
+        futex_wake(word, i32::MAX);
+    }
+}
+
 /// Waits until `ready()` or the deadline: brief spinning, then futex sleeps on `word`.
 pub(crate) fn wait_until(
     word: &AtomicU32,
@@ -117,6 +144,11 @@ impl RawMutex {
             })?;
             // SAFETY: `attr` was initialised above.
             check(unsafe { libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST) })?;
+            // A thread locking twice gets EDEADLK instead of hanging for ever.
+            // SAFETY: `attr` was initialised above.
+            check(unsafe {
+                libc::pthread_mutexattr_settype(attr, libc::PTHREAD_MUTEX_ERRORCHECK)
+            })?;
             // SAFETY: the caller gives exclusive, writable memory for the mutex; `attr` is
             // initialised.
             check(unsafe { libc::pthread_mutex_init((*this).0.get(), attr) })
@@ -135,9 +167,15 @@ impl RawMutex {
             // SAFETY: as above.
             Deadline::Now => unsafe { libc::pthread_mutex_trylock(self.0.get()) },
             Deadline::At(_) => {
-                let abs = realtime_after(deadline.remaining().unwrap_or_default());
-                // SAFETY: as above; `abs` lives on this stack for the call.
-                unsafe { libc::pthread_mutex_timedlock(self.0.get(), &abs) }
+                // SAFETY: as above. A free lock is taken without reading any clock.
+                match unsafe { libc::pthread_mutex_trylock(self.0.get()) } {
+                    libc::EBUSY => {
+                        let abs = realtime_after(deadline.remaining().unwrap_or_default());
+                        // SAFETY: as above; `abs` lives on this stack for the call.
+                        unsafe { libc::pthread_mutex_timedlock(self.0.get(), &abs) }
+                    }
+                    rc => rc,
+                }
             }
         };
         match rc {
@@ -151,6 +189,7 @@ impl RawMutex {
             }
             libc::EBUSY | libc::ETIMEDOUT => Err(Error::Timeout),
             libc::ENOTRECOVERABLE => Err(Error::Unrecoverable),
+            libc::EDEADLK => Err(Error::WouldDeadlock),
             rc => Err(io::Error::from_raw_os_error(rc).into()),
         }
     }

@@ -1,0 +1,1082 @@
+//! Shared-memory workloads of `docs/benchmarks.md`: `counter_lock_4x`,
+//! `counter_atomic_4x`, `shm_bw_64MiB`, `shm_spin_rtt`, and `lock_uncontended`.
+//!
+//! The first four run across processes: each row starts its worker processes (roles of
+//! this executable) once, on its first batch, each with the row's shared memory and a
+//! control connection. For every batch the parent orders the work over the control
+//! connections and waits for the workers' reports; at the end it closes them, upon which
+//! the workers return. `lock_uncontended` runs in this process alone.
+//!
+//! The floors are the raw calls and raw atomics doing the same work on a raw shared
+//! mapping of an anonymous memfd (`memfd_create`, `ftruncate`, `mmap`):
+//!
+//! - `counter_lock_4x` (increments/s): `raw_pthread` is the floor the workload names, a
+//!   process-shared pthread mutex without robustness; `raw_pthread_robust` is exactly the
+//!   lock ipckit's `Mutex` wraps (process-shared and robust), so ipckit against it is the
+//!   cost of the wrapper alone; `raw_spinlock` is a test-and-test-and-set lock on one
+//!   `AtomicU32` that yields the CPU every 1024 spins (four spinning processes share two
+//!   cores here);
+//! - `counter_atomic_4x` (increments/s): `fetch_add` on a raw `AtomicU64`;
+//! - `shm_bw_64MiB` (GB/s): `ptr::copy_nonoverlapping` in and out of the mapping, against
+//!   `Segment::write` and `Segment::read`;
+//! - `shm_spin_rtt` (µs per RTT): two raw `AtomicU64`s spun on, against two `SeqLock`s
+//!   with `spin_newer`;
+//! - `lock_uncontended` (ns per lock and unlock): the pthread and spin locks above, and
+//!   `std::sync::Mutex` (within one process only) as a peer; the `ipckit_lock_timeout` row
+//!   measures `Mutex::lock_timeout`.
+//!
+//! Every wait in a worker has a deadline (the raw pthread rows use
+//! `pthread_mutex_timedlock`), except ipckit's `Mutex::lock`, which is robust instead: a
+//! holder that dies hands the lock on. A line of ratios follows each group.
+//!
+//! ```text
+//! cargo bench -p ipckit-benches --bench shmem -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::{
+    any::type_name,
+    cell::UnsafeCell,
+    fs::File,
+    hint::{black_box, spin_loop},
+    marker::PhantomData,
+    mem::{MaybeUninit, size_of},
+    ops::Deref,
+    sync::{
+        PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering, fence},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, ensure};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use ipckit_benches::{Fd, Figure, print_ratios, record, spawn};
+use ipckit_core::{Child, Ctx, Deadline, Handle, Handoff, Role, RoleResult};
+use ipckit_pipes::{Connection, RecvBytes, SendBytes};
+use ipckit_shmem::{Mutex, Segment, SeqLock, Shared};
+use memmap2::MmapRaw;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+/// The worker processes of a counter row.
+const WORKERS: u64 = 4;
+/// The bytes of the bandwidth workload.
+const BIG: usize = 64 << 20;
+/// How long anyone waits for anyone: a worker for a lock or a peer's write, the parent for
+/// a report or a worker's end.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How often a spinning wait checks its deadline (and the spin lock yields the CPU).
+const SPINS: u32 = 1024;
+
+// The floor rows' memory: a raw shared mapping of an anonymous memfd.
+
+/// An anonymous memfd mapped shared, made with the calls that `Segment::create` wraps.
+#[derive(Debug)]
+struct RawMem {
+    map: MmapRaw,
+    file: File,
+}
+
+impl RawMem {
+    /// `len` zero bytes.
+    fn create(len: usize) -> anyhow::Result<Self> {
+        let file = File::from(memfd_create("ipckit-bench", MFdFlags::MFD_CLOEXEC)?);
+        file.set_len(len as u64)?;
+        Self::map(file)
+    }
+
+    /// The memory the parent handed over as `key` (a descriptor).
+    fn open(ctx: &mut Ctx, key: &str) -> anyhow::Result<Self> {
+        Self::map(File::from(ctx.handle::<Fd>(key)?.0))
+    }
+
+    fn map(file: File) -> anyhow::Result<Self> {
+        Ok(RawMem {
+            map: MmapRaw::map_raw(&file)?,
+            file,
+        })
+    }
+
+    /// A descriptor of the memory, for a child.
+    fn descriptor(&self) -> anyhow::Result<Handoff> {
+        Ok(Handoff::Fd(self.file.try_clone()?.into()))
+    }
+}
+
+/// A type the floor rows place alone in a [`RawMem`].
+///
+/// # Safety
+/// All zero bytes are a valid `Self`, its alignment is at most a page, and `&Self` stays
+/// sound while other processes use the same bytes (every change is atomic, or made under a
+/// process-shared lock of `Self`).
+unsafe trait Floor: Sync {}
+
+// SAFETY: an atomic; zeroes are 0.
+unsafe impl Floor for AtomicU64 {}
+
+/// A `T` alone in a raw shared mapping: a [`Shared`] without its header and checks.
+#[derive(Debug)]
+struct Raw<T> {
+    mem: RawMem,
+    _t: PhantomData<T>,
+}
+
+impl<T: Floor> Raw<T> {
+    /// A zero `T`.
+    fn create() -> anyhow::Result<Self> {
+        Self::new(RawMem::create(size_of::<T>())?)
+    }
+
+    /// The `T` the parent handed over as `key`.
+    fn open(ctx: &mut Ctx, key: &str) -> anyhow::Result<Self> {
+        Self::new(RawMem::open(ctx, key)?)
+    }
+
+    fn new(mem: RawMem) -> anyhow::Result<Self> {
+        ensure!(
+            mem.map.len() >= size_of::<T>(),
+            "a mapping too small for {}",
+            type_name::<T>()
+        );
+        Ok(Raw {
+            mem,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Floor> Deref for Raw<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the mapping is page-aligned, at least `size_of::<T>()` long (`new`) and
+        // lives as long as `self`; it started zero-filled, which `Floor` promises is a valid
+        // `T`, and `Floor` promises that `&T` is sound while other processes use it.
+        unsafe { &*self.mem.map.as_mut_ptr().cast::<T>() }
+    }
+}
+
+/// An error unless the pthread call `what` returned 0.
+fn check(rc: libc::c_int, what: &str) -> anyhow::Result<()> {
+    ensure!(rc == 0, "{what}: {}", std::io::Error::from_raw_os_error(rc));
+    Ok(())
+}
+
+/// `PATIENCE` from now on `CLOCK_REALTIME`, as `pthread_mutex_timedlock` wants it.
+fn realtime_deadline() -> libc::timespec {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        + PATIENCE;
+    libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    }
+}
+
+/// A counter under a process-shared (not robust) pthread mutex.
+#[repr(C)]
+struct PthreadCounter {
+    mutex: UnsafeCell<libc::pthread_mutex_t>,
+    count: UnsafeCell<u64>,
+}
+
+// SAFETY: a pthread mutex is made to be shared; the count is touched only under it.
+unsafe impl Sync for PthreadCounter {}
+
+// SAFETY: zeroes are a zero count and `PTHREAD_MUTEX_INITIALIZER` (on glibc and musl), a
+// valid mutex, which `init` makes process-shared before any other process can reach it;
+// the count is touched only under the mutex.
+unsafe impl Floor for PthreadCounter {}
+
+impl PthreadCounter {
+    /// Makes the mutex process-shared, and robust if `robust` (as ipckit's is). Only
+    /// [`Raw::pthread`] calls it, on memory it has just made.
+    fn init(&self, robust: bool) -> anyhow::Result<()> {
+        let mut attr = MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        // SAFETY: initialises the attribute object on this stack.
+        let rc = unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) };
+        check(rc, "pthread_mutexattr_init")?;
+        let attr = attr.as_mut_ptr();
+        // SAFETY: `attr` was initialised above.
+        let rc = unsafe { libc::pthread_mutexattr_setpshared(attr, libc::PTHREAD_PROCESS_SHARED) };
+        let r = check(rc, "pthread_mutexattr_setpshared").and_then(|()| {
+            if robust {
+                // SAFETY: `attr` was initialised above.
+                let rc =
+                    unsafe { libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST) };
+                check(rc, "pthread_mutexattr_setrobust")?;
+            }
+            // SAFETY: no other thread or process can reach the mutex yet (see above);
+            // `attr` is initialised.
+            let rc = unsafe { libc::pthread_mutex_init(self.mutex.get(), attr) };
+            check(rc, "pthread_mutex_init")
+        });
+        // SAFETY: `attr` was initialised above and is not used after this.
+        unsafe { libc::pthread_mutexattr_destroy(attr) };
+        r
+    }
+
+    /// Runs `f` on the count under the mutex, waiting for it until `deadline` (on
+    /// `CLOCK_REALTIME`) if there is one, as long as it takes otherwise.
+    fn with<R>(
+        &self,
+        deadline: Option<&libc::timespec>,
+        f: impl FnOnce(&mut u64) -> R,
+    ) -> anyhow::Result<R> {
+        let rc = match deadline {
+            // SAFETY: `init` made the mutex before any other process could reach it; the
+            // deadline lives on the caller's stack for the call.
+            Some(t) => unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), t) },
+            // SAFETY: as above.
+            None => unsafe { libc::pthread_mutex_lock(self.mutex.get()) },
+        };
+        check(rc, "pthread_mutex_lock")?;
+        // SAFETY: the mutex is held: nothing else touches the count until it is unlocked.
+        let r = f(unsafe { &mut *self.count.get() });
+        // SAFETY: this thread holds the mutex.
+        let rc = unsafe { libc::pthread_mutex_unlock(self.mutex.get()) };
+        check(rc, "pthread_mutex_unlock")?;
+        Ok(r)
+    }
+}
+
+impl Raw<PthreadCounter> {
+    /// A zero count under a new process-shared mutex, robust if `robust`.
+    fn pthread(robust: bool) -> anyhow::Result<Self> {
+        let counter = Self::create()?;
+        counter.init(robust)?;
+        Ok(counter)
+    }
+}
+
+/// A counter under a spin lock made of one `AtomicU32`.
+#[repr(C)]
+struct SpinCounter {
+    lock: AtomicU32,
+    count: UnsafeCell<u64>,
+}
+
+// SAFETY: the count is touched only under the lock.
+unsafe impl Sync for SpinCounter {}
+
+// SAFETY: zeroes are an unlocked lock and a zero count; the count is touched only under
+// the lock.
+unsafe impl Floor for SpinCounter {}
+
+impl SpinCounter {
+    /// Runs `f` on the count under the lock: test and set, then spin on loads until it is
+    /// free, yielding the CPU every `SPINS` spins, giving up at `deadline`.
+    fn with<R>(&self, deadline: Instant, f: impl FnOnce(&mut u64) -> R) -> anyhow::Result<R> {
+        let mut spins = 0u32;
+        while self.lock.swap(1, Ordering::Acquire) != 0 {
+            while self.lock.load(Ordering::Relaxed) != 0 {
+                spins = spins.wrapping_add(1);
+                if spins % SPINS == 0 {
+                    ensure!(Instant::now() < deadline, "the spin lock stayed held");
+                    std::thread::yield_now();
+                } else {
+                    spin_loop();
+                }
+            }
+        }
+        // SAFETY: the lock is held: nothing else touches the count until it is released.
+        let r = f(unsafe { &mut *self.count.get() });
+        // Pairs with the Acquire swap of the next holder.
+        self.lock.store(0, Ordering::Release);
+        Ok(r)
+    }
+}
+
+/// A word on a cache line of its own.
+#[repr(C, align(64))]
+struct Line(AtomicU64);
+
+/// The raw ping-pong: the parent writes `ping`, the worker echoes it into `pong`.
+#[repr(C)]
+struct SpinPair {
+    ping: Line,
+    pong: Line,
+}
+
+// SAFETY: atomics only; zeroes are two zero words.
+unsafe impl Floor for SpinPair {}
+
+/// Spins until `ready` gives a value, checking `deadline` every `SPINS` spins.
+fn spin_until<T>(deadline: Instant, mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let mut spins = 0u32;
+    loop {
+        if let Some(v) = ready() {
+            return Ok(v);
+        }
+        spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins % SPINS == 0 {
+            ensure!(Instant::now() < deadline, "no word from the other side");
+        }
+    }
+}
+
+// The workers: each takes its memory and its control connection and serves orders.
+
+/// A worker's loop: runs `work(n)` for each order `n` from the parent and reports what it
+/// returns, until the parent closes the control connection.
+fn serve(ctx: &mut Ctx, mut work: impl FnMut(u64) -> anyhow::Result<u64>) -> RoleResult {
+    let mut ctl: Connection = ctx.handle("ctl")?;
+    let mut buf = Vec::new();
+    loop {
+        match ctl.recv_bytes_into(&mut buf) {
+            Ok(()) => {}
+            Err(ipckit_pipes::Error::Disconnected) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        // Pairs with the Release fence of `Worker::order`.
+        fence(Ordering::Acquire);
+        let report = work(u64::from_le_bytes(buf.as_slice().try_into()?))?;
+        // Pairs with the Acquire fence of `Worker::report`.
+        fence(Ordering::Release);
+        ctl.send_bytes(&report.to_le_bytes())?;
+    }
+}
+
+const LOCK_IPCKIT: &str = "lock_ipckit";
+const LOCK_PTHREAD: &str = "lock_pthread";
+const LOCK_SPIN: &str = "lock_spin";
+const ATOMIC_IPCKIT: &str = "atomic_ipckit";
+const ATOMIC_RAW: &str = "atomic_raw";
+const BW_IPCKIT: &str = "bw_ipckit";
+const BW_RAW: &str = "bw_raw";
+const SPIN_IPCKIT: &str = "spin_ipckit";
+const SPIN_RAW: &str = "spin_raw";
+
+const ROLES: &[Role] = &[
+    Role::new(LOCK_IPCKIT, lock_ipckit),
+    Role::new(LOCK_PTHREAD, lock_pthread),
+    Role::new(LOCK_SPIN, lock_spin),
+    Role::new(ATOMIC_IPCKIT, atomic_ipckit),
+    Role::new(ATOMIC_RAW, atomic_raw),
+    Role::new(BW_IPCKIT, bw_ipckit),
+    Role::new(BW_RAW, bw_raw),
+    Role::new(SPIN_IPCKIT, spin_ipckit),
+    Role::new(SPIN_RAW, spin_raw),
+];
+
+/// `n` increments under ipckit's robust `Mutex`.
+fn lock_ipckit(ctx: &mut Ctx) -> RoleResult {
+    let counter: Shared<Mutex<u64>> = ctx.handle("mem")?;
+    serve(ctx, |n| {
+        for _ in 0..n {
+            *counter.lock()? += 1;
+        }
+        Ok(n)
+    })
+}
+
+/// `n` increments under the raw pthread mutex.
+fn lock_pthread(ctx: &mut Ctx) -> RoleResult {
+    let counter = Raw::<PthreadCounter>::open(ctx, "mem")?;
+    serve(ctx, |n| {
+        let deadline = realtime_deadline();
+        for _ in 0..n {
+            counter.with(Some(&deadline), |c| *c += 1)?;
+        }
+        Ok(n)
+    })
+}
+
+/// `n` increments under the raw spin lock.
+fn lock_spin(ctx: &mut Ctx) -> RoleResult {
+    let counter = Raw::<SpinCounter>::open(ctx, "mem")?;
+    serve(ctx, |n| {
+        let deadline = Instant::now() + PATIENCE;
+        for _ in 0..n {
+            counter.with(deadline, |c| *c += 1)?;
+        }
+        Ok(n)
+    })
+}
+
+/// `n` increments of ipckit's shared atomic.
+fn atomic_ipckit(ctx: &mut Ctx) -> RoleResult {
+    let counter: Shared<AtomicU64> = ctx.handle("mem")?;
+    serve(ctx, |n| {
+        for _ in 0..n {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(n)
+    })
+}
+
+/// `n` increments of the raw atomic.
+fn atomic_raw(ctx: &mut Ctx) -> RoleResult {
+    let counter = Raw::<AtomicU64>::open(ctx, "mem")?;
+    serve(ctx, |n| {
+        for _ in 0..n {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(n)
+    })
+}
+
+/// Reads all of ipckit's segment on each order.
+fn bw_ipckit(ctx: &mut Ctx) -> RoleResult {
+    let seg: Segment = ctx.handle("mem")?;
+    read_all(ctx, seg)
+}
+
+/// Reads all of the raw mapping on each order.
+fn bw_raw(ctx: &mut Ctx) -> RoleResult {
+    let mem = RawMem::open(ctx, "mem")?;
+    read_all(ctx, mem)
+}
+
+/// On each order, copies the `BIG` bytes of `mem` out and reports their last 8 bytes (the
+/// parent's stamp).
+fn read_all(ctx: &mut Ctx, mem: impl Bytes) -> RoleResult {
+    let mut buf = vec![0u8; BIG];
+    serve(ctx, |_| {
+        mem.get(&mut buf)?;
+        Ok(u64::from_le_bytes(buf[BIG - 8..].try_into()?))
+    })
+}
+
+/// Echoes over ipckit's sequence locks: `n` echoes on each order.
+fn spin_ipckit(ctx: &mut Ctx) -> RoleResult {
+    let pair = SeqPair {
+        ping: ctx.handle("ping")?,
+        pong: ctx.handle("pong")?,
+        seen: 0,
+    };
+    echoes(ctx, pair)
+}
+
+/// Echoes over the raw words: `n` echoes on each order.
+fn spin_raw(ctx: &mut Ctx) -> RoleResult {
+    let pair = RawPair {
+        words: Raw::open(ctx, "mem")?,
+        last: 0,
+    };
+    echoes(ctx, pair)
+}
+
+fn echoes(ctx: &mut Ctx, mut pair: impl PingPong) -> RoleResult {
+    serve(ctx, |n| {
+        let deadline = Instant::now() + PATIENCE;
+        for _ in 0..n {
+            pair.echo(deadline)?;
+        }
+        Ok(n)
+    })
+}
+
+// The parent's side.
+
+/// A worker process of a row, and the parent's end of the control connection to it.
+struct Worker {
+    child: Child,
+    ctl: Connection,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    /// Starts role `role` with the row's shared memory, `mem`.
+    fn start(
+        role: &'static str,
+        mem: impl IntoIterator<Item = (&'static str, Handoff)>,
+    ) -> anyhow::Result<Self> {
+        let (ctl, theirs) = ipckit_pipes::duplex()?;
+        let handles = std::iter::once(("ctl", theirs.into_handoff())).chain(mem);
+        Ok(Worker {
+            child: spawn(role, &(), handles)?,
+            ctl,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Orders the worker's work with `n`.
+    fn order(&mut self, n: u64) -> anyhow::Result<()> {
+        // Pairs with the Acquire fence of `serve`: the worker sees what this process wrote
+        // to shared memory before the order.
+        fence(Ordering::Release);
+        Ok(self.ctl.send_bytes(&n.to_le_bytes())?)
+    }
+
+    /// Waits for the worker's report on its order.
+    fn report(&mut self) -> anyhow::Result<u64> {
+        self.ctl
+            .recv_bytes_into_deadline(&mut self.buf, Deadline::after(PATIENCE))
+            .with_context(|| format!("no report from {}", self.child.role()))?;
+        // Pairs with the Release fence of `serve`.
+        fence(Ordering::Acquire);
+        Ok(u64::from_le_bytes(
+            self.buf
+                .as_slice()
+                .try_into()
+                .context("a report of 8 bytes")?,
+        ))
+    }
+
+    /// Closes the control connection and checks that the worker then ended cleanly.
+    fn finish(self) -> anyhow::Result<()> {
+        let Worker { ctl, mut child, .. } = self;
+        drop(ctl);
+        let status = child.join_timeout(PATIENCE)?;
+        ensure!(
+            status.success(),
+            "worker {} ended with {status}",
+            child.role()
+        );
+        Ok(())
+    }
+}
+
+/// One row's processes and memory, as the parent holds them.
+trait Rig {
+    /// Runs `iters` iterations of the workload; returns the time they took.
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
+
+    /// Ends the row's workers and checks that they ended cleanly.
+    fn finish(self) -> anyhow::Result<()>;
+}
+
+/// A counter the parent shares with a row's workers.
+trait Counter {
+    /// A handle on it for one worker.
+    fn handoff(&self) -> anyhow::Result<Handoff>;
+
+    /// Its value, read while the workers are idle.
+    fn total(&self) -> anyhow::Result<u64>;
+}
+
+impl Counter for Shared<Mutex<u64>> {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        Ok(self.try_clone()?.into_handoff())
+    }
+
+    fn total(&self) -> anyhow::Result<u64> {
+        Ok(*self.lock()?)
+    }
+}
+
+impl Counter for Shared<AtomicU64> {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        Ok(self.try_clone()?.into_handoff())
+    }
+
+    fn total(&self) -> anyhow::Result<u64> {
+        Ok(self.load(Ordering::Relaxed))
+    }
+}
+
+impl Counter for Raw<PthreadCounter> {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        self.mem.descriptor()
+    }
+
+    fn total(&self) -> anyhow::Result<u64> {
+        self.with(Some(&realtime_deadline()), |c| *c)
+    }
+}
+
+impl Counter for Raw<SpinCounter> {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        self.mem.descriptor()
+    }
+
+    fn total(&self) -> anyhow::Result<u64> {
+        self.with(Instant::now() + PATIENCE, |c| *c)
+    }
+}
+
+impl Counter for Raw<AtomicU64> {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        self.mem.descriptor()
+    }
+
+    fn total(&self) -> anyhow::Result<u64> {
+        Ok(self.load(Ordering::Relaxed))
+    }
+}
+
+/// A counter row: `WORKERS` workers share the iterations of a batch, one increment each.
+struct Counters<C> {
+    counter: C,
+    workers: Vec<Worker>,
+    /// The increments ordered so far.
+    expected: u64,
+}
+
+impl<C: Counter> Counters<C> {
+    fn start(role: &'static str, counter: C) -> anyhow::Result<Self> {
+        let workers = (0..WORKERS)
+            .map(|_| Worker::start(role, [("mem", counter.handoff()?)]))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Counters {
+            counter,
+            workers,
+            expected: 0,
+        })
+    }
+}
+
+impl<C: Counter> Rig for Counters<C> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        for (i, w) in (0..).zip(&mut self.workers) {
+            w.order(iters / WORKERS + u64::from(i < iters % WORKERS))?;
+        }
+        for w in &mut self.workers {
+            w.report()?;
+        }
+        let took = began.elapsed();
+        self.expected += iters;
+        let total = self.counter.total()?;
+        ensure!(
+            total == self.expected,
+            "the counter is {total} after {} increments",
+            self.expected
+        );
+        Ok(took)
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.workers.into_iter().try_for_each(Worker::finish)
+    }
+}
+
+/// Memory the parent fills and a worker reads whole.
+trait Bytes {
+    /// A handle on it for the worker.
+    fn handoff(&self) -> anyhow::Result<Handoff>;
+
+    /// Copies `src` to the start of the memory.
+    fn put(&self, src: &[u8]) -> anyhow::Result<()>;
+
+    /// Copies the start of the memory into `dst`.
+    fn get(&self, dst: &mut [u8]) -> anyhow::Result<()>;
+}
+
+impl Bytes for Segment {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        Ok(self.try_clone()?.into_handoff())
+    }
+
+    fn put(&self, src: &[u8]) -> anyhow::Result<()> {
+        Ok(self.write(0, src)?)
+    }
+
+    fn get(&self, dst: &mut [u8]) -> anyhow::Result<()> {
+        Ok(self.read(0, dst)?)
+    }
+}
+
+/// `memcpy` in and out. The two processes take turns: the worker reads only between an
+/// order and its report, the parent writes only outside them, and the fences of
+/// [`Worker`] and [`serve`] order the turns, so the plain copies never race.
+impl Bytes for RawMem {
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        self.descriptor()
+    }
+
+    fn put(&self, src: &[u8]) -> anyhow::Result<()> {
+        ensure!(src.len() <= self.map.len(), "more than the mapping holds");
+        // SAFETY: the range lies within the mapping, which lives as long as `self`; nobody
+        // else touches it during our turn (above); `src` is ours, not in the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr(), src.len()) };
+        Ok(())
+    }
+
+    fn get(&self, dst: &mut [u8]) -> anyhow::Result<()> {
+        ensure!(dst.len() <= self.map.len(), "more than the mapping holds");
+        // SAFETY: as in `put`, the other way round.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+}
+
+/// The bandwidth row: per iteration, the parent writes `BIG` bytes (stamped in their last
+/// 8 with the iteration's number), orders the worker to read them all, and checks the
+/// stamp it reports.
+struct Bandwidth<M> {
+    mem: M,
+    worker: Worker,
+    src: Vec<u8>,
+    stamp: u64,
+}
+
+impl<M: Bytes> Bandwidth<M> {
+    fn start(role: &'static str, mem: M) -> anyhow::Result<Self> {
+        let worker = Worker::start(role, [("mem", mem.handoff()?)])?;
+        Ok(Bandwidth {
+            mem,
+            worker,
+            src: vec![0xa5; BIG],
+            stamp: 0,
+        })
+    }
+}
+
+impl<M: Bytes> Rig for Bandwidth<M> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        for _ in 0..iters {
+            self.stamp += 1;
+            self.src[BIG - 8..].copy_from_slice(&self.stamp.to_le_bytes());
+            self.mem.put(&self.src)?;
+            self.worker.order(self.stamp)?;
+            let seen = self.worker.report()?;
+            ensure!(seen == self.stamp, "read {seen} for write {}", self.stamp);
+        }
+        Ok(began.elapsed())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.worker.finish()
+    }
+}
+
+/// The two words of a spinning ping-pong, as either side holds them.
+trait PingPong {
+    /// The parent's side of a round trip: writes `v`, spins until its echo, at most until
+    /// `deadline`.
+    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()>;
+
+    /// The worker's side: spins for the next value (at most until `deadline`), echoes it.
+    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()>;
+
+    /// The handles for the worker.
+    fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>>;
+}
+
+/// ipckit's ping-pong: two sequence locks. `spin_newer` takes a timeout, not a deadline.
+struct SeqPair {
+    ping: Shared<SeqLock<u64>>,
+    pong: Shared<SeqLock<u64>>,
+    /// The version last read of the lock this side waits on (`pong` in the parent, `ping`
+    /// in the worker).
+    seen: u32,
+}
+
+impl PingPong for SeqPair {
+    fn round(&mut self, v: u64, _: Instant) -> anyhow::Result<()> {
+        self.ping.publish(&v);
+        let (echo, version) = self.pong.spin_newer(self.seen, PATIENCE)?;
+        self.seen = version;
+        ensure!(echo == v, "echo {echo} of {v}");
+        Ok(())
+    }
+
+    fn echo(&mut self, _: Instant) -> anyhow::Result<()> {
+        let (v, version) = self.ping.spin_newer(self.seen, PATIENCE)?;
+        self.seen = version;
+        self.pong.publish(&v);
+        Ok(())
+    }
+
+    fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>> {
+        Ok(vec![
+            ("ping", self.ping.try_clone()?.into_handoff()),
+            ("pong", self.pong.try_clone()?.into_handoff()),
+        ])
+    }
+}
+
+/// The raw ping-pong: two words on cache lines of their own.
+struct RawPair {
+    words: Raw<SpinPair>,
+    /// The value last echoed (in the worker).
+    last: u64,
+}
+
+impl PingPong for RawPair {
+    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
+        // Pairs with the worker's Acquire load.
+        self.words.ping.0.store(v, Ordering::Release);
+        let pong = &self.words.pong.0;
+        spin_until(deadline, || {
+            (pong.load(Ordering::Acquire) == v).then_some(())
+        })
+    }
+
+    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        let (ping, last) = (&self.words.ping.0, self.last);
+        let v = spin_until(deadline, || {
+            Some(ping.load(Ordering::Acquire)).filter(|&v| v != last)
+        })?;
+        self.last = v;
+        // Pairs with the parent's Acquire load.
+        self.words.pong.0.store(v, Ordering::Release);
+        Ok(())
+    }
+
+    fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>> {
+        Ok(vec![("mem", self.words.mem.descriptor()?)])
+    }
+}
+
+/// The spinning round-trip row: per batch, the parent orders `iters + 1` echoes, makes
+/// one untimed round trip (the worker is then awake and spinning), and times the others.
+struct Spin<P> {
+    pair: P,
+    worker: Worker,
+    /// The last value sent.
+    sent: u64,
+}
+
+impl<P: PingPong> Spin<P> {
+    fn start(role: &'static str, pair: P) -> anyhow::Result<Self> {
+        let worker = Worker::start(role, pair.handoffs()?)?;
+        Ok(Spin {
+            pair,
+            worker,
+            sent: 0,
+        })
+    }
+}
+
+impl<P: PingPong> Rig for Spin<P> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + PATIENCE;
+        self.worker.order(iters + 1)?;
+        self.sent += 1;
+        self.pair.round(self.sent, deadline)?;
+        let began = Instant::now();
+        for _ in 0..iters {
+            self.sent += 1;
+            self.pair.round(self.sent, deadline)?;
+        }
+        let took = began.elapsed();
+        ensure!(self.worker.report()? == iters + 1, "echoes missing");
+        Ok(took)
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.worker.finish()
+    }
+}
+
+/// A row in this process alone: `op(iters)` runs a batch.
+struct Local<F>(F);
+
+impl<F: FnMut(u64) -> anyhow::Result<()>> Rig for Local<F> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        (self.0)(iters)?;
+        Ok(began.elapsed())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A criterion group of one workload.
+struct Group<'a> {
+    name: &'static str,
+    figure: Figure,
+    group: BenchmarkGroup<'a, WallTime>,
+}
+
+impl<'a> Group<'a> {
+    fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
+        let mut group = c.benchmark_group(name);
+        match figure {
+            Figure::Bandwidth(bytes) => {
+                group.throughput(Throughput::Bytes(bytes));
+                // An iteration takes tens of milliseconds: equal batches fit the time.
+                group.sampling_mode(SamplingMode::Flat);
+            }
+            Figure::Rate => {
+                group.throughput(Throughput::Elements(1));
+            }
+            Figure::RoundTrip | Figure::Operation => {}
+        }
+        Group {
+            name,
+            figure,
+            group,
+        }
+    }
+
+    /// Benchmarks row `row`: starts it with `start` on the first batch (if the row is run
+    /// at all), times and records every batch, and ends its workers afterwards.
+    fn row<R: Rig>(
+        &mut self,
+        row: &'static str,
+        start: impl Fn() -> anyhow::Result<R>,
+    ) -> anyhow::Result<()> {
+        let name = self.name;
+        let mut rig = None;
+        self.group.bench_function(row, |b| {
+            let rig = rig.get_or_insert_with(|| {
+                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
+            });
+            b.iter_custom(|iters| match rig.run(iters) {
+                Ok(took) => record(name, row, took, iters),
+                Err(e) => panic!("{name}/{row}: {e:#}"),
+            });
+        });
+        match rig {
+            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the group and prints a ratio line for each of its ipckit rows, against that
+    /// row's floors and the group's `peers` (not in criterion's `--test` mode, where each
+    /// row runs one iteration).
+    fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) {
+        self.group.finish();
+        if std::env::args().any(|a| a == "--test") {
+            return;
+        }
+        for (row, floors) in ours {
+            print_ratios(self.name, self.figure, row, floors, peers);
+        }
+    }
+}
+
+fn counter_lock(c: &mut Criterion) -> anyhow::Result<()> {
+    let mut g = Group::new(c, "counter_lock_4x", Figure::Rate);
+    g.row("ipckit", || {
+        Counters::start(LOCK_IPCKIT, Shared::<Mutex<u64>>::create(0)?)
+    })?;
+    g.row("raw_pthread", || {
+        Counters::start(LOCK_PTHREAD, Raw::pthread(false)?)
+    })?;
+    g.row("raw_pthread_robust", || {
+        Counters::start(LOCK_PTHREAD, Raw::pthread(true)?)
+    })?;
+    g.row("raw_spinlock", || {
+        Counters::start(LOCK_SPIN, Raw::<SpinCounter>::create()?)
+    })?;
+    g.finish(
+        &[(
+            "ipckit",
+            &["raw_pthread", "raw_pthread_robust", "raw_spinlock"],
+        )],
+        &[],
+    );
+    Ok(())
+}
+
+fn counter_atomic(c: &mut Criterion) -> anyhow::Result<()> {
+    let mut g = Group::new(c, "counter_atomic_4x", Figure::Rate);
+    g.row("ipckit", || {
+        Counters::start(ATOMIC_IPCKIT, Shared::<AtomicU64>::create(0)?)
+    })?;
+    g.row("raw_atomic", || {
+        Counters::start(ATOMIC_RAW, Raw::<AtomicU64>::create()?)
+    })?;
+    g.finish(&[("ipckit", &["raw_atomic"])], &[]);
+    Ok(())
+}
+
+fn shm_bw(c: &mut Criterion) -> anyhow::Result<()> {
+    let mut g = Group::new(c, "shm_bw_64MiB", Figure::Bandwidth(BIG as u64));
+    g.row("ipckit", || {
+        Bandwidth::start(BW_IPCKIT, Segment::create(BIG)?)
+    })?;
+    g.row("raw_memcpy", || {
+        Bandwidth::start(BW_RAW, RawMem::create(BIG)?)
+    })?;
+    g.finish(&[("ipckit", &["raw_memcpy"])], &[]);
+    Ok(())
+}
+
+fn shm_spin_rtt(c: &mut Criterion) -> anyhow::Result<()> {
+    let mut g = Group::new(c, "shm_spin_rtt", Figure::RoundTrip);
+    g.row("ipckit", || {
+        let pair = SeqPair {
+            ping: Shared::create(0)?,
+            pong: Shared::create(0)?,
+            seen: 0,
+        };
+        Spin::start(SPIN_IPCKIT, pair)
+    })?;
+    g.row("raw_atomics", || {
+        let pair = RawPair {
+            words: Raw::create()?,
+            last: 0,
+        };
+        Spin::start(SPIN_RAW, pair)
+    })?;
+    g.finish(&[("ipckit", &["raw_atomics"])], &[]);
+    Ok(())
+}
+
+fn lock_uncontended(c: &mut Criterion) -> anyhow::Result<()> {
+    let mut g = Group::new(c, "lock_uncontended", Figure::Operation);
+    g.row("ipckit", || {
+        let counter = Shared::<Mutex<u64>>::create(0)?;
+        Ok(Local(move |n| -> anyhow::Result<()> {
+            for _ in 0..n {
+                *black_box(&counter).lock()? += 1;
+            }
+            Ok(())
+        }))
+    })?;
+    g.row("ipckit_lock_timeout", || {
+        let counter = Shared::<Mutex<u64>>::create(0)?;
+        Ok(Local(move |n| -> anyhow::Result<()> {
+            for _ in 0..n {
+                *black_box(&counter).lock_timeout(PATIENCE)? += 1;
+            }
+            Ok(())
+        }))
+    })?;
+    for (row, robust) in [("raw_pthread", false), ("raw_pthread_robust", true)] {
+        g.row(row, || {
+            let counter = Raw::pthread(robust)?;
+            Ok(Local(move |n| -> anyhow::Result<()> {
+                for _ in 0..n {
+                    black_box(&counter).with(None, |c| *c += 1)?;
+                }
+                Ok(())
+            }))
+        })?;
+    }
+    g.row("raw_spinlock", || {
+        let counter = Raw::<SpinCounter>::create()?;
+        Ok(Local(move |n| -> anyhow::Result<()> {
+            let deadline = Instant::now() + PATIENCE;
+            for _ in 0..n {
+                black_box(&counter).with(deadline, |c| *c += 1)?;
+            }
+            Ok(())
+        }))
+    })?;
+    g.row("std_mutex", || {
+        let counter = std::sync::Mutex::new(0u64);
+        Ok(Local(move |n| -> anyhow::Result<()> {
+            for _ in 0..n {
+                *black_box(&counter)
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) += 1;
+            }
+            Ok(())
+        }))
+    })?;
+    g.finish(
+        &[
+            (
+                "ipckit",
+                &["raw_pthread", "raw_pthread_robust", "raw_spinlock"],
+            ),
+            ("ipckit_lock_timeout", &["raw_pthread_robust"]),
+        ],
+        &["std_mutex"],
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    ipckit_core::enter(ROLES);
+    let mut c = Criterion::default().configure_from_args();
+    counter_lock(&mut c)?;
+    counter_atomic(&mut c)?;
+    shm_bw(&mut c)?;
+    shm_spin_rtt(&mut c)?;
+    lock_uncontended(&mut c)?;
+    c.final_summary();
+    Ok(())
+}
