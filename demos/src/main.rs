@@ -11,8 +11,11 @@ use ipckit_core::Role;
 mod counter;
 mod fifo;
 mod pipes;
+mod producer_consumer;
+mod restaurant;
 mod sensor;
 mod support;
+mod workers;
 
 /// Classic IPC scenarios with ipckit: real processes, checked outcomes.
 #[derive(Debug, Parser)]
@@ -49,6 +52,19 @@ enum Scenario {
     /// A sensor process publishes 20 temperatures into a ring in shared memory; a monitor
     /// process prints them with a moving average, until the sensor closes the ring.
     Sensor,
+    /// An order taker, a kitchen and a server process: four orders flow from one to the
+    /// next, and each is served exactly once.
+    Restaurant {
+        /// What carries the orders between the stations.
+        #[arg(long, value_enum, default_value_t)]
+        mechanism: restaurant::Mechanism,
+    },
+    /// Three producer processes make 5 items each into a small bounded queue; one consumer
+    /// process takes them all, until every producer is gone.
+    ProducerConsumer,
+    /// Three worker processes share 10 tasks from a task queue and put their results on
+    /// another; the parent closes the task queue instead of sending sentinels.
+    Workers,
 }
 
 const ROLES: &[Role] = &[
@@ -60,6 +76,12 @@ const ROLES: &[Role] = &[
     Role::new("counter-worker", counter::worker),
     Role::new("sensor-writer", sensor::writer),
     Role::new("sensor-monitor", sensor::monitor),
+    Role::new("restaurant-order-taker", restaurant::order_taker),
+    Role::new("restaurant-kitchen", restaurant::kitchen),
+    Role::new("restaurant-server", restaurant::server),
+    Role::new("pc-producer", producer_consumer::producer),
+    Role::new("pc-consumer", producer_consumer::consumer),
+    Role::new("task-worker", workers::worker),
 ];
 
 fn main() -> ExitCode {
@@ -83,6 +105,9 @@ fn main() -> ExitCode {
             counter::counter(variant, pace)
         }
         Scenario::Sensor => sensor::sensor(pace),
+        Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
+        Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
+        Scenario::Workers => workers::workers(pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

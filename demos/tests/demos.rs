@@ -184,6 +184,146 @@ fn sensor_monitor_sees_every_reading() {
     assert_eq!(out.matches("📊 Monitor: reading ").count(), 20, "{out}");
 }
 
+/// The seeds' four orders: (id, item, table).
+const ORDERS: [(u32, &str, u32); 4] = [
+    (1, "Margherita Pizza 🍕", 5),
+    (2, "Caesar Salad 🥗", 3),
+    (3, "Pasta Carbonara 🍝", 7),
+    (4, "Tiramisu 🍰", 5),
+];
+
+fn restaurant_serves_every_order(out: &str) {
+    for (id, item, table) in ORDERS {
+        // One order's way through the restaurant, in causal order across the processes.
+        assert_in_order(
+            out,
+            &[
+                &format!("📝 Order taker: New order #{id} - {item} for table {table}"),
+                &format!("👨‍🍳 Kitchen: Preparing order #{id} - {item}..."),
+                &format!("✅ Kitchen: Order #{id} ready - {item}"),
+                &format!("🍽️ Server: Delivering order #{id} to table {table}"),
+                &format!("😊 Table {table} received their {item}"),
+            ],
+        );
+        let delivered = format!("Delivering order #{id} ");
+        assert_eq!(out.matches(&delivered).count(), 1, "{out}");
+    }
+    assert_eq!(out.matches("Delivering order #").count(), 4, "{out}");
+    assert_in_order(
+        out,
+        &[
+            "🍽️ Server: the kitchen closed; 4 orders served",
+            "🎉 Restaurant service complete! All customers happy!",
+        ],
+    );
+    assert!(
+        !out.contains("None") && !out.contains("sentinel"),
+        "no sentinel in the restaurant: {out}"
+    );
+}
+
+#[test]
+fn restaurant_over_every_mechanism() {
+    for (mechanism, over) in [
+        ("queue", "over queues in shared memory"),
+        ("pipe", "over one-way pipes"),
+        ("duplex", "over duplex pipes"),
+    ] {
+        let out = demo(&["restaurant", "--mechanism", mechanism, "--fast"]);
+        assert!(out.contains(over), "--mechanism {mechanism}: {out}");
+        restaurant_serves_every_order(&out);
+    }
+}
+
+#[test]
+fn restaurant_uses_a_queue_by_default() {
+    let out = demo(&["restaurant", "--fast"]);
+    assert!(out.contains("over queues in shared memory"), "{out}");
+    restaurant_serves_every_order(&out);
+}
+
+#[test]
+fn restaurant_lists_its_mechanisms() {
+    let help = demo(&["restaurant", "--help"]);
+    for mechanism in ["queue", "pipe", "duplex", "[default: queue]"] {
+        assert!(help.contains(mechanism), "{mechanism} missing: {help}");
+    }
+    let out = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &["restaurant", "--mechanism", "carrier-pigeon", "--fast"],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn producer_consumer_consumes_every_item_once() {
+    let out = demo(&["producer-consumer", "--fast"]);
+    assert_eq!(out.matches(": made item ").count(), 15, "{out}");
+    assert_eq!(
+        out.matches("🛒 Consumer: consumed item ").count(),
+        15,
+        "{out}"
+    );
+    for p in 1..=3 {
+        for n in 1..=5 {
+            // Made before consumed, and consumed once.
+            assert_in_order(
+                &out,
+                &[
+                    &format!("🏭 Producer {p}: made item {p}-{n}\n"),
+                    &format!("🛒 Consumer: consumed item {p}-{n}\n"),
+                ],
+            );
+            let consumed = format!("consumed item {p}-{n}\n");
+            assert_eq!(out.matches(&consumed).count(), 1, "{out}");
+        }
+        assert!(
+            out.contains(&format!("🏭 Producer {p}: made all 5 items, going home")),
+            "{out}"
+        );
+    }
+    assert_in_order(
+        &out,
+        &[
+            "🛒 Consumer: every producer went home and the queue is empty",
+            "✅ Consumer: all 15 items, each exactly once, each producer's in order",
+            "🎉 All 15 items made, consumed exactly once each",
+        ],
+    );
+}
+
+#[test]
+fn workers_do_every_task_once_and_go_home() {
+    let out = demo(&["workers", "--fast"]);
+    assert_eq!(out.matches(": processing Task ").count(), 10, "{out}");
+    for task in 1..=10u64 {
+        let result = format!(
+            "📬 Boss: result of task {task} = {} (from worker ",
+            task * task
+        );
+        assert_eq!(out.matches(&result).count(), 1, "{out}");
+        assert_in_order(
+            &out,
+            &[&format!("📋 Boss: Task {task} goes on the queue"), &result],
+        );
+    }
+    for worker in 1..=3 {
+        assert!(
+            out.contains(&format!(
+                "👷 Worker {worker}: the task queue is closed and empty; did "
+            )),
+            "worker {worker} did not go home: {out}"
+        );
+    }
+    assert_in_order(
+        &out,
+        &[
+            "📋 Boss: that is every task; closing the task queue",
+            "🎉 All 10 tasks done exactly once, and every worker went home by itself",
+        ],
+    );
+}
+
 #[test]
 fn verbose_shows_ipckit_events() {
     let out = run(
@@ -200,7 +340,16 @@ fn verbose_shows_ipckit_events() {
 
 #[test]
 fn every_scenario_has_help() {
-    for scenario in ["pipe", "parent-child", "fifo", "counter", "sensor"] {
+    for scenario in [
+        "pipe",
+        "parent-child",
+        "fifo",
+        "counter",
+        "sensor",
+        "restaurant",
+        "producer-consumer",
+        "workers",
+    ] {
         let out = demo(&[scenario, "--help"]);
         assert!(out.contains("--fast"), "{scenario} --help: {out}");
     }

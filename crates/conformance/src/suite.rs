@@ -30,6 +30,13 @@ pub trait Flavour: 'static {
     /// Writes `bytes` into the channel without framing, for the malformed-input tests.
     /// `None` where the mechanism is not a byte stream (those tests then pass trivially).
     fn send_raw(tx: &mut Self::Tx, bytes: &[u8]) -> Option<io::Result<()>>;
+
+    /// The largest message the flavour carries, where the operating system caps it below the
+    /// suite's 16 MiB (POSIX message queues: `/proc/sys/fs/mqueue/msgsize_max`). Every
+    /// size the suite sends is capped to it.
+    fn max_message() -> usize {
+        16 << 20
+    }
 }
 
 /// The child roles of the suite for flavour `F`.
@@ -38,6 +45,7 @@ pub fn roles<F: Flavour>() -> Vec<Role> {
         Role::new("conformance-send", role_send::<F>),
         Role::new("conformance-send-forever", role_send_forever::<F>),
         Role::new("conformance-recv", role_recv::<F>),
+        Role::new("conformance-send-typed", role_send_typed::<F>),
     ]
 }
 
@@ -53,6 +61,16 @@ pub fn run<F: Flavour>(test: fn() -> Result<()>) {
 struct Plan {
     sizes: Vec<usize>,
     repeat: usize,
+}
+
+impl Plan {
+    /// `repeat` rounds of messages of `sizes`, each capped to what flavour `F` carries.
+    fn new<F: Flavour>(sizes: &[usize], repeat: usize) -> Plan {
+        Plan {
+            sizes: sizes.iter().map(|&s| s.min(F::max_message())).collect(),
+            repeat,
+        }
+    }
 }
 
 /// Message `seq` of `size` bytes: the sequence number, then a pattern derived from it.
@@ -156,10 +174,7 @@ fn start_sender<F: Flavour>(tx: F::Tx, plan: &Plan) -> Result<ipckit_core::Child
 /// then the receiver sees `Disconnected`.
 pub fn order_kept_across_processes<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan {
-        sizes: vec![1, 100, 5000, 70_000, 8],
-        repeat: 200,
-    };
+    let plan = Plan::new::<F>(&[1, 100, 5000, 70_000, 8], 200);
     let mut child = start_sender::<F>(tx, &plan)?;
     for (seq, size) in plan_messages(&plan) {
         check(seq, size, &recv(&mut rx)?)?;
@@ -171,10 +186,7 @@ pub fn order_kept_across_processes<F: Flavour>() -> Result<()> {
 /// 100 000 small messages from another process, none lost, none reordered.
 pub fn hundred_thousand_messages<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan {
-        sizes: vec![16],
-        repeat: 100_000,
-    };
+    let plan = Plan::new::<F>(&[16], 100_000);
     let mut child = start_sender::<F>(tx, &plan)?;
     let mut buf = Vec::new();
     for (seq, size) in plan_messages(&plan) {
@@ -185,13 +197,10 @@ pub fn hundred_thousand_messages<F: Flavour>() -> Result<()> {
     join(&mut child)
 }
 
-/// Empty messages and 16 MiB messages cross intact.
+/// Empty messages and 16 MiB messages (or the flavour's largest) cross intact.
 pub fn empty_and_16mib_messages<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan {
-        sizes: vec![0, 16 << 20, 0, 1, 16 << 20],
-        repeat: 1,
-    };
+    let plan = Plan::new::<F>(&[0, 16 << 20, 0, 1, 16 << 20], 1);
     let mut child = start_sender::<F>(tx, &plan)?;
     for (seq, size) in plan_messages(&plan) {
         check(seq, size, &recv(&mut rx)?)?;
@@ -207,7 +216,8 @@ pub fn try_recv_on_empty<F: Flavour>() -> Result<()> {
         Err(TryRecvError::Empty) => {}
         other => return Err(Error::Malformed(format!("expected Empty, got {other:?}"))),
     }
-    tx.send_bytes(b"x")?;
+    tx.send_bytes_timeout(b"x", PATIENCE)
+        .map_err(|e| Error::Malformed(format!("send: {e}")))?;
     let deadline = Instant::now() + PATIENCE;
     loop {
         match rx.try_recv_bytes() {
@@ -244,10 +254,8 @@ pub fn recv_timeout_honours_timeout<F: Flavour>() -> Result<()> {
 /// `Disconnected`.
 pub fn drop_drains_then_disconnects<F: Flavour>() -> Result<()> {
     let (tx, mut rx) = F::pair()?;
-    let plan = Plan {
-        sizes: vec![10],
-        repeat: 20,
-    };
+    // Few enough to fit in any flavour's buffer, so the sender can exit before any is read.
+    let plan = Plan::new::<F>(&[10], 8);
     let mut child = start_sender::<F>(tx, &plan)?;
     join(&mut child)?;
     for (seq, size) in plan_messages(&plan) {
@@ -341,10 +349,7 @@ pub fn garbage_is_an_error<F: Flavour>() -> Result<()> {
 /// The parent sends, a child process receives and checks.
 pub fn parent_to_child<F: Flavour>() -> Result<()> {
     let (mut tx, rx) = F::pair()?;
-    let plan = Plan {
-        sizes: vec![3, 300, 30_000],
-        repeat: 100,
-    };
+    let plan = Plan::new::<F>(&[3, 300, 30_000], 100);
     let mut child = Command::new("conformance-recv")
         .arg(&plan)?
         .handle("rx", rx)
@@ -357,14 +362,14 @@ pub fn parent_to_child<F: Flavour>() -> Result<()> {
     join(&mut child)
 }
 
-/// The typed receiver's iterator yields every value, then ends when the sender is gone.
+/// The typed receiver's iterator yields every value sent by another process, then ends when
+/// that process is gone.
 pub fn iterator_ends_with_peer<F: Flavour>() -> Result<()> {
     let (tx, rx) = F::pair()?;
-    let mut tx = ipckit_core::Sender::<(u32, String), _>::new(tx);
-    for i in 0..50 {
-        tx.send(&(i, format!("message {i}")))?;
-    }
-    drop(tx);
+    let mut child = Command::new("conformance-send-typed")
+        .handle("tx", tx)
+        .quiet()
+        .spawn()?;
     let got: Vec<(u32, String)> = ipckit_core::Receiver::new(rx).into_iter().collect();
     if got.len() != 50
         || got
@@ -376,6 +381,14 @@ pub fn iterator_ends_with_peer<F: Flavour>() -> Result<()> {
             "iterator gave {} values",
             got.len()
         )));
+    }
+    join(&mut child)
+}
+
+fn role_send_typed<F: Flavour>(ctx: &mut Ctx) -> RoleResult {
+    let mut tx = ipckit_core::Sender::<(u32, String), _>::new(ctx.handle::<F::Tx>("tx")?);
+    for i in 0..50 {
+        tx.send(&(i, format!("message {i}")))?;
     }
     Ok(())
 }

@@ -24,8 +24,8 @@ pub use {
     shared::{Placeable, Shared},
     snapshot::{Ring, RingReader, SeqLock},
     sync::{
-        Barrier, Condvar, Event, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        Semaphore, SemaphoreInit,
+        Barrier, Condvar, Event, Mutex, MutexGuard, Notify, RwLock, RwLockReadGuard,
+        RwLockWriteGuard, Semaphore, SemaphoreInit,
     },
     value::{Array, ArrayGuard, RawCell, RawValue, Value, ValueCell, ValueGuard},
 };

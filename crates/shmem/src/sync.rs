@@ -608,3 +608,49 @@ impl<T: Pod> Drop for RwLockWriteGuard<'_, T> {
         futex_wake(&self.lock.state, i32::MAX);
     }
 }
+
+/// A wake-up word for building blocking waits on other shared state: waiters sleep in
+/// [`sleep_while`](Notify::sleep_while) while their condition says they are blocked;
+/// whoever changes that state calls [`notify`](Notify::notify) afterwards.
+///
+/// `notify` makes no system call when nobody sleeps, so a busy producer pays only a fence
+/// and a load per notification.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Notify {
+    epoch: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+zeroed_placeable!(Notify);
+
+impl Notify {
+    /// Sleeps (once, at most `timeout`; `None`: no limit) if `blocked()` still holds after
+    /// this waiter announced itself. Returns `true` if it woke or was never blocked, `false`
+    /// on timeout. Callers loop: wake-ups can be spurious.
+    pub fn sleep_while(
+        &self,
+        timeout: Option<Duration>,
+        mut blocked: impl FnMut() -> bool,
+    ) -> bool {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `notify`: either the notifier sees this sleeper, or the
+        // check below sees the notifier's change.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let woke = !blocked() || futex_wait(&self.epoch, epoch, timeout);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        woke
+    }
+
+    /// Wakes every sleeper (no system call if there is none). Call it after changing the
+    /// state the sleepers wait for.
+    pub fn notify(&self) {
+        // Pairs with the sleeper's fence: either it sees our state change, or we see it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.epoch.fetch_add(1, Ordering::Release);
+            futex_wake(&self.epoch, i32::MAX);
+        }
+    }
+}

@@ -60,8 +60,9 @@ pub(crate) fn sleep_counted(
     timeout: Option<Duration>,
 ) -> bool {
     sleepers.fetch_add(1, Ordering::SeqCst);
-    // Pairs with the fence in `wake_sleepers`: either the waker sees this sleeper, or this
-    // load sees the waker's new value (and the kernel's compare does not sleep).
+    // Pairs with the fence in `wake_sleepers` (and in `Notify::notify`): either the waker
+    // sees this sleeper, or this load sees the waker's new value (and the kernel's compare
+    // does not sleep).
     fence(Ordering::SeqCst);
     let woken = word.load(Ordering::Relaxed) != expected || futex_wait(word, expected, timeout);
     sleepers.fetch_sub(1, Ordering::SeqCst);

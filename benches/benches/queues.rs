@@ -1,0 +1,980 @@
+//! Queue workloads of `docs/benchmarks.md`: `queue_1p1c_64B`, `queue_4p1c_64B`,
+//! `queue_rtt_64B`, and the larger messages `queue_1p1c_4KiB` and `queue_1p1c_1MiB`.
+//!
+//! Every row runs across processes: it starts its producers and its consumer (or its echo
+//! server), roles of this executable, once, on its first batch, each with its end of the
+//! queue and a control connection (`ipckit_pipes::duplex`). For every batch the parent
+//! orders the work over the control connections (how many messages each producer puts and
+//! the consumer takes, or how many requests the echo server answers) and waits for the
+//! reports; at the end it closes the control connections, upon which the children return.
+//!
+//! The ipckit rows use the byte level (`Queue::sender` and `Queue::receiver`), so no codec
+//! is measured:
+//!
+//! - throughput (`queue_1p1c_*` and `queue_4p1c_64B`; messages or bytes per second, from
+//!   the first order of a batch to the consumer's report): ipckit's `Queue` against
+//!   ipc-channel used as a queue (the consumer holds the `IpcBytesReceiver`, each producer a
+//!   clone of the `IpcBytesSender`), and, for 64-byte messages from one producer, an ipckit
+//!   pipe (`ipckit_pipes::pipe`) as a second reference. Each message carries its number in
+//!   the batch; the consumer reports their sum, which the parent checks, so a lost or
+//!   doubled message fails the row. The ratio lines also quote Python's
+//!   `multiprocessing.Queue`, measured on these machines at 139–164 k msg/s (one producer)
+//!   and 124–127 k msg/s (four).
+//! - `queue_rtt_64B` (µs per RTT): a request queue and a reply queue between the parent
+//!   and an echo server, with blocking waits (`ipckit`) and busy-waiting ones
+//!   (`ipckit_spin`: every handle `spin(true)`), against their floors on a raw shared
+//!   mapping of an anonymous memfd (`memfd_create`, `ftruncate`, `mmap`): `raw_futex`, two
+//!   `AtomicU32`s ping-ponged with `FUTEX_WAIT` and `FUTEX_WAKE` (always woken: the plain
+//!   futex round trip), and `raw_spin`, two `AtomicU64`s spun on (as `shm_spin_rtt`).
+//!   Per batch, one untimed round trip first wakes the echo server from its order.
+//!
+//! Every wait has a deadline, except ipc-channel's receive, which has none: the consumer's
+//! fails once every producer is gone, and the parent, which waits for each report at most
+//! `PATIENCE`, kills any child still running when it gives up. Nothing is named: the
+//! queues and the floors' memory are anonymous memfds.
+//!
+//! ```text
+//! cargo bench -p ipckit-benches --bench queues -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::{
+    fs::File,
+    hint::spin_loop,
+    io,
+    marker::PhantomData,
+    mem::size_of,
+    ops::Deref,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
+use ipckit_benches::{Fd, Figure, mean, print_ratios, record, spawn};
+use ipckit_core::{Child, Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
+use ipckit_pipes::{Connection, PipeReader, PipeWriter};
+use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
+use memmap2::MmapRaw;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use serde::{Deserialize, Serialize};
+
+/// The message of the 64-byte workloads.
+const SMALL: usize = 64;
+/// The message of `queue_1p1c_4KiB`.
+const MID: usize = 4 << 10;
+/// The message of `queue_1p1c_1MiB`.
+const BIG: usize = 1 << 20;
+/// The producers of `queue_4p1c_64B`.
+const PRODUCERS: u64 = 4;
+/// How long anyone waits for anyone: a consumer for a message, the parent for a report or
+/// a child's end, either side of a ping-pong for the other.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How often a spinning wait checks its deadline.
+const SPINS: u32 = 1024;
+
+/// The queues of the rows; the byte level ignores the message type.
+type ByteQueue = Queue<Vec<u8>>;
+
+/// The queue of the throughput rows for messages of `len` bytes: exactly that large, and
+/// about 1 MiB of slots (1024 for 64 bytes, 256 for 4 KiB), at least 8 (8 MiB for 1 MiB).
+fn options(len: usize) -> QueueOptions {
+    QueueOptions::with_capacity(((1 << 20) / len).clamp(8, 1024)).max_message(len)
+}
+
+/// The number a producer stamped on a message (its first 8 bytes).
+fn stamp(msg: &[u8]) -> anyhow::Result<u64> {
+    let head = msg.get(..8).context("a message shorter than its stamp")?;
+    Ok(u64::from_le_bytes(head.try_into()?))
+}
+
+// The children's side: the ends of what carries the messages.
+
+/// A producer's end.
+trait Put {
+    /// Puts one message, waiting for room.
+    fn put(&mut self, msg: &[u8]) -> anyhow::Result<()>;
+}
+
+/// A consumer's end.
+trait Take {
+    /// Takes the next message into `buf`, waiting for it until `deadline` (for ever on
+    /// ipc-channel, whose byte receiver has no timeout).
+    fn take(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> anyhow::Result<()>;
+}
+
+impl Put for QueueSender {
+    fn put(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.send_bytes(msg)?)
+    }
+}
+
+impl Take for QueueReceiver {
+    fn take(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> anyhow::Result<()> {
+        Ok(self.recv_bytes_into_deadline(buf, deadline)?)
+    }
+}
+
+impl Put for PipeWriter {
+    fn put(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.send_bytes(msg)?)
+    }
+}
+
+impl Take for PipeReader {
+    fn take(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> anyhow::Result<()> {
+        Ok(self.recv_bytes_into_deadline(buf, deadline)?)
+    }
+}
+
+impl Put for IpcBytesSender {
+    fn put(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.send(msg)?)
+    }
+}
+
+impl Take for IpcBytesReceiver {
+    fn take(&mut self, buf: &mut Vec<u8>, _: Deadline) -> anyhow::Result<()> {
+        *buf = self.recv()?;
+        Ok(())
+    }
+}
+
+/// A child's loop: runs `work(n)` for each order `n` from the parent and reports what it
+/// returns, until the parent closes the control connection.
+fn serve(ctx: &mut Ctx, mut work: impl FnMut(u64) -> anyhow::Result<u64>) -> RoleResult {
+    let mut ctl: Connection = ctx.handle("ctl")?;
+    let mut buf = Vec::new();
+    loop {
+        match ctl.recv_bytes_into(&mut buf) {
+            Ok(()) => {}
+            Err(ipckit_pipes::Error::Disconnected) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let report = work(u64::from_le_bytes(buf.as_slice().try_into()?))?;
+        ctl.send_bytes(&report.to_le_bytes())?;
+    }
+}
+
+/// A producer: on order `n`, puts `n` messages of `len` bytes stamped 0 to `n - 1`.
+fn produce(ctx: &mut Ctx, len: usize, mut tx: impl Put) -> RoleResult {
+    let mut msg = vec![0xa5; len];
+    serve(ctx, |n| {
+        for i in 0..n {
+            msg[..8].copy_from_slice(&i.to_le_bytes());
+            tx.put(&msg)?;
+        }
+        Ok(n)
+    })
+}
+
+/// A consumer: on order `n`, takes `n` messages of `len` bytes and reports the sum of
+/// their stamps.
+fn consume(ctx: &mut Ctx, len: usize, mut rx: impl Take) -> RoleResult {
+    let mut buf = Vec::with_capacity(len);
+    serve(ctx, |n| {
+        let deadline = Deadline::after(PATIENCE);
+        let mut sum = 0u64;
+        for _ in 0..n {
+            rx.take(&mut buf, deadline)?;
+            ensure!(
+                buf.len() == len,
+                "a message of {} bytes, not {len}",
+                buf.len()
+            );
+            sum = sum.wrapping_add(stamp(&buf)?);
+        }
+        Ok(sum)
+    })
+}
+
+/// A producer's or consumer's argument: the message size and, for ipc-channel, the name
+/// of the bootstrap server through which the parent sends the child its end.
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {
+    len: usize,
+    server: Option<String>,
+}
+
+/// An ipc-channel row's end for a child.
+#[derive(Serialize, Deserialize)]
+enum End {
+    Tx(IpcBytesSender),
+    Rx(IpcBytesReceiver),
+}
+
+/// The child's side of the bootstrap: connects to the parent's server, sends it a channel,
+/// and receives its end on that.
+fn ipc_end(job: &Job) -> anyhow::Result<End> {
+    let server = job.server.clone().context("no bootstrap server")?;
+    let (tx, rx) = ipc::channel::<End>()?;
+    IpcSender::<IpcSender<End>>::connect(server)?.send(tx)?;
+    Ok(rx.recv()?)
+}
+
+// The echo side of the round trips.
+
+/// One side's ends of a ping-pong between the parent and the echo server.
+trait PingPong {
+    /// The parent's side of a round trip: sends `v`, waits for its echo until `deadline`.
+    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()>;
+
+    /// The echo server's side: waits for the next value until `deadline`, echoes it.
+    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()>;
+}
+
+/// ipckit's ping-pong: the parent puts on the request queue and gets from the reply queue,
+/// the echo server the other way round.
+struct QueuePair {
+    tx: QueueSender,
+    rx: QueueReceiver,
+    msg: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl QueuePair {
+    /// The ends on `put_to` and `get_from`, busy-waiting if `spin`.
+    fn new(put_to: ByteQueue, get_from: ByteQueue, spin: bool) -> anyhow::Result<Self> {
+        Ok(QueuePair {
+            tx: put_to.spin(spin).sender()?,
+            rx: get_from.spin(spin).receiver()?,
+            msg: vec![0xa5; SMALL],
+            buf: Vec::with_capacity(SMALL),
+        })
+    }
+}
+
+impl PingPong for QueuePair {
+    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
+        self.msg[..8].copy_from_slice(&v.to_le_bytes());
+        self.tx.send_bytes(&self.msg)?;
+        self.rx
+            .recv_bytes_into_deadline(&mut self.buf, Deadline::At(deadline))?;
+        ensure!(
+            self.buf.len() == SMALL && stamp(&self.buf)? == v,
+            "a wrong echo of {v}"
+        );
+        Ok(())
+    }
+
+    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        self.rx
+            .recv_bytes_into_deadline(&mut self.buf, Deadline::At(deadline))?;
+        Ok(self.tx.send_bytes(&self.buf)?)
+    }
+}
+
+/// A word on a cache line of its own.
+#[repr(C, align(64))]
+struct Line<W>(W);
+
+/// The two words of a floor's ping-pong: the parent writes `ping`, the echo server copies
+/// it into `pong`.
+#[repr(C)]
+struct Words<W> {
+    ping: Line<W>,
+    pong: Line<W>,
+}
+
+/// A word the floors ping-pong on.
+///
+/// # Safety
+/// All zero bytes are a valid `Self`, and `&Self` stays sound while other processes change
+/// the same bytes (every change is atomic).
+unsafe trait Word: Sync {}
+
+// SAFETY: an atomic; zeroes are 0.
+unsafe impl Word for AtomicU32 {}
+
+// SAFETY: an atomic; zeroes are 0.
+unsafe impl Word for AtomicU64 {}
+
+/// [`Words`] alone in a raw shared mapping of an anonymous memfd, made with the calls that
+/// `Segment::create` wraps.
+struct RawWords<W> {
+    map: MmapRaw,
+    file: File,
+    _w: PhantomData<W>,
+}
+
+impl<W: Word> RawWords<W> {
+    /// Two zero words.
+    fn create() -> anyhow::Result<Self> {
+        let file = File::from(memfd_create("ipckit-bench", MFdFlags::MFD_CLOEXEC)?);
+        file.set_len(size_of::<Words<W>>() as u64)?;
+        Self::map(file)
+    }
+
+    /// The words the parent handed over as `key` (a descriptor).
+    fn open(ctx: &mut Ctx, key: &str) -> anyhow::Result<Self> {
+        Self::map(File::from(ctx.handle::<Fd>(key)?.0))
+    }
+
+    fn map(file: File) -> anyhow::Result<Self> {
+        let map = MmapRaw::map_raw(&file)?;
+        ensure!(map.len() >= size_of::<Words<W>>(), "a mapping too small");
+        Ok(RawWords {
+            map,
+            file,
+            _w: PhantomData,
+        })
+    }
+
+    /// A descriptor of the words, for the echo server.
+    fn handoff(&self) -> anyhow::Result<Handoff> {
+        Ok(Handoff::Fd(self.file.try_clone()?.into()))
+    }
+}
+
+impl<W: Word> Deref for RawWords<W> {
+    type Target = Words<W>;
+
+    fn deref(&self) -> &Words<W> {
+        // SAFETY: the mapping is page-aligned (so aligned for `Words`), at least a `Words`
+        // long (`map`) and lives as long as `self`; it started zero-filled, which `Word`
+        // promises is valid, and `Word` promises that `&Words` is sound while the other
+        // process changes it.
+        unsafe { &*self.map.as_mut_ptr().cast::<Words<W>>() }
+    }
+}
+
+/// `FUTEX_WAIT`: sleeps while `word` holds `seen`, at most `PATIENCE`. Returns at once if
+/// it holds something else already, or on a signal; fails if the time runs out.
+fn futex_wait(word: &AtomicU32, seen: u32) -> anyhow::Result<()> {
+    let timeout = libc::timespec {
+        tv_sec: PATIENCE.as_secs() as libc::time_t,
+        tv_nsec: 0,
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic (in memory shared with the other
+    // process, so not FUTEX_PRIVATE); FUTEX_WAIT only reads it, and the relative timeout
+    // lives on this stack for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            &raw const timeout,
+        )
+    };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => {}
+            Some(libc::ETIMEDOUT) => bail!("no word from the other side in {PATIENCE:?}"),
+            _ => return Err(e).context("FUTEX_WAIT"),
+        }
+    }
+    Ok(())
+}
+
+/// `FUTEX_WAKE`: wakes the other side if it sleeps on `word`.
+fn futex_wake(word: &AtomicU32) -> anyhow::Result<()> {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not access memory.
+    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+    if r == -1 {
+        return Err(io::Error::last_os_error()).context("FUTEX_WAKE");
+    }
+    Ok(())
+}
+
+/// The raw futex ping-pong: each side stores its word, wakes the other, and sleeps until
+/// the other's word changes. The words count round trips modulo 2³².
+struct FutexPair {
+    words: RawWords<AtomicU32>,
+    /// The value last echoed (in the echo server).
+    last: u32,
+}
+
+impl PingPong for FutexPair {
+    fn round(&mut self, v: u64, _: Instant) -> anyhow::Result<()> {
+        let v = v as u32;
+        // Pairs with the echo server's Acquire load.
+        self.words.ping.0.store(v, Ordering::Release);
+        futex_wake(&self.words.ping.0)?;
+        loop {
+            // Pairs with the echo server's Release store.
+            let pong = self.words.pong.0.load(Ordering::Acquire);
+            if pong == v {
+                return Ok(());
+            }
+            futex_wait(&self.words.pong.0, pong)?;
+        }
+    }
+
+    fn echo(&mut self, _: Instant) -> anyhow::Result<()> {
+        let v = loop {
+            // Pairs with the parent's Release store.
+            let ping = self.words.ping.0.load(Ordering::Acquire);
+            if ping != self.last {
+                break ping;
+            }
+            futex_wait(&self.words.ping.0, ping)?;
+        };
+        self.last = v;
+        // Pairs with the parent's Acquire load.
+        self.words.pong.0.store(v, Ordering::Release);
+        futex_wake(&self.words.pong.0)
+    }
+}
+
+/// Spins until `ready` gives a value, checking `deadline` every `SPINS` spins.
+fn spin_until<T>(deadline: Instant, mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let mut spins = 0u32;
+    loop {
+        if let Some(v) = ready() {
+            return Ok(v);
+        }
+        spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins % SPINS == 0 {
+            ensure!(Instant::now() < deadline, "no word from the other side");
+        }
+    }
+}
+
+/// The raw spinning ping-pong: two words spun on.
+struct SpinPair {
+    words: RawWords<AtomicU64>,
+    /// The value last echoed (in the echo server).
+    last: u64,
+}
+
+impl PingPong for SpinPair {
+    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
+        // Pairs with the echo server's Acquire load.
+        self.words.ping.0.store(v, Ordering::Release);
+        let pong = &self.words.pong.0;
+        // Pairs with the echo server's Release store.
+        spin_until(deadline, || {
+            (pong.load(Ordering::Acquire) == v).then_some(())
+        })
+    }
+
+    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        let (ping, last) = (&self.words.ping.0, self.last);
+        // Pairs with the parent's Release store.
+        let v = spin_until(deadline, || {
+            Some(ping.load(Ordering::Acquire)).filter(|&v| v != last)
+        })?;
+        self.last = v;
+        // Pairs with the parent's Acquire load.
+        self.words.pong.0.store(v, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The echo server: `n` echoes on each order.
+fn echoes(ctx: &mut Ctx, mut pair: impl PingPong) -> RoleResult {
+    serve(ctx, |n| {
+        let deadline = Instant::now() + PATIENCE;
+        for _ in 0..n {
+            pair.echo(deadline)?;
+        }
+        Ok(n)
+    })
+}
+
+// The child roles.
+
+const QUEUE_PRODUCER: &str = "queue_producer";
+const QUEUE_CONSUMER: &str = "queue_consumer";
+const PIPE_PRODUCER: &str = "pipe_producer";
+const PIPE_CONSUMER: &str = "pipe_consumer";
+const IPC_PRODUCER: &str = "ipc_producer";
+const IPC_CONSUMER: &str = "ipc_consumer";
+const QUEUE_ECHO: &str = "queue_echo";
+const FUTEX_ECHO: &str = "futex_echo";
+const SPIN_ECHO: &str = "spin_echo";
+
+const ROLES: &[Role] = &[
+    Role::new(QUEUE_PRODUCER, queue_producer),
+    Role::new(QUEUE_CONSUMER, queue_consumer),
+    Role::new(PIPE_PRODUCER, pipe_producer),
+    Role::new(PIPE_CONSUMER, pipe_consumer),
+    Role::new(IPC_PRODUCER, ipc_producer),
+    Role::new(IPC_CONSUMER, ipc_consumer),
+    Role::new(QUEUE_ECHO, queue_echo),
+    Role::new(FUTEX_ECHO, futex_echo),
+    Role::new(SPIN_ECHO, spin_echo),
+];
+
+fn queue_producer(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    let queue: ByteQueue = ctx.handle("q")?;
+    produce(ctx, job.len, queue.sender()?)
+}
+
+fn queue_consumer(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    let queue: ByteQueue = ctx.handle("q")?;
+    consume(ctx, job.len, queue.receiver()?)
+}
+
+fn pipe_producer(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    let tx: PipeWriter = ctx.handle("tx")?;
+    produce(ctx, job.len, tx)
+}
+
+fn pipe_consumer(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    let rx: PipeReader = ctx.handle("rx")?;
+    consume(ctx, job.len, rx)
+}
+
+fn ipc_producer(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    match ipc_end(&job)? {
+        End::Tx(tx) => produce(ctx, job.len, tx),
+        End::Rx(_) => Err("a producer given a receiver".into()),
+    }
+}
+
+fn ipc_consumer(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    match ipc_end(&job)? {
+        End::Rx(rx) => consume(ctx, job.len, rx),
+        End::Tx(_) => Err("a consumer given a sender".into()),
+    }
+}
+
+/// Gets from `req` and puts on `rep`; busy-waits if its argument says so (a queue handle
+/// does not carry `spin` through a handoff).
+fn queue_echo(ctx: &mut Ctx) -> RoleResult {
+    let spin: bool = ctx.arg()?;
+    let pair = QueuePair::new(ctx.handle("rep")?, ctx.handle("req")?, spin)?;
+    echoes(ctx, pair)
+}
+
+fn futex_echo(ctx: &mut Ctx) -> RoleResult {
+    let pair = FutexPair {
+        words: RawWords::open(ctx, "mem")?,
+        last: 0,
+    };
+    echoes(ctx, pair)
+}
+
+fn spin_echo(ctx: &mut Ctx) -> RoleResult {
+    let pair = SpinPair {
+        words: RawWords::open(ctx, "mem")?,
+        last: 0,
+    };
+    echoes(ctx, pair)
+}
+
+// The parent's side.
+
+/// A child of a row, and the parent's end of the control connection to it.
+struct Worker {
+    child: Child,
+    ctl: Connection,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    /// Starts role `role` with argument `arg` and the row's `handles`.
+    fn start<A: Serialize + ?Sized>(
+        role: &'static str,
+        arg: &A,
+        handles: impl IntoIterator<Item = (&'static str, Handoff)>,
+    ) -> anyhow::Result<Self> {
+        let (ctl, theirs) = ipckit_pipes::duplex()?;
+        let handles = std::iter::once(("ctl", theirs.into_handoff())).chain(handles);
+        Ok(Worker {
+            child: spawn(role, arg, handles)?,
+            ctl,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Starts role `role` of an ipc-channel row and sends it `end` through a bootstrap
+    /// server, waiting at most `PATIENCE` for it to connect.
+    fn start_ipc(role: &'static str, len: usize, end: End) -> anyhow::Result<Self> {
+        let (server, name) = IpcOneShotServer::<IpcSender<End>>::new()?;
+        let worker = Worker::start(
+            role,
+            &Job {
+                len,
+                server: Some(name),
+            },
+            [],
+        )?;
+        // `accept` has no timeout: wait for it on another thread.
+        let (done, accepted) = mpsc::channel();
+        std::thread::spawn(move || done.send(server.accept()));
+        let (_, to_child) = accepted
+            .recv_timeout(PATIENCE)
+            .with_context(|| format!("{role} never connected"))??;
+        to_child.send(end)?;
+        Ok(worker)
+    }
+
+    /// Orders the child's work with `n`.
+    fn order(&mut self, n: u64) -> anyhow::Result<()> {
+        Ok(self.ctl.send_bytes(&n.to_le_bytes())?)
+    }
+
+    /// Waits for the child's report on its order.
+    fn report(&mut self) -> anyhow::Result<u64> {
+        self.ctl
+            .recv_bytes_into_deadline(&mut self.buf, Deadline::after(PATIENCE))
+            .with_context(|| format!("no report from {}", self.child.role()))?;
+        Ok(u64::from_le_bytes(
+            self.buf
+                .as_slice()
+                .try_into()
+                .context("a report of 8 bytes")?,
+        ))
+    }
+
+    /// Closes the control connection and checks that the child then ended cleanly.
+    fn finish(self) -> anyhow::Result<()> {
+        let Worker { ctl, mut child, .. } = self;
+        drop(ctl);
+        let status = child.join_timeout(PATIENCE)?;
+        ensure!(
+            status.success(),
+            "child {} ended with {status}",
+            child.role()
+        );
+        Ok(())
+    }
+}
+
+/// One row's processes, as the parent holds them.
+trait Rig {
+    /// Runs `iters` iterations of the workload; returns the time they took.
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
+
+    /// Ends the row's children and checks that they ended cleanly.
+    fn finish(self) -> anyhow::Result<()>;
+}
+
+/// A throughput row: producers share the messages of a batch, one consumer takes them
+/// all.
+struct Flow {
+    producers: Vec<Worker>,
+    consumer: Worker,
+}
+
+impl Flow {
+    /// ipckit's queue from `producers` producers to one consumer, for messages of `len`
+    /// bytes.
+    fn queue(len: usize, producers: u64) -> anyhow::Result<Self> {
+        let queue = ByteQueue::with_options(options(len))?;
+        let job = Job { len, server: None };
+        let handoff = || anyhow::Ok([("q", queue.try_clone()?.into_handoff())]);
+        Ok(Flow {
+            consumer: Worker::start(QUEUE_CONSUMER, &job, handoff()?)?,
+            producers: (0..producers)
+                .map(|_| Worker::start(QUEUE_PRODUCER, &job, handoff()?))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// An ipckit pipe from one producer to one consumer.
+    fn pipe(len: usize) -> anyhow::Result<Self> {
+        let (rx, tx) = ipckit_pipes::pipe()?;
+        let job = Job { len, server: None };
+        Ok(Flow {
+            consumer: Worker::start(PIPE_CONSUMER, &job, [("rx", rx.into_handoff())])?,
+            producers: vec![Worker::start(
+                PIPE_PRODUCER,
+                &job,
+                [("tx", tx.into_handoff())],
+            )?],
+        })
+    }
+
+    /// An ipc-channel byte channel from `producers` producers (a clone of the sender each)
+    /// to one consumer.
+    fn ipc_channel(len: usize, producers: u64) -> anyhow::Result<Self> {
+        let (tx, rx) = ipc::bytes_channel()?;
+        // Our own sender goes at the end: the consumer's receive fails once the producers'
+        // are gone.
+        Ok(Flow {
+            consumer: Worker::start_ipc(IPC_CONSUMER, len, End::Rx(rx))?,
+            producers: (0..producers)
+                .map(|_| Worker::start_ipc(IPC_PRODUCER, len, End::Tx(tx.clone())))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+}
+
+impl Rig for Flow {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        self.consumer.order(iters)?;
+        let (k, mut expected) = (self.producers.len() as u64, 0u64);
+        for (i, p) in (0..).zip(&mut self.producers) {
+            let n = iters / k + u64::from(i < iters % k);
+            // The sum of the stamps 0 to n - 1.
+            expected = expected.wrapping_add(n * n.saturating_sub(1) / 2);
+            p.order(n)?;
+        }
+        for p in &mut self.producers {
+            p.report()?;
+        }
+        let sum = self.consumer.report()?;
+        let took = began.elapsed();
+        ensure!(sum == expected, "stamps summing to {sum}, not {expected}");
+        Ok(took)
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.producers
+            .into_iter()
+            .chain([self.consumer])
+            .try_for_each(Worker::finish)
+    }
+}
+
+/// A round-trip row: per batch, the parent orders `iters + 1` echoes, makes one untimed
+/// round trip (the echo server is then awake), and times the others.
+struct Echo<P> {
+    pair: P,
+    worker: Worker,
+    /// The last value sent.
+    sent: u64,
+}
+
+impl Echo<QueuePair> {
+    /// ipckit's request and reply queues, busy-waiting on both sides if `spin`.
+    fn queue(spin: bool) -> anyhow::Result<Self> {
+        let opts = QueueOptions::with_capacity(16).max_message(SMALL);
+        let (req, rep) = (
+            ByteQueue::with_options(opts)?,
+            ByteQueue::with_options(opts)?,
+        );
+        let handles = [
+            ("req", req.try_clone()?.into_handoff()),
+            ("rep", rep.try_clone()?.into_handoff()),
+        ];
+        let worker = Worker::start(QUEUE_ECHO, &spin, handles)?;
+        Ok(Echo {
+            pair: QueuePair::new(req, rep, spin)?,
+            worker,
+            sent: 0,
+        })
+    }
+}
+
+impl Echo<FutexPair> {
+    fn futex() -> anyhow::Result<Self> {
+        let words = RawWords::create()?;
+        let worker = Worker::start(FUTEX_ECHO, &(), [("mem", words.handoff()?)])?;
+        Ok(Echo {
+            pair: FutexPair { words, last: 0 },
+            worker,
+            sent: 0,
+        })
+    }
+}
+
+impl Echo<SpinPair> {
+    fn spin() -> anyhow::Result<Self> {
+        let words = RawWords::create()?;
+        let worker = Worker::start(SPIN_ECHO, &(), [("mem", words.handoff()?)])?;
+        Ok(Echo {
+            pair: SpinPair { words, last: 0 },
+            worker,
+            sent: 0,
+        })
+    }
+}
+
+impl<P: PingPong> Rig for Echo<P> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + PATIENCE;
+        self.worker.order(iters + 1)?;
+        self.sent += 1;
+        self.pair.round(self.sent, deadline)?;
+        let began = Instant::now();
+        for _ in 0..iters {
+            self.sent += 1;
+            self.pair.round(self.sent, deadline)?;
+        }
+        let took = began.elapsed();
+        ensure!(self.worker.report()? == iters + 1, "echoes missing");
+        Ok(took)
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.worker.finish()
+    }
+}
+
+/// A criterion group of one workload.
+struct Group<'a> {
+    name: &'static str,
+    figure: Figure,
+    group: BenchmarkGroup<'a, WallTime>,
+}
+
+impl<'a> Group<'a> {
+    fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
+        let mut group = c.benchmark_group(name);
+        match figure {
+            Figure::Bandwidth(bytes) => {
+                group.throughput(Throughput::Bytes(bytes));
+                if bytes >= BIG as u64 {
+                    // An iteration takes about a millisecond: equal batches fit the time.
+                    group.sampling_mode(SamplingMode::Flat);
+                }
+            }
+            Figure::Rate => {
+                group.throughput(Throughput::Elements(1));
+            }
+            Figure::RoundTrip | Figure::Operation => {}
+        }
+        Group {
+            name,
+            figure,
+            group,
+        }
+    }
+
+    /// Benchmarks row `row`: starts it with `start` on the first batch (if the row is run
+    /// at all), times and records every batch, and ends its children afterwards.
+    fn row<R: Rig>(
+        &mut self,
+        row: &'static str,
+        start: impl Fn() -> anyhow::Result<R>,
+    ) -> anyhow::Result<()> {
+        let name = self.name;
+        let mut rig = None;
+        self.group.bench_function(row, |b| {
+            let rig = rig.get_or_insert_with(|| {
+                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
+            });
+            b.iter_custom(|iters| match rig.run(iters) {
+                Ok(took) => record(name, row, took, iters),
+                Err(e) => panic!("{name}/{row}: {e:#}"),
+            });
+        });
+        match rig {
+            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the group and prints a ratio line for each of its ipckit rows, against that
+    /// row's floors and the group's `peers`. Returns whether it printed: not in
+    /// criterion's `--test` mode, where each row runs one iteration.
+    fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) -> bool {
+        self.group.finish();
+        if std::env::args().any(|a| a == "--test") {
+            return false;
+        }
+        for (row, floors) in ours {
+            print_ratios(self.name, self.figure, row, floors, peers);
+        }
+        true
+    }
+}
+
+/// Messages per second of `row` in `group`, if it was measured.
+fn rate(group: &str, row: &str) -> Option<f64> {
+    mean(group, row)
+        .filter(|t| !t.is_zero())
+        .map(|t| 1.0 / t.as_secs_f64())
+}
+
+/// Prints how row `ipckit` of `group` compares with Python's `multiprocessing.Queue`
+/// (`python`, its range of k msg/s on these machines) and with the target of `target` M
+/// msg/s.
+fn print_python_and_target(group: &str, python: (f64, f64), target: f64) {
+    let Some(ours) = rate(group, "ipckit") else {
+        return;
+    };
+    let (low, high) = python;
+    let verdict = if ours >= target * 1e6 {
+        "met"
+    } else {
+        "missed"
+    };
+    println!(
+        "{group}: ipckit {:.2} M/s is {:.0}–{:.0}× Python's multiprocessing.Queue \
+         ({low:.0}–{high:.0} k msg/s); target ≥ {target} M/s {verdict}",
+        ours / 1e6,
+        ours / (high * 1e3),
+        ours / (low * 1e3),
+    );
+}
+
+/// Prints whether row `ours` of `group` is within `max` times its floor `floor`.
+fn print_target(group: &str, ours: &str, floor: &str, max: f64) {
+    let (Some(a), Some(b)) = (mean(group, ours), mean(group, floor)) else {
+        return;
+    };
+    let ratio = a.as_secs_f64() / b.as_secs_f64();
+    let verdict = if ratio <= max { "met" } else { "missed" };
+    println!("{group}: target {ours}/{floor} ≤ {max}×: {ratio:.2}× {verdict}");
+}
+
+fn queue_1p1c(c: &mut Criterion) -> anyhow::Result<()> {
+    let name = "queue_1p1c_64B";
+    let mut g = Group::new(c, name, Figure::Rate);
+    g.row("ipckit", || Flow::queue(SMALL, 1))?;
+    g.row("ipc-channel", || Flow::ipc_channel(SMALL, 1))?;
+    g.row("ipckit_pipe", || Flow::pipe(SMALL))?;
+    if g.finish(&[("ipckit", &[])], &["ipc-channel", "ipckit_pipe"]) {
+        // Python 3.11's multiprocessing.Queue on these machines: 139–164 k msg/s.
+        print_python_and_target(name, (139.0, 164.0), 10.0);
+    }
+    Ok(())
+}
+
+fn queue_4p1c(c: &mut Criterion) -> anyhow::Result<()> {
+    let name = "queue_4p1c_64B";
+    let mut g = Group::new(c, name, Figure::Rate);
+    g.row("ipckit", || Flow::queue(SMALL, PRODUCERS))?;
+    g.row("ipc-channel", || Flow::ipc_channel(SMALL, PRODUCERS))?;
+    if g.finish(&[("ipckit", &[])], &["ipc-channel"]) {
+        // Python 3.11's multiprocessing.Queue on these machines: 124–127 k msg/s.
+        print_python_and_target(name, (124.0, 127.0), 5.0);
+    }
+    Ok(())
+}
+
+fn queue_rtt(c: &mut Criterion) -> anyhow::Result<()> {
+    let name = "queue_rtt_64B";
+    let mut g = Group::new(c, name, Figure::RoundTrip);
+    g.row("ipckit", || Echo::queue(false))?;
+    g.row("ipckit_spin", || Echo::queue(true))?;
+    g.row("raw_futex", Echo::futex)?;
+    g.row("raw_spin", Echo::spin)?;
+    if g.finish(
+        &[("ipckit", &["raw_futex"]), ("ipckit_spin", &["raw_spin"])],
+        &[],
+    ) {
+        print_target(name, "ipckit", "raw_futex", 1.15);
+        print_target(name, "ipckit_spin", "raw_spin", 1.5);
+    }
+    Ok(())
+}
+
+fn queue_sizes(c: &mut Criterion) -> anyhow::Result<()> {
+    for (name, len) in [("queue_1p1c_4KiB", MID), ("queue_1p1c_1MiB", BIG)] {
+        let mut g = Group::new(c, name, Figure::Bandwidth(len as u64));
+        g.row("ipckit", || Flow::queue(len, 1))?;
+        g.row("ipc-channel", || Flow::ipc_channel(len, 1))?;
+        g.finish(&[("ipckit", &[])], &["ipc-channel"]);
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    ipckit_core::enter(ROLES);
+    let mut c = Criterion::default().configure_from_args();
+    queue_1p1c(&mut c)?;
+    queue_4p1c(&mut c)?;
+    queue_rtt(&mut c)?;
+    queue_sizes(&mut c)?;
+    c.final_summary();
+    Ok(())
+}

@@ -1,0 +1,536 @@
+//! The byte queue in shared memory: slots claimed by compare-and-swap, each carrying the
+//! pid of the process working on it, so that survivors can repair what a killed process
+//! left half done.
+//!
+//! A slot's state word is `turn << 34 | kind << 32 | pid`, where `turn` counts the laps of
+//! the ring (position / capacity) and `kind` is FREE (ready for the producer of `turn`),
+//! WRITING, FULL or READING (by `pid`). A producer claims position `p` by turning
+//! FREE(turn p) into WRITING, writes, then publishes FULL; a consumer turns FULL into
+//! READING, copies, then frees the slot for the next lap. `tail` and `head` only say where
+//! to look first: anyone who finds a position already claimed moves them on.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use ipckit_core::{Deadline, Error, Result};
+use ipckit_shmem::Segment;
+
+use crate::sys::{self, Header, SENDER_TABLE, SLOT_HEAD, SLOTS, SlotHead};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE1");
+const FREE: u64 = 0;
+const WRITING: u64 = 1;
+const FULL: u64 = 2;
+const READING: u64 = 3;
+const TURN_MASK: u64 = (1 << 30) - 1;
+/// The length of a slot whose producer died before finishing it: consumers skip it.
+const ABANDONED: u32 = u32::MAX;
+/// How often a waiter looks for dead processes that block it.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Spins before a waiter sleeps in the kernel.
+const SPINS: u32 = 100;
+
+fn state(turn: u64, kind: u64, pid: u32) -> u64 {
+    (turn & TURN_MASK) << 34 | kind << 32 | u64::from(pid)
+}
+
+fn turn_of(s: u64) -> u64 {
+    s >> 34
+}
+
+fn kind_of(s: u64) -> u64 {
+    (s >> 32) & 3
+}
+
+fn pid_of(s: u64) -> u32 {
+    s as u32
+}
+
+/// How a queue is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// The most messages it holds (rounded up to a power of two).
+    pub capacity: usize,
+    /// The largest message, in bytes.
+    pub max_message: usize,
+    /// The most shared memory its slots may take, in bytes: the capacity is lowered to fit.
+    pub max_bytes: usize,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            capacity: 1024,
+            max_message: 64 << 10,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Options for `capacity` messages of up to the default 64 KiB.
+    pub fn with_capacity(capacity: usize) -> Self {
+        QueueOptions {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the largest message.
+    #[must_use]
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Sets the most shared memory the slots may take.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    fn slot_size(&self) -> usize {
+        (SLOT_HEAD + self.max_message).next_multiple_of(64)
+    }
+
+    /// The capacity actually used: a power of two, within `max_bytes`.
+    fn slots(&self) -> Result<usize> {
+        let fit = self.max_bytes / self.slot_size();
+        let want = self.capacity.max(1).next_power_of_two();
+        let slots = if want <= fit {
+            want
+        } else {
+            prev_power_of_two(fit)
+        };
+        if slots == 0 || self.max_message > u32::MAX as usize / 2 {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "max_bytes {} cannot hold one message of {} bytes",
+                    self.max_bytes, self.max_message
+                ),
+            )));
+        }
+        Ok(slots)
+    }
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+fn shm(e: ipckit_shmem::Error) -> Error {
+    e.into()
+}
+
+/// A handle on a queue segment: the shared state plus this process's view of its layout.
+#[derive(Debug)]
+pub(crate) struct RawQueue {
+    seg: Segment,
+    capacity: u64,
+    slot_size: usize,
+    max_message: usize,
+    pid: u32,
+}
+
+impl RawQueue {
+    pub(crate) fn create(opts: QueueOptions, named: bool) -> Result<Self> {
+        let slots = opts.slots()?;
+        let len = SLOTS + slots * opts.slot_size();
+        let seg = if named {
+            Segment::create_named(len)
+        } else {
+            Segment::create(len)
+        }
+        .map_err(shm)?;
+        let h = sys::header(&seg);
+        h.capacity.store(slots as u64, Ordering::Relaxed);
+        h.slot_size
+            .store(opts.slot_size() as u64, Ordering::Relaxed);
+        h.max_message
+            .store(opts.max_message as u64, Ordering::Relaxed);
+        // Pairs with the Acquire load in `from_segment`: an opener that sees the magic sees
+        // the layout.
+        h.magic.store(MAGIC, Ordering::Release);
+        Self::from_segment(seg)
+    }
+
+    pub(crate) fn from_segment(seg: Segment) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an ipckit queue: {why}"),
+            ))
+        };
+        if seg.len() < SLOTS {
+            return Err(bad("too short"));
+        }
+        let h = sys::header(&seg);
+        if h.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(bad("no queue header"));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed);
+        let slot_size = h.slot_size.load(Ordering::Relaxed) as usize;
+        let max_message = h.max_message.load(Ordering::Relaxed) as usize;
+        if !capacity.is_power_of_two()
+            || slot_size % 64 != 0
+            || SLOTS + capacity as usize * slot_size > seg.len()
+        {
+            return Err(bad("inconsistent layout"));
+        }
+        Ok(RawQueue {
+            seg,
+            capacity,
+            slot_size,
+            max_message,
+            pid: std::process::id(),
+        })
+    }
+
+    pub(crate) fn open(name: &str) -> Result<Self> {
+        Self::from_segment(Segment::open(name).map_err(shm)?)
+    }
+
+    pub(crate) fn try_clone(&self) -> Result<Self> {
+        Self::from_segment(self.seg.try_clone().map_err(shm)?)
+    }
+
+    pub(crate) fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    pub(crate) fn into_segment(self) -> Segment {
+        self.seg
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        sys::header(&self.seg)
+    }
+
+    fn slot(&self, pos: u64) -> (&SlotHead, usize) {
+        let index = (pos & (self.capacity - 1)) as usize;
+        (
+            sys::slot(&self.seg, self.slot_size, index),
+            SLOTS + index * self.slot_size + SLOT_HEAD,
+        )
+    }
+
+    fn turn(&self, pos: u64) -> u64 {
+        (pos / self.capacity) & TURN_MASK
+    }
+
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Messages in the queue now (an estimate while others put and get).
+    pub(crate) fn len(&self) -> usize {
+        let h = self.header();
+        let tail = h.tail.0.load(Ordering::Acquire);
+        let head = h.head.0.load(Ordering::Acquire);
+        tail.saturating_sub(head).min(self.capacity) as usize
+    }
+
+    /// Moves `cursor` on from `pos` if nobody has yet.
+    fn advance(cursor: &AtomicU64, pos: u64) {
+        let _ = cursor.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Puts one message; waits for room until `deadline`.
+    pub(crate) fn put(&self, msg: &[u8], deadline: Deadline, spin: bool) -> Result<()> {
+        if msg.len() > self.max_message {
+            return Err(Error::TooLarge {
+                len: msg.len() as u64,
+                max: self.max_message,
+            });
+        }
+        let h = self.header();
+        let mut waited = 0u32;
+        loop {
+            if h.closed.load(Ordering::Acquire) != 0 {
+                return Err(Error::Disconnected);
+            }
+            let pos = h.tail.0.load(Ordering::Acquire);
+            let turn = self.turn(pos);
+            let (slot, data) = self.slot(pos);
+            let s = slot.state.load(Ordering::Acquire);
+            if turn_of(s) == turn {
+                if kind_of(s) == FREE {
+                    // Acquire pairs with the consumer's Release that freed the slot.
+                    if slot
+                        .state
+                        .compare_exchange(
+                            s,
+                            state(turn, WRITING, self.pid),
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        Self::advance(&h.tail.0, pos);
+                        slot.len.store(msg.len() as u32, Ordering::Relaxed);
+                        self.seg.write(data, msg).map_err(shm)?;
+                        // Pairs with the consumer's Acquire load of the state.
+                        slot.state.store(state(turn, FULL, 0), Ordering::Release);
+                        h.not_empty.0.notify();
+                        return Ok(());
+                    }
+                } else {
+                    // Claimed already: move the tail on and try the next position.
+                    Self::advance(&h.tail.0, pos);
+                }
+                continue;
+            }
+            if turn_of(s) != turn.wrapping_sub(1) & TURN_MASK {
+                // The tail we read is stale.
+                continue;
+            }
+            // The slot still holds (or is being emptied of) the message of the lap before:
+            // the queue is full here. A consumer that died mid-get holds it up: free it.
+            if kind_of(s) == READING && !ipckit_core::is_alive(pid_of(s) as i32) {
+                if slot
+                    .state
+                    .compare_exchange(s, state(turn, FREE, 0), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    tracing::warn!(
+                        pid = pid_of(s),
+                        "queue: consumer died mid-get; its message is lost with it"
+                    );
+                    Self::advance(&h.head.0, pos - self.capacity);
+                    h.not_full.0.notify();
+                }
+                continue;
+            }
+            if !deadline.is_blocking() {
+                return Err(Error::Timeout);
+            }
+            self.wait(&h.not_full.0, &mut waited, deadline, spin, || {
+                h.closed.load(Ordering::Acquire) == 0 && slot.state.load(Ordering::Acquire) == s
+            })?;
+        }
+    }
+
+    /// Gets one message into `out`; waits for one until `deadline`.
+    pub(crate) fn get(&self, out: &mut Vec<u8>, deadline: Deadline, spin: bool) -> Result<()> {
+        let h = self.header();
+        let mut waited = 0u32;
+        loop {
+            let pos = h.head.0.load(Ordering::Acquire);
+            let turn = self.turn(pos);
+            let (slot, data) = self.slot(pos);
+            let s = slot.state.load(Ordering::Acquire);
+            if turn_of(s) == turn {
+                match kind_of(s) {
+                    FULL => {
+                        // Acquire pairs with the producer's Release store of FULL.
+                        if slot
+                            .state
+                            .compare_exchange(
+                                s,
+                                state(turn, READING, self.pid),
+                                Ordering::Acquire,
+                                Ordering::Relaxed,
+                            )
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        Self::advance(&h.head.0, pos);
+                        let len = slot.len.load(Ordering::Relaxed);
+                        if len != ABANDONED {
+                            out.resize(len as usize, 0);
+                            self.seg.read(data, out).map_err(shm)?;
+                        }
+                        // Pairs with the producer's Acquire of the next lap's claim.
+                        slot.state
+                            .store(state(turn + 1, FREE, 0), Ordering::Release);
+                        h.not_full.0.notify();
+                        if len != ABANDONED {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    WRITING if !ipckit_core::is_alive(pid_of(s) as i32) => {
+                        self.abandon(slot, s, pos);
+                        continue;
+                    }
+                    // Nothing at the head. Is anything coming?
+                    FREE if self.no_more_coming(pos) => return Err(Error::Disconnected),
+                    // READING: another consumer has this one; WRITING: a live producer is on it.
+                    READING => {
+                        Self::advance(&h.head.0, pos);
+                        continue;
+                    }
+                    _ => {}
+                }
+            } else if turn_of(s) == (turn + 1) & TURN_MASK {
+                // Already got and freed: the head we read is stale.
+                Self::advance(&h.head.0, pos);
+                continue;
+            } else {
+                continue;
+            }
+            if !deadline.is_blocking() {
+                return Err(Error::Timeout);
+            }
+            self.wait(&h.not_empty.0, &mut waited, deadline, spin, || {
+                slot.state.load(Ordering::Acquire) == s
+            })?;
+        }
+    }
+
+    /// A producer died between claiming position `pos` and publishing it: mark the slot
+    /// abandoned so consumers skip it (its `put` never returned: nothing it promised is lost).
+    fn abandon(&self, slot: &SlotHead, seen: u64, pos: u64) {
+        let turn = self.turn(pos);
+        // Take the claim over first, so only one survivor repairs it.
+        if slot
+            .state
+            .compare_exchange(
+                seen,
+                state(turn, WRITING, self.pid),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            tracing::warn!(
+                pid = pid_of(seen),
+                "queue: producer died mid-put; its message is lost with it"
+            );
+            slot.len.store(ABANDONED, Ordering::Relaxed);
+            slot.state.store(state(turn, FULL, 0), Ordering::Release);
+            Self::advance(&self.header().tail.0, pos);
+        }
+    }
+
+    /// Whether a consumer that found position `pos` empty will never get more: the queue is
+    /// closed, or every sender is gone, and nothing was put meanwhile.
+    fn no_more_coming(&self, pos: u64) -> bool {
+        let h = self.header();
+        let closed = h.closed.load(Ordering::Acquire) != 0;
+        let orphaned =
+            !closed && h.senders_ever.load(Ordering::Acquire) != 0 && !self.any_live_sender();
+        // Recheck after deciding: a put that raced with the check must not be missed.
+        (closed || orphaned) && h.tail.0.load(Ordering::Acquire) <= pos && {
+            let (slot, _) = self.slot(pos);
+            kind_of(slot.state.load(Ordering::Acquire)) == FREE
+        }
+    }
+
+    /// Waits once: a few spins, then a sleep of at most `CHECK_EVERY` while `blocked()`.
+    fn wait(
+        &self,
+        notify: &ipckit_shmem::Notify,
+        waited: &mut u32,
+        deadline: Deadline,
+        spin: bool,
+        blocked: impl FnMut() -> bool,
+    ) -> Result<()> {
+        if deadline.has_passed() {
+            return Err(Error::Timeout);
+        }
+        *waited = waited.saturating_add(1);
+        if spin || *waited < SPINS {
+            std::hint::spin_loop();
+            if spin && *waited % 1024 == 0 {
+                std::thread::yield_now();
+            }
+            return Ok(());
+        }
+        let nap = deadline
+            .remaining()
+            .map_or(CHECK_EVERY, |d| d.min(CHECK_EVERY));
+        notify.sleep_while(Some(nap), blocked);
+        Ok(())
+    }
+
+    /// Ends the queue: puts fail, gets drain what is there, then say `Disconnected`.
+    pub(crate) fn close(&self) {
+        let h = self.header();
+        h.closed.store(1, Ordering::Release);
+        h.not_empty.0.notify();
+        h.not_full.0.notify();
+        tracing::debug!("queue closed");
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.header().closed.load(Ordering::Acquire) != 0
+    }
+
+    fn any_live_sender(&self) -> bool {
+        self.header().senders.iter().any(|e| {
+            let v = e.load(Ordering::Acquire);
+            v as u32 > 0 && ipckit_core::is_alive((v >> 32) as i32)
+        })
+    }
+
+    /// Counts one more sender handle in process `pid`.
+    pub(crate) fn register_sender(&self, pid: u32) -> Result<()> {
+        let h = self.header();
+        h.senders_ever.store(1, Ordering::Release);
+        loop {
+            // This process's entry, or else a free one (or one whose process died).
+            let entry = h
+                .senders
+                .iter()
+                .find(|e| {
+                    (e.load(Ordering::Acquire) >> 32) as u32 == pid
+                        && e.load(Ordering::Acquire) as u32 > 0
+                })
+                .or_else(|| {
+                    h.senders.iter().find(|e| {
+                        let v = e.load(Ordering::Acquire);
+                        v as u32 == 0 || !ipckit_core::is_alive((v >> 32) as i32)
+                    })
+                });
+            let Some(entry) = entry else {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "more than {SENDER_TABLE} processes hold senders of this queue"
+                ))));
+            };
+            let v = entry.load(Ordering::Acquire);
+            let next = if (v >> 32) as u32 == pid && v as u32 > 0 {
+                v + 1
+            } else {
+                u64::from(pid) << 32 | 1
+            };
+            if entry
+                .compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Counts one sender handle less in process `pid`; wakes consumers if it was the last.
+    pub(crate) fn unregister_sender(&self, pid: u32) {
+        let h = self.header();
+        for e in &h.senders {
+            let r = e.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                ((v >> 32) as u32 == pid && v as u32 > 0).then_some(v - 1)
+            });
+            if r.is_ok() {
+                h.not_empty.0.notify();
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+}

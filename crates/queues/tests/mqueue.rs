@@ -1,0 +1,396 @@
+//! The POSIX message queue: opened by unrelated processes, refused with clear errors beyond
+//! the kernel's limits, removed with its creator's last handle, and never waiting past a
+//! timeout or on a dead sender.
+//!
+//! Every queue here fits Linux's defaults for unprivileged processes (10 messages of up to
+//! 8 KiB), so the tests pass without raised limits.
+
+use std::time::{Duration, Instant};
+
+use ipckit_core::{Command, Ctx, Role, RoleResult};
+use ipckit_queues::{
+    Error, HARD_MSG_MAX, HARD_MSGSIZE_MAX, MessageQueue, MqLimits, MqOptions, MqReceiver, MqSender,
+    RecvBytes, RecvTimeoutError, SendBytes, SendTimeoutError, TryRecvError, TrySendError,
+};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Opens the queue named by the argument and sends it three greetings.
+fn send_by_name(ctx: &mut Ctx) -> RoleResult {
+    let name: String = ctx.arg()?;
+    let q = MessageQueue::open(&name)?;
+    assert!(!q.is_owner());
+    let mut tx = q.sender()?.into_sender::<String>();
+    for i in 0..3 {
+        tx.send(&format!("hello {i} from an unrelated process"))?;
+    }
+    Ok(())
+}
+
+/// Opens the queue named by the argument and checks what the parent sends, up to
+/// `Disconnected`.
+fn recv_by_name(ctx: &mut Ctx) -> RoleResult {
+    let (name, count): (String, u32) = ctx.arg()?;
+    let mut rx = MessageQueue::open(&name)?
+        .receiver()?
+        .into_receiver::<u32>();
+    for i in 0..count {
+        let got = rx.recv_timeout(PATIENCE)?;
+        if got != i {
+            return Err(format!("expected {i}, got {got}").into());
+        }
+    }
+    match rx.recv_timeout(PATIENCE) {
+        Err(RecvTimeoutError::Disconnected) => Ok(()),
+        other => Err(format!("expected Disconnected, got {other:?}").into()),
+    }
+}
+
+/// Takes a sender, waits a while, sends one message.
+fn late_sender(ctx: &mut Ctx) -> RoleResult {
+    let mut tx: MqSender = ctx.handle("tx")?;
+    std::thread::sleep(Duration::from_millis(300));
+    tx.send_bytes(b"late but alive")?;
+    Ok(())
+}
+
+/// Sends numbered messages until killed.
+fn send_forever(ctx: &mut Ctx) -> RoleResult {
+    let mut tx: MqSender = ctx.handle("tx")?;
+    for seq in 0u64.. {
+        tx.send_bytes(&seq.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Sets this process's `RLIMIT_MSGQUEUE` (lowering is always allowed).
+fn set_mq_byte_limit(bytes: u64) {
+    use nix::libc;
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit only reads the valid, initialised struct it is given; changing a
+    // resource limit has no memory-safety effect.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_MSGQUEUE, &limit) };
+    assert_eq!(r, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Drops root (and with it `CAP_SYS_RESOURCE`) if this process has it.
+fn become_unprivileged() {
+    use nix::libc;
+    // SAFETY: geteuid reads the process's credentials and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // SAFETY: plain system calls on integers; this role process does nothing else
+        // meanwhile.
+        unsafe {
+            assert_eq!(libc::setgid(65534), 0, "setgid");
+            assert_eq!(libc::setuid(65534), 0, "setuid");
+        }
+    }
+    assert!(!MqLimits::read().privileged);
+}
+
+/// Without `CAP_SYS_RESOURCE`, asks for more than the sysctls allow.
+fn beyond_sysctls(_: &mut Ctx) -> RoleResult {
+    become_unprivileged();
+    let limits = MqLimits::read();
+    let msg_max = limits.msg_max.ok_or("msg_max unreadable")? as usize;
+    let msgsize_max = limits.msgsize_max.ok_or("msgsize_max unreadable")? as usize;
+    let e = MessageQueue::create(MqOptions::with_capacity(msg_max + 1).max_message(16))
+        .expect_err("more messages than msg_max");
+    let want = format!(
+        "max_messages {} exceeds /proc/sys/fs/mqueue/msg_max = {msg_max} (raise it or ask for fewer)",
+        msg_max + 1
+    );
+    if !e.to_string().contains(&want) {
+        return Err(format!("got `{e}`, wanted `{want}`").into());
+    }
+    let e = MessageQueue::create(MqOptions::with_capacity(1).max_message(msgsize_max + 1))
+        .expect_err("larger messages than msgsize_max");
+    let want = format!(
+        "max_message {} exceeds /proc/sys/fs/mqueue/msgsize_max = {msgsize_max}",
+        msgsize_max + 1
+    );
+    if !e.to_string().contains(&want) {
+        return Err(format!("got `{e}`, wanted `{want}`").into());
+    }
+    Ok(())
+}
+
+/// With a small `RLIMIT_MSGQUEUE`, asks for a queue that needs more.
+fn beyond_byte_limit(_: &mut Ctx) -> RoleResult {
+    set_mq_byte_limit(50_000);
+    let opts = MqOptions::with_capacity(10).max_message(8192);
+    let e = MessageQueue::create(opts).expect_err("more bytes than RLIMIT_MSGQUEUE");
+    let m = e.to_string();
+    if !m.contains("RLIMIT_MSGQUEUE (`ulimit -q`) = 50000 bytes")
+        || !m.contains(&format!("takes {} bytes", opts.accounted_bytes()))
+    {
+        return Err(format!("unclear error: {m}").into());
+    }
+    // Within the limit it works.
+    MessageQueue::create(MqOptions::with_capacity(4).max_message(1024))?;
+    Ok(())
+}
+
+const ROLES: &[Role] = &[
+    Role::new("send-by-name", send_by_name),
+    Role::new("recv-by-name", recv_by_name),
+    Role::new("late-sender", late_sender),
+    Role::new("send-forever", send_forever),
+    Role::new("beyond-sysctls", beyond_sysctls),
+    Role::new("beyond-byte-limit", beyond_byte_limit),
+];
+
+fn small() -> MqOptions {
+    MqOptions::with_capacity(8).max_message(256)
+}
+
+/// Whether a queue called `name` exists (without depending on `/dev/mqueue`).
+fn exists(name: &str) -> bool {
+    match MessageQueue::open(name) {
+        Ok(_) => true,
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => panic!("opening {name}: {e}"),
+    }
+}
+
+/// The companion segment of queue `name` in `/dev/shm`.
+fn peers_path(name: &str) -> std::path::PathBuf {
+    let suffix = name.strip_prefix("/ipckit-mq-").expect("an ipckit name");
+    std::path::Path::new("/dev/shm").join(format!("ipckit-shm-{suffix}"))
+}
+
+fn join(child: &mut ipckit_core::Child) {
+    assert!(child.join_timeout(PATIENCE).unwrap().success());
+}
+
+#[test]
+fn an_unrelated_process_opens_it_by_name() {
+    ipckit_core::enter(ROLES);
+    let q = MessageQueue::create(small()).unwrap();
+    assert!(
+        q.name()
+            .starts_with(&format!("/ipckit-mq-{}-", std::process::id()))
+    );
+    assert!(q.is_owner());
+    assert_eq!((q.capacity(), q.max_message()), (8, 256));
+
+    // The child sends.
+    let mut rx = q.receiver().unwrap().into_receiver::<String>();
+    let mut child = Command::new("send-by-name")
+        .arg(q.name())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).unwrap(),
+            format!("hello {i} from an unrelated process")
+        );
+    }
+    join(&mut child);
+    // Its sender is gone with it.
+    assert!(matches!(
+        rx.recv_timeout(PATIENCE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+
+    // The child receives (without the leading slash, too).
+    let q = MessageQueue::create(small()).unwrap();
+    let mut tx = q.sender().unwrap().into_sender::<u32>();
+    let mut child = Command::new("recv-by-name")
+        .arg(&(q.name().trim_start_matches('/').to_string(), 50u32))
+        .unwrap()
+        .spawn()
+        .unwrap();
+    for i in 0..50u32 {
+        tx.send(&i).unwrap();
+    }
+    drop(tx);
+    join(&mut child);
+}
+
+#[test]
+fn limits_are_refused_with_clear_errors() {
+    ipckit_core::enter(ROLES);
+    // Beyond the kernel's hard limits: refused even with CAP_SYS_RESOURCE.
+    let e = MessageQueue::create(MqOptions::with_capacity(HARD_MSG_MAX + 1).max_message(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_messages 65537 exceeds the kernel's hard limit of 65536")
+            || e.contains("max_messages 65537 exceeds /proc/sys/fs/mqueue/msg_max"),
+        "{e}"
+    );
+    let e = MessageQueue::create(MqOptions::with_capacity(1).max_message(HARD_MSGSIZE_MAX + 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_message 16777217 exceeds the kernel's hard limit")
+            || e.contains("max_message 16777217 exceeds /proc/sys/fs/mqueue/msgsize_max"),
+        "{e}"
+    );
+    let e = MessageQueue::create(MqOptions::with_capacity(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must both be at least 1"), "{e}");
+
+    // Beyond the sysctls, as an unprivileged process.
+    join(&mut Command::new("beyond-sysctls").spawn().unwrap());
+    // Beyond RLIMIT_MSGQUEUE.
+    join(&mut Command::new("beyond-byte-limit").spawn().unwrap());
+}
+
+#[test]
+fn the_creators_last_handle_removes_the_names() {
+    ipckit_core::enter(ROLES);
+    let q = MessageQueue::create(small()).unwrap();
+    let name = q.name().to_string();
+    assert!(exists(&name));
+    assert!(peers_path(&name).exists());
+    // Another process's (here: a non-owner's) handle does not remove it.
+    drop(MessageQueue::open(&name).unwrap());
+    assert!(exists(&name));
+    // A handle made from the creator keeps it.
+    let tx = q.sender().unwrap();
+    drop(q);
+    assert!(exists(&name));
+    drop(tx);
+    assert!(!exists(&name));
+    assert!(!peers_path(&name).exists());
+    match MessageQueue::open(&name) {
+        Err(Error::Io(e)) => assert!(e.to_string().contains(&name), "{e}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A name ipckit did not make is refused without touching anything.
+    assert!(matches!(
+        MessageQueue::open("/not-ipckit"),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput
+    ));
+}
+
+#[test]
+fn waits_honour_their_timeouts() {
+    ipckit_core::enter(ROLES);
+    let q = MessageQueue::create(MqOptions::with_capacity(2).max_message(16)).unwrap();
+    let mut tx = q.sender().unwrap();
+    let mut rx = q.receiver().unwrap();
+    let timeout = Duration::from_millis(200);
+
+    assert!(matches!(rx.try_recv_bytes(), Err(TryRecvError::Empty)));
+    let start = Instant::now();
+    assert!(matches!(
+        rx.recv_bytes_timeout(timeout),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+
+    tx.send_bytes(b"one").unwrap();
+    tx.send_bytes(b"").unwrap();
+    assert_eq!(q.len().unwrap(), 2);
+    assert!(matches!(
+        tx.try_send_bytes(b"three"),
+        Err(TrySendError::Full(()))
+    ));
+    let start = Instant::now();
+    assert!(matches!(
+        tx.send_bytes_timeout(b"three", timeout),
+        Err(SendTimeoutError::Timeout(()))
+    ));
+    assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+
+    match tx.send_bytes(&[0; 17]) {
+        Err(Error::TooLarge { len: 17, max: 16 }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(rx.recv_bytes().unwrap(), b"one");
+    assert_eq!(rx.recv_bytes().unwrap(), b"");
+    assert!(q.is_empty().unwrap());
+}
+
+#[test]
+fn close_drains_then_disconnects() {
+    ipckit_core::enter(ROLES);
+    let q = MessageQueue::create(small()).unwrap();
+    let mut rx = q.receiver().unwrap();
+    // No sender yet and not closed: a receiver waits (a sender may still come).
+    assert!(matches!(rx.try_recv_bytes(), Err(TryRecvError::Empty)));
+    let mut tx = q.sender().unwrap();
+    for m in [&b"a"[..], b"b", b"c"] {
+        tx.send_bytes(m).unwrap();
+    }
+    q.close();
+    assert!(q.is_closed());
+    assert!(matches!(tx.send_bytes(b"d"), Err(Error::Disconnected)));
+    for m in [&b"a"[..], b"b", b"c"] {
+        assert_eq!(rx.recv_bytes_timeout(PATIENCE).unwrap(), m);
+    }
+    assert!(matches!(rx.recv_bytes(), Err(Error::Disconnected)));
+
+    // A receiver already waiting learns of the close within a slice.
+    let q = MessageQueue::create(small()).unwrap();
+    let _tx = q.sender().unwrap();
+    let mut rx = q.receiver().unwrap();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        (rx.recv_bytes_timeout(PATIENCE), start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    q.close();
+    let (got, waited) = waiter.join().unwrap();
+    assert!(
+        matches!(got, Err(RecvTimeoutError::Disconnected)),
+        "{got:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[test]
+fn a_sender_handed_to_a_child_keeps_receivers_waiting() {
+    ipckit_core::enter(ROLES);
+    let q = MessageQueue::create(small()).unwrap();
+    let mut rx: MqReceiver = q.receiver().unwrap();
+    // The parent's registration lasts until the child has registered: no gap in which the
+    // receiver could see no sender at all.
+    let mut child = Command::new("late-sender")
+        .handle("tx", q.sender().unwrap())
+        .spawn()
+        .unwrap();
+    assert_eq!(rx.recv_bytes_timeout(PATIENCE).unwrap(), b"late but alive");
+    join(&mut child);
+    assert!(matches!(
+        rx.recv_bytes_timeout(PATIENCE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+}
+
+#[test]
+fn a_killed_sender_disconnects_within_2s() {
+    ipckit_core::enter(ROLES);
+    let q = MessageQueue::create(small()).unwrap();
+    let mut rx = q.receiver().unwrap();
+    let mut child = Command::new("send-forever")
+        .handle("tx", q.sender().unwrap())
+        .spawn()
+        .unwrap();
+    for seq in 0u64..100 {
+        assert_eq!(rx.recv_bytes_timeout(PATIENCE).unwrap(), seq.to_le_bytes());
+    }
+    child.kill().unwrap();
+    let _ = child.join_timeout(PATIENCE);
+    let killed = Instant::now();
+    for seq in 100u64.. {
+        match rx.recv_bytes_timeout(Duration::from_secs(2)) {
+            Ok(m) => assert_eq!(m, seq.to_le_bytes()),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("after the kill: {e:?}"),
+        }
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        killed.elapsed()
+    );
+}

@@ -1,0 +1,239 @@
+//! The `restaurant` scenario: an order taker, a kitchen and a server process, each order
+//! passed from one station to the next, as the seeds' `multiprocessing.Queue` example.
+//!
+//! Without its `None` sentinels: a station learns there is no more when the one before it
+//! goes home (its sending end is gone). And written once, against ipckit's byte traits: the
+//! stations only ever see a typed `Sender<Order, _>` / `Receiver<Order, _>`, whichever
+//! mechanism `--mechanism` picks to carry the orders.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RecvTimeoutError, RoleResult, SendBytes};
+use ipckit_pipes::{Connection, PipeReader, PipeWriter};
+use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
+use serde::{Deserialize, Serialize};
+
+use crate::support::{Pace, expect_same, join_all, role};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// What carries the orders from one station to the next.
+///
+/// Adding a mechanism: a variant here, and an arm in [`Mechanism::link`],
+/// [`Mechanism::sender`] and [`Mechanism::receiver`]. The stations do not change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub(crate) enum Mechanism {
+    /// A queue in shared memory (ipckit-queues); the end comes when the last sender is gone.
+    #[default]
+    Queue,
+    /// An anonymous one-way pipe; the end comes when its write end is closed.
+    Pipe,
+    /// A duplex pipe (a socket pair), used one way; the end comes when the peer closes.
+    Duplex,
+}
+
+/// One end of a link, on its way to a child: the handle the mechanism made, already turned
+/// into what travels, so that every mechanism's ends have one type here.
+struct End(Handoff);
+
+impl End {
+    fn new(h: impl Handle) -> Self {
+        End(h.into_handoff())
+    }
+}
+
+impl Handle for End {
+    fn into_handoff(self) -> Handoff {
+        self.0
+    }
+
+    fn from_handoff(h: Handoff) -> ipckit_core::Result<Self> {
+        Ok(End(h))
+    }
+}
+
+/// A station's sending end, whatever the mechanism.
+type Out = Box<dyn SendBytes>;
+/// A station's receiving end, whatever the mechanism.
+type In = Box<dyn RecvBytes>;
+
+impl Mechanism {
+    fn describe(self) -> &'static str {
+        match self {
+            Mechanism::Queue => "queues in shared memory",
+            Mechanism::Pipe => "one-way pipes",
+            Mechanism::Duplex => "duplex pipes (socket pairs), used one way",
+        }
+    }
+
+    /// A new link: its sending end and its receiving end, for two children.
+    fn link(self) -> anyhow::Result<(End, End)> {
+        Ok(match self {
+            Mechanism::Queue => {
+                let queue: Queue<Order> =
+                    Queue::with_options(QueueOptions::with_capacity(8).max_message(1 << 10))?;
+                (End::new(queue.sender()?), End::new(queue.receiver()?))
+            }
+            Mechanism::Pipe => {
+                let (r, w) = ipckit_pipes::pipe()?;
+                (End::new(w), End::new(r))
+            }
+            Mechanism::Duplex => {
+                let (a, b) = ipckit_pipes::duplex()?;
+                (End::new(a), End::new(b))
+            }
+        })
+    }
+
+    /// In a child: the sending end the parent handed over as `key`.
+    fn sender(self, ctx: &mut Ctx, key: &str) -> ipckit_core::Result<Out> {
+        Ok(match self {
+            Mechanism::Queue => Box::new(ctx.handle::<QueueSender>(key)?),
+            Mechanism::Pipe => Box::new(ctx.handle::<PipeWriter>(key)?),
+            Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
+        })
+    }
+
+    /// In a child: the receiving end the parent handed over as `key`.
+    fn receiver(self, ctx: &mut Ctx, key: &str) -> ipckit_core::Result<In> {
+        Ok(match self {
+            Mechanism::Queue => Box::new(ctx.handle::<QueueReceiver>(key)?),
+            Mechanism::Pipe => Box::new(ctx.handle::<PipeReader>(key)?),
+            Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    item: String,
+    table: u32,
+    /// Set by the kitchen: the seeds' `order['status'] = 'ready'`.
+    ready: bool,
+}
+
+/// The seeds' four orders, with how long each takes to cook (seconds, without `--fast`).
+const MENU: [(u32, &str, u32, f64); 4] = [
+    (1, "Margherita Pizza 🍕", 5, 2.0),
+    (2, "Caesar Salad 🥗", 3, 1.0),
+    (3, "Pasta Carbonara 🍝", 7, 1.5),
+    (4, "Tiramisu 🍰", 5, 0.5),
+];
+
+fn cooking_time(id: u32) -> f64 {
+    MENU.iter().find(|m| m.0 == id).map_or(1.0, |m| m.3)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Args {
+    mechanism: Mechanism,
+    pace: Pace,
+}
+
+/// The `restaurant` scenario.
+pub(crate) fn restaurant(mechanism: Mechanism, pace: Pace) -> anyhow::Result<()> {
+    println!(
+        "🍕 Restaurant: an order taker, a kitchen and a server, three processes; \
+         orders pass between them over {}",
+        mechanism.describe()
+    );
+    let (to_kitchen, kitchen_orders) = mechanism.link()?;
+    let (to_server, server_orders) = mechanism.link()?;
+    let args = Args { mechanism, pace };
+    let mut children = vec![
+        role("restaurant-order-taker")
+            .arg(&args)?
+            .handle("orders", to_kitchen)
+            .spawn()?,
+        role("restaurant-kitchen")
+            .arg(&args)?
+            .handle("orders", kitchen_orders)
+            .handle("ready", to_server)
+            .spawn()?,
+        role("restaurant-server")
+            .arg(&args)?
+            .handle("ready", server_orders)
+            .spawn()?,
+    ];
+    join_all(&mut children)?;
+    println!();
+    println!(
+        "🎉 Restaurant service complete! All customers happy! 😊 \
+         (all {} orders served, each exactly once)",
+        MENU.len()
+    );
+    Ok(())
+}
+
+pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
+    let Args { mechanism, pace } = ctx.arg()?;
+    let mut kitchen = mechanism.sender(ctx, "orders")?.into_sender::<Order>();
+    for (id, item, table, _) in MENU {
+        println!("📝 Order taker: New order #{id} - {item} for table {table}");
+        kitchen.send(&Order {
+            id,
+            item: item.to_string(),
+            table,
+            ready: false,
+        })?;
+        pace.pause(0.8);
+    }
+    println!("📝 Order taker: no more orders today, going home");
+    // Dropping the sending end is what tells the kitchen: no `None` sentinel.
+    Ok(())
+}
+
+pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
+    let Args { mechanism, pace } = ctx.arg()?;
+    let mut orders = mechanism.receiver(ctx, "orders")?.into_receiver::<Order>();
+    let mut server = mechanism.sender(ctx, "ready")?.into_sender::<Order>();
+    loop {
+        let mut order = match orders.recv_timeout(PATIENCE) {
+            Ok(order) => order,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => return Err(e.into()),
+        };
+        println!(
+            "👨‍🍳 Kitchen: Preparing order #{} - {}...",
+            order.id, order.item
+        );
+        pace.pause(cooking_time(order.id));
+        order.ready = true;
+        println!("✅ Kitchen: Order #{} ready - {}", order.id, order.item);
+        server.send(&order)?;
+    }
+    println!("👨‍🍳 Kitchen: the order taker went home and every order is cooked; closing");
+    Ok(())
+}
+
+pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
+    let Args { mechanism, pace } = ctx.arg()?;
+    let mut ready = mechanism.receiver(ctx, "ready")?.into_receiver::<Order>();
+    let mut served = Vec::new();
+    loop {
+        let order = match ready.recv_timeout(PATIENCE) {
+            Ok(order) => order,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if !order.ready {
+            return Err(format!("order #{} came from the kitchen not ready", order.id).into());
+        }
+        println!(
+            "🍽️ Server: Delivering order #{} to table {}",
+            order.id, order.table
+        );
+        pace.pause(0.5);
+        println!("😊 Table {} received their {}", order.table, order.item);
+        served.push(order.id);
+    }
+    println!(
+        "🍽️ Server: the kitchen closed; {} orders served",
+        served.len()
+    );
+    let taken: Vec<u32> = MENU.iter().map(|m| m.0).collect();
+    expect_same("orders served", &served, &taken)?;
+    Ok(())
+}
