@@ -576,8 +576,38 @@ struct Worker {
 }
 
 impl Worker {
-    /// Starts role `role` with argument `arg` and the row's `handles`.
+    /// Starts role `role` with argument `arg` and the row's `handles`, and waits until it
+    /// is ready (see [`Worker::ready`]).
     fn start<A: Serialize + ?Sized>(
+        role: &'static str,
+        arg: &A,
+        handles: impl IntoIterator<Item = (&'static str, Handoff)>,
+    ) -> anyhow::Result<Self> {
+        Self::launch(role, arg, handles)?.ready()
+    }
+
+    /// Starts role `role` of an ipc-channel row, sends it `end` through a bootstrap server
+    /// (waiting at most `PATIENCE` for it to connect), and waits until it is ready.
+    fn start_ipc(role: &'static str, len: usize, end: End) -> anyhow::Result<Self> {
+        let (server, name) = IpcOneShotServer::<IpcSender<End>>::new()?;
+        let job = Job {
+            len,
+            server: Some(name),
+        };
+        let worker = Self::launch(role, &job, [])?;
+        // `accept` has no timeout: wait for it on another thread.
+        let (done, accepted) = mpsc::channel();
+        std::thread::spawn(move || done.send(server.accept()));
+        let (_, to_child) = accepted
+            .recv_timeout(PATIENCE)
+            .with_context(|| format!("{role} never connected"))??;
+        to_child.send(end)?;
+        worker.ready()
+    }
+
+    /// Starts role `role` with argument `arg`, the row's `handles` and a control
+    /// connection.
+    fn launch<A: Serialize + ?Sized>(
         role: &'static str,
         arg: &A,
         handles: impl IntoIterator<Item = (&'static str, Handoff)>,
@@ -591,26 +621,13 @@ impl Worker {
         })
     }
 
-    /// Starts role `role` of an ipc-channel row and sends it `end` through a bootstrap
-    /// server, waiting at most `PATIENCE` for it to connect.
-    fn start_ipc(role: &'static str, len: usize, end: End) -> anyhow::Result<Self> {
-        let (server, name) = IpcOneShotServer::<IpcSender<End>>::new()?;
-        let worker = Worker::start(
-            role,
-            &Job {
-                len,
-                server: Some(name),
-            },
-            [],
-        )?;
-        // `accept` has no timeout: wait for it on another thread.
-        let (done, accepted) = mpsc::channel();
-        std::thread::spawn(move || done.send(server.accept()));
-        let (_, to_child) = accepted
-            .recv_timeout(PATIENCE)
-            .with_context(|| format!("{role} never connected"))??;
-        to_child.send(end)?;
-        Ok(worker)
+    /// Orders no work and waits for the report: the child has then made its ends (a
+    /// queue's sender is registered) and serves orders, so the batches time the workload,
+    /// not the children's start.
+    fn ready(mut self) -> anyhow::Result<Self> {
+        self.order(0)?;
+        self.report()?;
+        Ok(self)
     }
 
     /// Orders the child's work with `n`.

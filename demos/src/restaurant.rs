@@ -11,7 +11,9 @@ use std::time::Duration;
 use clap::ValueEnum;
 use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RecvTimeoutError, RoleResult, SendBytes};
 use ipckit_pipes::{Connection, PipeReader, PipeWriter};
-use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
+use ipckit_queues::{
+    MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, expect_same, join_all, role};
@@ -31,6 +33,8 @@ pub(crate) enum Mechanism {
     Pipe,
     /// A duplex pipe (a socket pair), used one way; the end comes when the peer closes.
     Duplex,
+    /// A POSIX message queue (`mq_open`); the end comes when the last sender is gone.
+    Mqueue,
 }
 
 /// One end of a link, on its way to a child: the handle the mechanism made, already turned
@@ -64,24 +68,30 @@ impl Mechanism {
             Mechanism::Queue => "queues in shared memory",
             Mechanism::Pipe => "one-way pipes",
             Mechanism::Duplex => "duplex pipes (socket pairs), used one way",
+            Mechanism::Mqueue => "POSIX message queues",
         }
     }
 
-    /// A new link: its sending end and its receiving end, for two children.
-    fn link(self) -> anyhow::Result<(End, End)> {
+    /// A new link: its sending end and its receiving end, for two children, and what must
+    /// stay alive in the parent meanwhile (a named object's owner, which removes its name).
+    fn link(self) -> anyhow::Result<(End, End, Option<MessageQueue>)> {
         Ok(match self {
             Mechanism::Queue => {
                 let queue: Queue<Order> =
                     Queue::with_options(QueueOptions::with_capacity(8).max_message(1 << 10))?;
-                (End::new(queue.sender()?), End::new(queue.receiver()?))
+                (End::new(queue.sender()?), End::new(queue.receiver()?), None)
             }
             Mechanism::Pipe => {
                 let (r, w) = ipckit_pipes::pipe()?;
-                (End::new(w), End::new(r))
+                (End::new(w), End::new(r), None)
             }
             Mechanism::Duplex => {
                 let (a, b) = ipckit_pipes::duplex()?;
-                (End::new(a), End::new(b))
+                (End::new(a), End::new(b), None)
+            }
+            Mechanism::Mqueue => {
+                let mq = MessageQueue::create(MqOptions::with_capacity(8).max_message(1 << 10))?;
+                (End::new(mq.sender()?), End::new(mq.receiver()?), Some(mq))
             }
         })
     }
@@ -92,6 +102,7 @@ impl Mechanism {
             Mechanism::Queue => Box::new(ctx.handle::<QueueSender>(key)?),
             Mechanism::Pipe => Box::new(ctx.handle::<PipeWriter>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
+            Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
         })
     }
 
@@ -101,6 +112,7 @@ impl Mechanism {
             Mechanism::Queue => Box::new(ctx.handle::<QueueReceiver>(key)?),
             Mechanism::Pipe => Box::new(ctx.handle::<PipeReader>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
+            Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
         })
     }
 }
@@ -139,8 +151,9 @@ pub(crate) fn restaurant(mechanism: Mechanism, pace: Pace) -> anyhow::Result<()>
          orders pass between them over {}",
         mechanism.describe()
     );
-    let (to_kitchen, kitchen_orders) = mechanism.link()?;
-    let (to_server, server_orders) = mechanism.link()?;
+    // The owners stay alive until every station has finished.
+    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link()?;
+    let (to_server, server_orders, _server_link) = mechanism.link()?;
     let args = Args { mechanism, pace };
     let mut children = vec![
         role("restaurant-order-taker")

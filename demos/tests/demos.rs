@@ -228,6 +228,7 @@ fn restaurant_over_every_mechanism() {
         ("queue", "over queues in shared memory"),
         ("pipe", "over one-way pipes"),
         ("duplex", "over duplex pipes"),
+        ("mqueue", "over POSIX message queues"),
     ] {
         let out = demo(&["restaurant", "--mechanism", mechanism, "--fast"]);
         assert!(out.contains(over), "--mechanism {mechanism}: {out}");
@@ -245,7 +246,7 @@ fn restaurant_uses_a_queue_by_default() {
 #[test]
 fn restaurant_lists_its_mechanisms() {
     let help = demo(&["restaurant", "--help"]);
-    for mechanism in ["queue", "pipe", "duplex", "[default: queue]"] {
+    for mechanism in ["queue", "pipe", "duplex", "mqueue", "[default: queue]"] {
         assert!(help.contains(mechanism), "{mechanism} missing: {help}");
     }
     let out = run(
