@@ -4,6 +4,7 @@
 mod mqueue;
 mod queue;
 mod raw;
+mod senders;
 #[allow(unsafe_code)] // reason: views the queue's atomics in its shared segment
 mod sys;
 

@@ -48,18 +48,11 @@
 //! Message memory is allocated by the kernel when a message is sent and freed when it is
 //! received.
 
-use std::{
-    fmt, io,
-    os::fd::AsFd,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt, io, os::fd::AsFd, sync::Arc, time::Duration};
 
+use crate::senders::Senders;
 use ipckit_core::{Deadline, Error, Handle, Handoff, NAME_PREFIX, RecvBytes, Result, SendBytes};
-use ipckit_shmem::{Mutex, Shared};
+use ipckit_shmem::Shared;
 use nix::{
     errno::Errno,
     mqueue::{MQ_OFlag, MqAttr, MqdT, mq_attr_member_t, mq_close, mq_getattr, mq_open},
@@ -67,8 +60,6 @@ use nix::{
     sys::stat::Mode,
 };
 
-/// How many processes may hold senders of one queue at once.
-const SENDERS: usize = 64;
 /// The longest slice of a wait: how late a waiter learns that the queue was closed or
 /// that every sender is gone.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -85,9 +76,8 @@ const MQ_KIND: &str = "mq-";
 const PEERS_KIND: &str = "shm-";
 const SYSCTL: &str = "/proc/sys/fs/mqueue";
 
-/// The companion table: `closed`, `senders_ever`, and `pid << 32 | handles` of each
-/// process holding senders.
-type Peers = (AtomicU32, AtomicU32, Mutex<[u64; SENDERS]>);
+/// The companion table: closed, and the processes holding senders.
+type Peers = Senders;
 
 /// How a message queue is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,14 +303,6 @@ fn queue_name(peers: &str) -> Option<String> {
     Some(format!("{NAME_PREFIX}{MQ_KIND}{rest}"))
 }
 
-fn pid_of(entry: u64) -> u32 {
-    (entry >> 32) as u32
-}
-
-fn count_of(entry: u64) -> u32 {
-    entry as u32
-}
-
 /// A queue descriptor, closed when dropped.
 #[derive(Debug)]
 struct Mqd(Option<MqdT>);
@@ -365,7 +347,7 @@ impl Inner {
         };
         let attr = MqAttr::new(0, member(opts.max_messages)?, member(opts.max_message)?, 0);
         // The table first: the queue's name derives from its unique name.
-        let peers: Shared<Peers> = Shared::create_named((0, 0, [0; SENDERS])).map_err(shm)?;
+        let peers: Shared<Peers> = Shared::create_named(()).map_err(shm)?;
         let bare = peers
             .name()
             .and_then(queue_name)
@@ -427,82 +409,24 @@ impl Inner {
         Ok(inner)
     }
 
-    fn closed(&self) -> &AtomicU32 {
-        &self.peers.0
-    }
-
-    fn senders_ever(&self) -> &AtomicU32 {
-        &self.peers.1
-    }
-
-    fn table(&self) -> Result<ipckit_shmem::MutexGuard<'_, [u64; SENDERS]>> {
-        self.peers.2.lock().map_err(shm)
-    }
-
     /// Messages in the queue now.
     fn len(&self) -> Result<usize> {
         Ok(usize::try_from(mq_getattr(self.mqd.get())?.curmsgs()).unwrap_or(0))
     }
 
-    /// Counts one more sender handle in process `pid`.
     fn register_sender(&self, pid: u32) -> Result<()> {
-        let mut table = self.table()?;
-        let entry = match table
-            .iter()
-            .position(|&e| pid_of(e) == pid && count_of(e) > 0)
-        {
-            Some(i) => {
-                table[i] += 1;
-                i
-            }
-            None => {
-                let free = table
-                    .iter()
-                    .position(|&e| count_of(e) == 0 || !ipckit_core::is_alive(pid_of(e) as i32))
-                    .ok_or_else(|| {
-                        Error::Io(io::Error::other(format!(
-                            "more than {SENDERS} processes hold senders of message queue {}",
-                            self.name
-                        )))
-                    })?;
-                table[free] = u64::from(pid) << 32 | 1;
-                free
-            }
-        };
-        // Under the lock, after the entry: a receiver that sees `senders_ever` and then
-        // takes the lock sees the entry too.
-        self.senders_ever().store(1, Ordering::Release);
-        tracing::trace!(name = %self.name, pid, entry, "sender registered");
-        Ok(())
+        self.peers.register(pid)
     }
 
-    /// Counts one sender handle less in process `pid`.
     fn unregister_sender(&self, pid: u32) {
-        let Ok(mut table) = self.table() else { return };
-        if let Some(e) = table
-            .iter_mut()
-            .find(|e| pid_of(**e) == pid && count_of(**e) > 0)
-        {
-            *e -= 1;
-        }
-    }
-
-    fn any_live_sender(&self) -> Result<bool> {
-        let table = *self.table()?;
-        Ok(table
-            .iter()
-            .any(|&e| count_of(e) > 0 && ipckit_core::is_alive(pid_of(e) as i32)))
+        self.peers.unregister(pid);
     }
 
     /// Whether a receiver that found the queue empty will never get more: it was closed, or
     /// senders came and every one is gone, and it is still empty.
     fn no_more_coming(&self) -> Result<bool> {
-        let closed = self.closed().load(Ordering::Acquire) != 0;
-        let orphaned = !closed
-            && self.senders_ever().load(Ordering::Acquire) != 0
-            && !self.any_live_sender()?;
         // Recheck after deciding: a message sent just before its sender left must be got.
-        Ok((closed || orphaned) && self.len()? == 0)
+        Ok(self.peers.finished() && self.len()? == 0)
     }
 
     /// Sleeps until the queue may allow `events`, for one slice of `deadline`; `Timeout`
@@ -530,7 +454,7 @@ impl Inner {
             });
         }
         loop {
-            if self.closed().load(Ordering::Acquire) != 0 {
+            if self.peers.is_closed() {
                 return Err(Error::Disconnected);
             }
             match nix::mqueue::mq_send(self.mqd.get(), msg, 0) {
@@ -568,7 +492,7 @@ impl Inner {
     }
 
     fn close(&self) {
-        self.closed().store(1, Ordering::Release);
+        self.peers.close();
         tracing::debug!(name = %self.name, "message queue closed");
     }
 }
@@ -705,7 +629,7 @@ impl MessageQueue {
 
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed().load(Ordering::Acquire) != 0
+        self.inner.peers.is_closed()
     }
 
     /// A producer handle. Receivers learn `Disconnected` once every sender handle is gone

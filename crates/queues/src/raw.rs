@@ -17,7 +17,7 @@ use std::{
 use ipckit_core::{Deadline, Error, Result};
 use ipckit_shmem::Segment;
 
-use crate::sys::{self, Header, SENDER_TABLE, SLOT_HEAD, SLOTS, SlotHead};
+use crate::sys::{self, Header, SLOT_HEAD, SLOTS, SlotHead};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE1");
 const FREE: u64 = 0;
@@ -258,7 +258,7 @@ impl RawQueue {
         let h = self.header();
         let mut waited = 0u32;
         loop {
-            if h.closed.load(Ordering::Acquire) != 0 {
+            if h.senders.is_closed() {
                 return Err(Error::Disconnected);
             }
             let pos = h.tail.0.load(Ordering::Acquire);
@@ -317,7 +317,7 @@ impl RawQueue {
                 return Err(Error::Timeout);
             }
             self.wait(&h.not_full.0, &mut waited, deadline, spin, || {
-                h.closed.load(Ordering::Acquire) == 0 && slot.state.load(Ordering::Acquire) == s
+                !h.senders.is_closed() && slot.state.load(Ordering::Acquire) == s
             })?;
         }
     }
@@ -420,11 +420,8 @@ impl RawQueue {
     /// closed, or every sender is gone, and nothing was put meanwhile.
     fn no_more_coming(&self, pos: u64) -> bool {
         let h = self.header();
-        let closed = h.closed.load(Ordering::Acquire) != 0;
-        let orphaned =
-            !closed && h.senders_ever.load(Ordering::Acquire) != 0 && !self.any_live_sender();
         // Recheck after deciding: a put that raced with the check must not be missed.
-        (closed || orphaned) && h.tail.0.load(Ordering::Acquire) <= pos && {
+        h.senders.finished() && h.tail.0.load(Ordering::Acquire) <= pos && {
             let (slot, _) = self.slot(pos);
             kind_of(slot.state.load(Ordering::Acquire)) == FREE
         }
@@ -460,74 +457,26 @@ impl RawQueue {
     /// Ends the queue: puts fail, gets drain what is there, then say `Disconnected`.
     pub(crate) fn close(&self) {
         let h = self.header();
-        h.closed.store(1, Ordering::Release);
+        h.senders.close();
         h.not_empty.0.notify();
         h.not_full.0.notify();
         tracing::debug!("queue closed");
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.header().closed.load(Ordering::Acquire) != 0
-    }
-
-    fn any_live_sender(&self) -> bool {
-        self.header().senders.iter().any(|e| {
-            let v = e.load(Ordering::Acquire);
-            v as u32 > 0 && ipckit_core::is_alive((v >> 32) as i32)
-        })
+        self.header().senders.is_closed()
     }
 
     /// Counts one more sender handle in process `pid`.
     pub(crate) fn register_sender(&self, pid: u32) -> Result<()> {
-        let h = self.header();
-        h.senders_ever.store(1, Ordering::Release);
-        loop {
-            // This process's entry, or else a free one (or one whose process died).
-            let entry = h
-                .senders
-                .iter()
-                .find(|e| {
-                    (e.load(Ordering::Acquire) >> 32) as u32 == pid
-                        && e.load(Ordering::Acquire) as u32 > 0
-                })
-                .or_else(|| {
-                    h.senders.iter().find(|e| {
-                        let v = e.load(Ordering::Acquire);
-                        v as u32 == 0 || !ipckit_core::is_alive((v >> 32) as i32)
-                    })
-                });
-            let Some(entry) = entry else {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "more than {SENDER_TABLE} processes hold senders of this queue"
-                ))));
-            };
-            let v = entry.load(Ordering::Acquire);
-            let next = if (v >> 32) as u32 == pid && v as u32 > 0 {
-                v + 1
-            } else {
-                u64::from(pid) << 32 | 1
-            };
-            if entry
-                .compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Ok(());
-            }
-        }
+        self.header().senders.register(pid)
     }
 
-    /// Counts one sender handle less in process `pid`; wakes consumers if it was the last.
+    /// Counts one sender handle less in process `pid`; wakes consumers, who may now be done.
     pub(crate) fn unregister_sender(&self, pid: u32) {
         let h = self.header();
-        for e in &h.senders {
-            let r = e.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                ((v >> 32) as u32 == pid && v as u32 > 0).then_some(v - 1)
-            });
-            if r.is_ok() {
-                h.not_empty.0.notify();
-                return;
-            }
-        }
+        h.senders.unregister(pid);
+        h.not_empty.0.notify();
     }
 
     pub(crate) fn pid(&self) -> u32 {

@@ -3,15 +3,23 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use ipckit_shmem::{Notify, Segment};
+use ipckit_shmem::{Notify, Placeable, Segment};
+
+use crate::senders::Senders;
+
+// SAFETY: made of atomics only (sound to share, no pointers); all zeroes is a fresh table.
+unsafe impl Placeable for Senders {
+    type Init = ();
+
+    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Keeps a value on a cache line of its own.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub(crate) struct Line<T>(pub(crate) T);
-
-/// How many processes may hold senders of one queue at once.
-pub(crate) const SENDER_TABLE: usize = 64;
 
 /// The queue's shared state, at the start of its segment. All zeroes is a valid (empty,
 /// unpublished) header.
@@ -22,8 +30,6 @@ pub(crate) struct Header {
     pub(crate) capacity: AtomicU64,
     pub(crate) slot_size: AtomicU64,
     pub(crate) max_message: AtomicU64,
-    pub(crate) closed: AtomicU32,
-    pub(crate) senders_ever: AtomicU32,
     /// Next position to put at.
     pub(crate) tail: Line<AtomicU64>,
     /// Next position to get from.
@@ -33,8 +39,7 @@ pub(crate) struct Header {
     /// Tasks put and not yet marked done (JoinableQueue).
     pub(crate) unfinished: Line<AtomicU64>,
     pub(crate) all_done: Line<Notify>,
-    /// `pid << 32 | handles` of each process holding senders.
-    pub(crate) senders: [AtomicU64; SENDER_TABLE],
+    pub(crate) senders: Senders,
 }
 
 /// A slot's fixed part; the message bytes follow it.
