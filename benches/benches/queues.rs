@@ -28,10 +28,12 @@
 //!   futex round trip), and `raw_spin`, two `AtomicU64`s spun on (as `shm_spin_rtt`).
 //!   Per batch, one untimed round trip first wakes the echo server from its order.
 //!
+//! A row's children report ready (an order of no work: their ends are made, a queue's
+//! senders registered) before its first batch, so the batches never time their start.
 //! Every wait has a deadline, except ipc-channel's receive, which has none: the consumer's
 //! fails once every producer is gone, and the parent, which waits for each report at most
-//! `PATIENCE`, kills any child still running when it gives up. Nothing is named: the
-//! queues and the floors' memory are anonymous memfds.
+//! `PATIENCE`, kills any child still running when it gives up. The queues and the floors'
+//! memory are anonymous memfds: nothing is left in `/dev/shm`.
 //!
 //! ```text
 //! cargo bench -p ipckit-benches --bench queues -- --warm-up-time 1 --measurement-time 3

@@ -10,7 +10,7 @@
 //! to look first: anyone who finds a position already claimed moves them on.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -31,6 +31,28 @@ const ABANDONED: u32 = u32::MAX;
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Spins before a waiter sleeps in the kernel.
 const SPINS: u32 = 100;
+/// How stale a consumer's knowledge of whether sender processes live may be, in ms.
+const LIVENESS_EVERY: u64 = 10;
+
+/// Whether a waiter that has waited `waited` rounds should look for dead processes that
+/// block it (a system call and a `/proc` read): only once it is about to sleep, or every
+/// few thousand spins in spin mode.
+fn due(waited: u32, spin: bool) -> bool {
+    if spin {
+        waited % 4096 == 4095
+    } else {
+        waited >= SPINS
+    }
+}
+
+/// Milliseconds since this process first asked.
+fn epoch_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 fn state(turn: u64, kind: u64, pid: u32) -> u64 {
     (turn & TURN_MASK) << 34 | kind << 32 | u64::from(pid)
@@ -138,6 +160,10 @@ pub(crate) struct RawQueue {
     slot_size: usize,
     max_message: usize,
     pid: u32,
+    /// When this handle last asked whether sender processes live (`epoch_millis`; 0: never).
+    checked_at: AtomicU64,
+    /// What it learnt.
+    finished: AtomicBool,
 }
 
 impl RawQueue {
@@ -191,6 +217,8 @@ impl RawQueue {
             slot_size,
             max_message,
             pid: std::process::id(),
+            checked_at: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
         })
     }
 
@@ -283,7 +311,7 @@ impl RawQueue {
                         self.seg.write(data, msg).map_err(shm)?;
                         // Pairs with the consumer's Acquire load of the state.
                         slot.state.store(state(turn, FULL, 0), Ordering::Release);
-                        h.not_empty.0.notify();
+                        h.not_empty.0.notify_one();
                         return Ok(());
                     }
                 } else {
@@ -298,7 +326,10 @@ impl RawQueue {
             }
             // The slot still holds (or is being emptied of) the message of the lap before:
             // the queue is full here. A consumer that died mid-get holds it up: free it.
-            if kind_of(s) == READING && !ipckit_core::is_alive(pid_of(s) as i32) {
+            if kind_of(s) == READING
+                && due(waited, spin)
+                && !ipckit_core::is_alive(pid_of(s) as i32)
+            {
                 if slot
                     .state
                     .compare_exchange(s, state(turn, FREE, 0), Ordering::AcqRel, Ordering::Relaxed)
@@ -362,7 +393,7 @@ impl RawQueue {
                         }
                         continue;
                     }
-                    WRITING if !ipckit_core::is_alive(pid_of(s) as i32) => {
+                    WRITING if due(waited, spin) && !ipckit_core::is_alive(pid_of(s) as i32) => {
                         self.abandon(slot, s, pos);
                         continue;
                     }
@@ -421,10 +452,29 @@ impl RawQueue {
     fn no_more_coming(&self, pos: u64) -> bool {
         let h = self.header();
         // Recheck after deciding: a put that raced with the check must not be missed.
-        h.senders.finished() && h.tail.0.load(Ordering::Acquire) <= pos && {
+        self.senders_finished() && h.tail.0.load(Ordering::Acquire) <= pos && {
             let (slot, _) = self.slot(pos);
             kind_of(slot.state.load(Ordering::Acquire)) == FREE
         }
+    }
+
+    /// Whether every sender is gone (or the queue closed), asking the system whether sender
+    /// processes live at most every `LIVENESS_EVERY`: that takes microseconds, and an
+    /// empty queue is polled far more often than that.
+    fn senders_finished(&self) -> bool {
+        let h = self.header();
+        if h.senders.is_closed() {
+            return true;
+        }
+        let now = epoch_millis();
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < LIVENESS_EVERY && last != 0 {
+            return self.finished.load(Ordering::Relaxed);
+        }
+        let finished = h.senders.finished();
+        self.finished.store(finished, Ordering::Relaxed);
+        self.checked_at.store(now.max(1), Ordering::Relaxed);
+        finished
     }
 
     /// Waits once: a few spins, then a sleep of at most `CHECK_EVERY` while `blocked()`.

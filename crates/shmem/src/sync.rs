@@ -643,6 +643,17 @@ impl Notify {
         woke
     }
 
+    /// Wakes one sleeper (no system call if there is none): for a state change that one
+    /// waiter can use, such as one slot freed. Call it after changing the state.
+    pub fn notify_one(&self) {
+        // Pairs with the sleeper's fence: either it sees our state change, or we see it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.epoch.fetch_add(1, Ordering::Release);
+            futex_wake(&self.epoch, 1);
+        }
+    }
+
     /// Wakes every sleeper (no system call if there is none). Call it after changing the
     /// state the sleepers wait for.
     pub fn notify(&self) {
