@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ipckit_core::Role;
+use ipckit_sockets::Address;
 
+mod chat;
 mod counter;
+mod echo;
 mod fifo;
 mod pipes;
 mod producer_consumer;
@@ -65,6 +68,24 @@ enum Scenario {
     /// Three worker processes share 10 tasks from a task queue and put their results on
     /// another; the parent closes the task queue instead of sending sentinels.
     Workers,
+    /// An echo server and a client process over a socket: each message comes back whole.
+    Echo {
+        /// Where the server listens (default: a fresh socket file in the temporary
+        /// directory); `tcp://127.0.0.1:0` picks a free port.
+        #[arg(long)]
+        addr: Option<Address>,
+    },
+    /// A chat server and four client processes: they join, talk through the server's
+    /// broadcasts, leave, and the server shuts down; each must hear every line meant for
+    /// it. `chat serve` and `chat join` play it by hand.
+    Chat {
+        #[command(subcommand)]
+        mode: Option<chat::Mode>,
+        /// Where the server listens (default: a fresh socket file in the temporary
+        /// directory); `tcp://127.0.0.1:0` picks a free port.
+        #[arg(long)]
+        addr: Option<Address>,
+    },
 }
 
 const ROLES: &[Role] = &[
@@ -82,6 +103,10 @@ const ROLES: &[Role] = &[
     Role::new("pc-producer", producer_consumer::producer),
     Role::new("pc-consumer", producer_consumer::consumer),
     Role::new("task-worker", workers::worker),
+    Role::new("echo-server", echo::server),
+    Role::new("echo-client", echo::client),
+    Role::new("chat-server", chat::scripted_server),
+    Role::new("chat-client", chat::scripted_client),
 ];
 
 fn main() -> ExitCode {
@@ -108,6 +133,8 @@ fn main() -> ExitCode {
         Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
         Scenario::Workers => workers::workers(pace),
+        Scenario::Echo { addr } => echo::echo(addr, pace),
+        Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

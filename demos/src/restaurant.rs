@@ -14,6 +14,7 @@ use ipckit_pipes::{Connection, PipeReader, PipeWriter};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
 };
+use ipckit_sockets::{Address, Listener, Stream};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, expect_same, join_all, role};
@@ -35,6 +36,9 @@ pub(crate) enum Mechanism {
     Duplex,
     /// A POSIX message queue (`mq_open`); the end comes when the last sender is gone.
     Mqueue,
+    /// A Unix socket, connected through a listener on a socket file in /tmp; the end comes
+    /// when the peer closes.
+    Socket,
 }
 
 /// One end of a link, on its way to a child: the handle the mechanism made, already turned
@@ -69,6 +73,7 @@ impl Mechanism {
             Mechanism::Pipe => "one-way pipes",
             Mechanism::Duplex => "duplex pipes (socket pairs), used one way",
             Mechanism::Mqueue => "POSIX message queues",
+            Mechanism::Socket => "Unix sockets, one listener and connection per link",
         }
     }
 
@@ -93,6 +98,10 @@ impl Mechanism {
                 let mq = MessageQueue::create(MqOptions::with_capacity(8).max_message(1 << 10))?;
                 (End::new(mq.sender()?), End::new(mq.receiver()?), Some(mq))
             }
+            Mechanism::Socket => {
+                let (client, accepted) = socket_link()?;
+                (End::new(client), End::new(accepted), None)
+            }
         })
     }
 
@@ -103,6 +112,7 @@ impl Mechanism {
             Mechanism::Pipe => Box::new(ctx.handle::<PipeWriter>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
+            Mechanism::Socket => Box::new(ctx.handle::<Stream>(key)?),
         })
     }
 
@@ -113,8 +123,20 @@ impl Mechanism {
             Mechanism::Pipe => Box::new(ctx.handle::<PipeReader>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
+            Mechanism::Socket => Box::new(ctx.handle::<Stream>(key)?),
         })
     }
+}
+
+/// Two connected Unix stream sockets, met the way a client meets a server: a listener on a
+/// fresh socket file, a client that connects, the stream it accepts. The listener is
+/// dropped once they have met, and its file with it; the two streams go to the stations as
+/// inherited descriptors.
+fn socket_link() -> anyhow::Result<(Stream, Stream)> {
+    let listener = Listener::bind(&Address::Unix(ipckit_core::temp_path("sock")))?;
+    let client = Stream::connect(listener.address())?;
+    let accepted = listener.accept_timeout(Duration::from_secs(10))?;
+    Ok((client, accepted))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -229,6 +229,7 @@ fn restaurant_over_every_mechanism() {
         ("pipe", "over one-way pipes"),
         ("duplex", "over duplex pipes"),
         ("mqueue", "over POSIX message queues"),
+        ("socket", "over Unix sockets"),
     ] {
         let out = demo(&["restaurant", "--mechanism", mechanism, "--fast"]);
         assert!(out.contains(over), "--mechanism {mechanism}: {out}");
@@ -246,7 +247,14 @@ fn restaurant_uses_a_queue_by_default() {
 #[test]
 fn restaurant_lists_its_mechanisms() {
     let help = demo(&["restaurant", "--help"]);
-    for mechanism in ["queue", "pipe", "duplex", "mqueue", "[default: queue]"] {
+    for mechanism in [
+        "queue",
+        "pipe",
+        "duplex",
+        "mqueue",
+        "socket",
+        "[default: queue]",
+    ] {
         assert!(help.contains(mechanism), "{mechanism} missing: {help}");
     }
     let out = run(
@@ -350,8 +358,13 @@ fn every_scenario_has_help() {
         "restaurant",
         "producer-consumer",
         "workers",
+        "echo",
+        "chat",
+        "chat serve",
+        "chat join",
     ] {
-        let out = demo(&[scenario, "--help"]);
+        let args: Vec<&str> = scenario.split(' ').chain(["--help"]).collect();
+        let out = demo(&args);
         assert!(out.contains("--fast"), "{scenario} --help: {out}");
     }
 }
@@ -369,4 +382,264 @@ fn readme_example_runs() {
     let out = run(exe.to_str().unwrap(), &[]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("got Pizza time! 🍕"));
+}
+
+/// The socket file a demo names after "over unix://" in its first line.
+fn socket_file(out: &str) -> std::path::PathBuf {
+    let addr = out
+        .split_whitespace()
+        .find(|w| w.starts_with("unix://"))
+        .expect("the demo names its socket");
+    std::path::PathBuf::from(addr.trim_start_matches("unix://"))
+}
+
+fn echo_went_well(out: &str) {
+    // Each process's own lines in order (the two interleave).
+    assert_in_order(
+        out,
+        &[
+            "💻 Client: Sending \"Hello, world\"",
+            "💻 Client: Received \"Hello, world\" ✅",
+            "💻 Client: Sending <120000 bytes>",
+            "💻 Client: Received <120000 bytes> ✅",
+            "💻 Client: Received \"Bye!\" ✅",
+            "💻 Client: every echo matched",
+        ],
+    );
+    assert_in_order(
+        out,
+        &[
+            "🖥️ Server: listening at ",
+            "🖥️ Server: Connected by ",
+            "🖥️ Server: echoing \"Hello, world\"",
+            "🖥️ Server: echoing <120000 bytes>",
+            "🖥️ Server: the client closed the connection after 4 messages",
+        ],
+    );
+    assert!(
+        out.contains("🎉 Echo complete: all 4 messages came back as they were sent"),
+        "{out}"
+    );
+}
+
+#[test]
+fn echo_over_a_unix_socket_leaves_no_file() {
+    let out = demo(&["echo", "--fast"]);
+    echo_went_well(&out);
+    assert!(out.contains("Connected by process "), "{out}");
+    let path = socket_file(&out);
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+#[test]
+fn echo_over_tcp_on_a_free_port() {
+    let out = demo(&["echo", "--addr", "tcp://127.0.0.1:0", "--fast"]);
+    echo_went_well(&out);
+    assert!(out.contains("over tcp://127.0.0.1:"), "{out}");
+    assert!(!out.contains("127.0.0.1:0 "), "the port was picked: {out}");
+    assert!(out.contains("Connected by tcp://127.0.0.1:"), "{out}");
+}
+
+const CHAT_NAMES: [&str; 4] = ["Alice 👩", "Bob 👨", "Charlie 🧑", "Diana 👩‍💻"];
+
+#[test]
+fn chat_every_client_hears_every_line_meant_for_it() {
+    let out = demo(&["chat", "--fast"]);
+    let lines = [
+        "How's everyone doing today? 😊",
+        "Anyone up for some Rust coding? 🦀",
+        "I love IPC! It's so cool! 🚀",
+    ];
+    for (i, me) in CHAT_NAMES.iter().enumerate() {
+        assert!(
+            out.contains(&format!("💬 {me} connected to chat!")),
+            "{out}"
+        );
+        for (j, other) in CHAT_NAMES.iter().enumerate() {
+            let heard = |line: &str| format!("📥 {me} received: [{other}] {line}\n");
+            let first = heard(&format!("Hello everyone! I'm {other} 👋"));
+            let second = heard(lines[j % 3]);
+            if i == j {
+                assert!(!out.contains(&first), "{me} heard itself: {out}");
+            } else {
+                // Heard once each, in the order said, before the check.
+                assert_eq!(out.matches(&first).count(), 1, "{first}: {out}");
+                assert_in_order(
+                    &out,
+                    &[&first, &second, &format!("✅ {me}: heard all 6 lines")],
+                );
+            }
+        }
+    }
+    for me in &CHAT_NAMES[..2] {
+        assert_in_order(
+            &out,
+            &[
+                &format!("✅ {me}: heard all 6 lines of the other 3, in order"),
+                &format!("👋 {me} disconnected from chat!"),
+            ],
+        );
+        assert!(!out.contains(&format!("🛑 {me} received")), "{out}");
+    }
+    for me in &CHAT_NAMES[2..] {
+        for gone in &CHAT_NAMES[..2] {
+            assert_in_order(
+                &out,
+                &[
+                    &format!("📥 {me} received: [Server] 👋 {gone} has left the chat!"),
+                    &format!("🛑 {me} received shutdown signal"),
+                ],
+            );
+        }
+    }
+    assert_eq!(
+        out.matches("📨 Broadcasting message from ").count(),
+        8,
+        "{out}"
+    );
+    assert_eq!(out.matches(" left the chat! (").count(), 4, "{out}");
+    assert_in_order(
+        &out,
+        &[
+            "📡 Everyone is here: let the chat begin!",
+            "📡 Every line relayed: telling everyone it is all done",
+            "🛑 Server shutting down...",
+            "📡 Chat server closed: 8 lines relayed",
+            "🎉 Chat system demo complete!",
+        ],
+    );
+    let path = socket_file(&out);
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+/// A demo process whose output is read line by line as it comes.
+struct Live {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl Live {
+    fn start(args: &[&str]) -> Live {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the demo");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Live {
+            child,
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits (at most 30 s) for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                }
+                Err(_) => panic!("no {needle:?} in:\n{}", self.seen),
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("type a line");
+    }
+
+    /// Waits (at most 30 s) for the process to exit; it must succeed.
+    fn expect_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "{status}:\n{}", self.seen);
+                break;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.seen);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // What it printed last.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn chat_by_hand_serve_and_two_joins_see_each_other() {
+    let path = std::env::temp_dir().join(format!("ipckit-chat-test-{}.sock", std::process::id()));
+    let addr = format!("unix://{}", path.display());
+    let mut server = Live::start(&["chat", "serve", "--addr", &addr]);
+    server.wait_for("📡 Chat server listening at");
+    assert!(path.exists());
+    let mut alice = Live::start(&["chat", "join", "Alice", "--addr", &addr]);
+    alice.wait_for("👀 Nobody else here yet");
+    let mut bob = Live::start(&["chat", "join", "Bob", "--addr", &addr]);
+    bob.wait_for("👀 Here already: Alice");
+    alice.wait_for("📥 [Server] 🎉 Bob has joined the chat!");
+    for (alice_says, bob_says) in [("hi Bob", "hi Alice"), ("how are you?", "fine, thanks")] {
+        alice.type_line(alice_says);
+        bob.type_line(bob_says);
+        bob.wait_for(&format!("📥 [Alice] {alice_says}"));
+        alice.wait_for(&format!("📥 [Bob] {bob_says}"));
+    }
+    // Ctrl-D: Alice leaves, and Bob hears it.
+    drop(alice.child.stdin.take());
+    alice.expect_exit();
+    assert_in_order(
+        &alice.seen,
+        &["👋 Alice disconnected from chat!", "🔌 Connection closed"],
+    );
+    bob.wait_for("📥 [Server] 👋 Alice has left the chat!");
+    // Ctrl-C on the server: Bob is told, and the socket file goes.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal the server");
+    server.expect_exit();
+    bob.wait_for("🛑 The server is shutting down");
+    bob.expect_exit();
+    assert!(bob.seen.contains("🔌 Connection closed"), "{}", bob.seen);
+    assert_in_order(
+        &server.seen,
+        &[
+            "✅ Client Alice joined the chat!",
+            "✅ Client Bob joined the chat!",
+            "📨 Broadcasting message from Alice: how are you?",
+            "👋 Client Alice left the chat! (closed the connection)",
+            "🛑 SIGINT: server shutting down...",
+            "👋 Client Bob left the chat!",
+            "📡 Chat server closed",
+        ],
+    );
+    assert!(!path.exists(), "{} was left behind", path.display());
 }

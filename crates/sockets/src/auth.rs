@@ -5,11 +5,23 @@
 //! other answers `{sha256}<HMAC-SHA256(authkey, "{sha256}<bytes>")>`; the first replies
 //! `#WELCOME#` or `#FAILURE#`. A listener delivers then answers; a client answers then
 //! delivers, so each side proves it knows the key to the other.
+//!
+//! Handshake messages are read straight from the socket, exactly: a peer that stalls
+//! half-way through one cannot hold the handshake past its deadline, and no byte after the
+//! handshake is read ahead (the stream can still be handed to a child process).
 
-use std::io::Read;
+use std::{
+    io::Read,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+};
 
 use hmac::{Hmac, Mac};
-use ipckit_core::{Deadline, Error, RecvBytes, Result, SendBytes};
+use ipckit_core::{Deadline, Error, Result, SendBytes};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{MsgFlags, recv},
+};
 use sha2::Sha256;
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
@@ -32,12 +44,45 @@ fn refused(why: impl Into<String>) -> Error {
     ))
 }
 
-fn recv_small(conn: &mut (impl RecvBytes + ?Sized), deadline: Deadline) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    conn.recv_bytes_into_deadline(&mut buf, deadline)?;
-    if buf.len() > MAX {
-        return Err(refused(format!("handshake message of {} bytes", buf.len())));
+/// Reads exactly `buf.len()` bytes, waiting at most until `deadline` for all of them.
+fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8], deadline: Deadline) -> Result<()> {
+    while !buf.is_empty() {
+        match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) | Err(Errno::ECONNRESET) => return Err(Error::Disconnected),
+            Ok(n) => buf = &mut buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let timeout = match deadline.remaining() {
+                    None => PollTimeout::NONE,
+                    Some(left) if left.is_zero() => return Err(Error::Timeout),
+                    Some(left) => PollTimeout::try_from(
+                        left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
+                    )
+                    .unwrap_or(PollTimeout::MAX),
+                };
+                match poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
+}
+
+/// Receives one handshake message: its 4-byte big-endian length, then its bytes. Longer
+/// than [`MAX`] (Python's 64-bit escape included) is refused unread.
+fn recv_small(conn: &(impl AsFd + ?Sized), deadline: Deadline) -> Result<Vec<u8>> {
+    let fd = conn.as_fd();
+    let mut header = [0u8; 4];
+    read_exact(fd, &mut header, deadline)?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX {
+        return Err(refused(format!("handshake message of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    read_exact(fd, &mut buf, deadline)?;
     Ok(buf)
 }
 
@@ -46,7 +91,7 @@ fn recv_small(conn: &mut (impl RecvBytes + ?Sized), deadline: Deadline) -> Resul
 /// # Errors
 /// An `Io` error of kind `PermissionDenied` when the peer does not know the key.
 pub(crate) fn deliver_challenge(
-    conn: &mut (impl SendBytes + RecvBytes + ?Sized),
+    conn: &mut (impl SendBytes + AsFd + ?Sized),
     key: &[u8],
     deadline: Deadline,
 ) -> Result<()> {
@@ -75,7 +120,7 @@ pub(crate) fn deliver_challenge(
 /// An `Io` error of kind `PermissionDenied` when the peer rejects the key, or speaks
 /// another protocol.
 pub(crate) fn answer_challenge(
-    conn: &mut (impl SendBytes + RecvBytes + ?Sized),
+    conn: &mut (impl SendBytes + AsFd + ?Sized),
     key: &[u8],
     deadline: Deadline,
 ) -> Result<()> {

@@ -9,6 +9,10 @@ use crate::Address;
 /// The largest UDP payload over IPv4 (65 535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
 
+/// Room for the largest datagram anyone can send us: over IPv6 a payload reaches
+/// 65 535 − 8 bytes, more than [`MAX_DATAGRAM`], and `recv` must not cut it.
+const RECV_BUFFER: usize = 1 << 16;
+
 /// A UDP socket: each `send` is one datagram and each `recv` gets one, whole.
 #[derive(Debug)]
 pub struct Datagram {
@@ -65,10 +69,11 @@ impl Datagram {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<(Vec<u8>, Address)> {
         self.socket
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut buf = vec![0u8; RECV_BUFFER];
         match self.socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 buf.truncate(n);
+                buf.shrink_to_fit();
                 Ok((buf, Address::Udp(from)))
             }
             Err(e)

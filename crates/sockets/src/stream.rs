@@ -8,7 +8,7 @@ use std::{
         linux::net::SocketAddrExt,
         unix::{
             fs::{FileTypeExt, PermissionsExt},
-            net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream},
+            net::{SocketAddr as UnixSocketAddr, UnixListener},
         },
     },
     path::PathBuf,
@@ -19,8 +19,13 @@ use ipckit_core::{
     Deadline, Error, Handle, Handoff, RecvBytes, Result, SendBytes, StreamConnection,
 };
 use nix::{
+    errno::Errno,
+    fcntl::{FcntlArg, OFlag, fcntl},
     poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::socket::{Shutdown, getsockopt, shutdown, sockopt},
+    sys::socket::{
+        AddressFamily, Shutdown, SockFlag, SockType, UnixAddr, connect, getsockname, getsockopt,
+        shutdown, socket, sockopt,
+    },
 };
 
 use crate::{Address, auth};
@@ -61,6 +66,48 @@ pub struct ConnectOptions {
     pub authkey: Option<Vec<u8>>,
 }
 
+/// Connects a Unix stream socket without ever blocking in `connect(2)`: while the listener's
+/// queue is full (`EAGAIN`), waits for room until `deadline`, then gives `TimedOut`.
+fn connect_unix(addr: &UnixAddr, deadline: Deadline) -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    loop {
+        match connect(fd.as_raw_fd(), addr) {
+            Ok(()) => break,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => match deadline.remaining() {
+                Some(left) if left.is_zero() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the listener's queue stayed full",
+                    ));
+                }
+                left => std::thread::sleep(left.unwrap_or(Duration::MAX).min(QUEUE_FULL_PAUSE)),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Connected: back to blocking, as every other ipckit descriptor starts.
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(fd)
+}
+
+/// How often a connect to a Unix listener with a full queue tries again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
+fn unix_addr(addr: &Address) -> io::Result<UnixAddr> {
+    match addr {
+        Address::Unix(p) => Ok(UnixAddr::new(p.as_path())?),
+        Address::UnixAbstract(n) => Ok(UnixAddr::new_abstract(n.as_bytes())?),
+        _ => unreachable!("only called with a Unix address"),
+    }
+}
+
 fn is_not_there_yet(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -98,10 +145,9 @@ impl Stream {
                     s.set_nodelay(true)?;
                     Ok(OwnedFd::from(s))
                 }),
-                Address::Unix(p) => UnixStream::connect(p).map(OwnedFd::from),
-                Address::UnixAbstract(n) => UnixSocketAddr::from_abstract_name(n.as_bytes())
-                    .and_then(|a| UnixStream::connect_addr(&a))
-                    .map(OwnedFd::from),
+                Address::Unix(_) | Address::UnixAbstract(_) => {
+                    unix_addr(addr).and_then(|a| connect_unix(&a, deadline))
+                }
                 Address::Udp(_) => {
                     return Err(Error::Unsupported(
                         "a stream cannot connect to udp://; use Datagram",
@@ -128,7 +174,7 @@ impl Stream {
         };
         tracing::debug!(peer = %addr, "connected");
         if let Some(key) = &opts.authkey {
-            let deadline = Deadline::after(HANDSHAKE);
+            // The timeout covers the handshake too.
             auth::answer_challenge(&mut stream.conn, key, deadline)?;
             auth::deliver_challenge(&mut stream.conn, key, deadline)?;
         }
@@ -138,8 +184,16 @@ impl Stream {
     /// The credentials of the peer process of a Unix socket.
     ///
     /// # Errors
-    /// [`Error::Io`] for a TCP stream (the kernel knows no credentials there).
+    /// [`Error::Io`] of kind `Unsupported` for a TCP stream (the kernel knows no
+    /// credentials there).
     pub fn peer_credentials(&self) -> Result<PeerCredentials> {
+        // Linux answers SO_PEERCRED on any socket: on TCP with pid 0 and uid/gid -1.
+        if getsockname::<UnixAddr>(self.conn.as_fd().as_raw_fd()).is_err() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{}: peer credentials exist only on Unix sockets", self.peer),
+            )));
+        }
         let c = getsockopt(&self.conn, sockopt::PeerCredentials)?;
         Ok(PeerCredentials {
             pid: c.pid(),
@@ -302,17 +356,18 @@ impl Listener {
     }
 
     fn accept_deadline(&self, deadline: Deadline) -> Result<Stream> {
-        if deadline != Deadline::Never {
-            let ms = deadline
-                .remaining()
-                .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+        while let Some(left) = deadline.remaining() {
+            // Rounded up: a short wait does not spin at zero milliseconds.
+            let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
             let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
-            if poll(
+            match poll(
                 &mut fds,
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-            )? == 0
-            {
-                return Err(Error::Timeout);
+            ) {
+                Ok(0) | Err(Errno::EINTR) if deadline.has_passed() => return Err(Error::Timeout),
+                Ok(0) | Err(Errno::EINTR) => {}
+                Ok(_) => break,
+                Err(e) => return Err(e.into()),
             }
         }
         let (fd, peer) = match &self.inner {
@@ -364,8 +419,21 @@ fn clear_stale(path: &std::path::Path) -> Result<()> {
     if !meta.file_type().is_socket() {
         return Err(in_use("exists and is not a socket"));
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(in_use("a live server listens there")),
+    // Never blocks: a live server with a full queue answers EAGAIN, which is as live.
+    let probe = UnixAddr::new(path).and_then(|a| {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        connect(fd.as_raw_fd(), &a)
+    });
+    match probe.map_err(io::Error::from) {
+        Ok(()) => Err(in_use("a live server listens there")),
+        Err(e) if e.raw_os_error() == Some(Errno::EAGAIN as i32) => {
+            Err(in_use("a live server listens there"))
+        }
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             tracing::info!(path = %path.display(), "replacing the socket file of a dead server");
             std::fs::remove_file(path)?;

@@ -1,0 +1,816 @@
+//! Socket workloads of `docs/benchmarks.md`: `uds_rtt_64B`, `tcp_rtt_64B`, `uds_bw_1MiB`,
+//! `tcp_bw_1MiB` and `broadcast_8`.
+//!
+//! Every row runs across processes, started once per row (on its first batch), with
+//! criterion's `iter_custom` timing batches of iterations against them:
+//!
+//! - the round trips and the streams (`*_rtt_64B`, `*_bw_1MiB`): a child role listens (a
+//!   Unix socket file under a fresh [`ipckit_core::temp_path`], or `127.0.0.1` on a port
+//!   the system picks), tells the parent its address over a control connection
+//!   (`ipckit_pipes::duplex`), accepts the parent, and serves it until the parent closes
+//!   the socket, upon which the child returns. The `ipckit` rows use `Listener` and
+//!   `Stream` on both sides (framed messages; TCP with `TCP_NODELAY`, as ipckit sets it);
+//!   their floors `raw_uds` and `raw_tcp` use std's `UnixListener`/`UnixStream` and
+//!   `TcpListener`/`TcpStream` (`set_nodelay(true)`) with `write_all` and `read_exact` of
+//!   the bare bytes. The round trips echo a 64-byte message; the streams announce a batch
+//!   of `n` (8 bytes), send `n` messages of 1 MiB, and the child acknowledges the batch
+//!   with one byte. The ratio lines quote Python's `multiprocessing.connection`, measured
+//!   apart on these machines (14–15 µs over a Unix socket, 23–25 µs over TCP), and the
+//!   target of at most 1.15× the floor.
+//! - `broadcast_8` (broadcasts per second; every client receives each one, so also the
+//!   messages per second per client): eight client processes connect to the parent, which
+//!   sends 64-byte messages to all of them. The batch goes out in windows of at most
+//!   `WINDOW` messages, each announced by its size (8 bytes) and acknowledged by every
+//!   client with one byte once it has received the whole window, since ipckit's
+//!   `Server::broadcast` never waits: a client more than its outbox behind is dropped.
+//!   The `ipckit` row is a `Server` on a Unix socket (its acknowledgements arrive as
+//!   `Event::Message`); its floors have the parent write the same bytes to eight raw Unix
+//!   sockets, one `write(2)` per message and client, and read the acknowledgements back,
+//!   their clients reading through a 64 KiB `BufReader` (as ipckit's read-ahead):
+//!   `raw_uds` message after message (each to every client in turn), `raw_uds_per_client`
+//!   a window's messages to one client after the other. Both write from one thread,
+//!   where the server writes from a thread per client.
+//!
+//! Every wait has a deadline of `PATIENCE` or ends when the socket closes: accepts and the
+//! control connection's report are polled, connects time out, and the echo loops end at
+//! the peer's end of stream; a parent giving up kills its children (dropping a `Child`
+//! kills it). Socket files are removed as soon as every client is connected (the
+//! `Server`'s when it shuts down), and again, if still there, when the row ends.
+//!
+//! ```text
+//! cargo bench -p ipckit-benches --bench sockets -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::{
+    io::{self, BufReader, ErrorKind, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use ipckit_benches::{Figure, mean, print_ratios, record, spawn};
+use ipckit_core::{Child, Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
+use ipckit_pipes::Connection;
+use ipckit_sockets::{
+    Address, ConnectOptions, Event, Events, Listener, Server, ServerOptions, Stream,
+};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+};
+use serde::{Deserialize, Serialize};
+
+/// The message of the round-trip and broadcast workloads.
+const SMALL: usize = 64;
+/// The message of the bandwidth workloads.
+const BIG: usize = 1 << 20;
+/// The clients of `broadcast_8`.
+const CLIENTS: usize = 8;
+/// The most broadcasts sent before every client has acknowledged them: well within the
+/// server's outbox of each client (`ServerOptions::outbox`, with room for the window's
+/// announcement).
+const WINDOW: u64 = 256;
+/// How long anyone waits for anyone: for a connection, a report, an acknowledgement, or a
+/// child's end.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// Where the TCP rows listen; the system picks the port.
+const TCP_ANY: &str = "tcp://127.0.0.1:0";
+
+/// A Unix socket path under a fresh temporary name, removed (if still there) on drop.
+struct SockPath(PathBuf);
+
+impl SockPath {
+    fn new() -> Self {
+        SockPath(ipckit_core::temp_path("benchsock"))
+    }
+
+    /// The path as an ipckit address, `unix:///…`.
+    fn address(&self) -> Address {
+        Address::Unix(self.0.clone())
+    }
+}
+
+impl Drop for SockPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits until `fd` is readable (a listener: a client is queued), at most `PATIENCE`.
+fn readable(fd: BorrowedFd<'_>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(!left.is_zero(), "nobody came in {PATIENCE:?}");
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(left)?) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e).context("poll"),
+        }
+    }
+}
+
+/// One side's end of a connection between the two processes: sends messages one way and
+/// receives them the other.
+trait Link {
+    /// Sends one message.
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()>;
+
+    /// Receives one message into `buf`: `len` bytes on a raw stream, whatever came on a
+    /// framed one. `Ok(false)` when the peer has closed the connection.
+    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> anyhow::Result<bool>;
+}
+
+impl Link for Stream {
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.send_bytes(msg)?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> anyhow::Result<bool> {
+        match self.recv_bytes_into(buf) {
+            Ok(()) => Ok(true),
+            Err(ipckit_sockets::Error::Disconnected) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A raw stream socket: plain `write(2)` and `read(2)` of the bare bytes.
+struct Raw<S>(S);
+
+impl<S: Read + Write> Link for Raw<S> {
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.write_all(msg)?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> anyhow::Result<bool> {
+        buf.resize(len, 0);
+        let n = match self.0.read(buf) {
+            Ok(0) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(false),
+            r => r?,
+        };
+        self.0.read_exact(&mut buf[n..])?;
+        Ok(true)
+    }
+}
+
+/// What the two processes do over their connection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum Work {
+    /// Round trips: the parent sends a `SMALL`-byte message, the child sends it back.
+    Echo,
+    /// The parent announces a batch of `n` (an 8-byte message), streams `n` messages of
+    /// `BIG` bytes, and the child acknowledges the batch with one byte.
+    Stream,
+}
+
+impl Work {
+    /// The size of the parent's message.
+    fn len(self) -> usize {
+        match self {
+            Work::Echo => SMALL,
+            Work::Stream => BIG,
+        }
+    }
+
+    /// The parent's side: `iters` iterations over `link`, sending `msg`, receiving into
+    /// `buf`.
+    fn drive(
+        self,
+        link: &mut impl Link,
+        msg: &[u8],
+        buf: &mut Vec<u8>,
+        iters: u64,
+    ) -> anyhow::Result<()> {
+        match self {
+            Work::Echo => {
+                for _ in 0..iters {
+                    link.send(msg)?;
+                    ensure!(
+                        link.recv(buf, SMALL)? && buf.len() == SMALL,
+                        "no echo from the child"
+                    );
+                }
+            }
+            Work::Stream => {
+                link.send(&iters.to_le_bytes())?;
+                for _ in 0..iters {
+                    link.send(msg)?;
+                }
+                ensure!(link.recv(buf, 1)?, "no acknowledgement from the child");
+            }
+        }
+        Ok(())
+    }
+
+    /// The child's side, until the parent closes the connection.
+    fn serve(self, mut link: impl Link) -> anyhow::Result<()> {
+        let (mut head, mut buf) = (Vec::new(), Vec::new());
+        match self {
+            Work::Echo => {
+                while link.recv(&mut buf, SMALL)? {
+                    link.send(&buf)?;
+                }
+            }
+            Work::Stream => {
+                while link.recv(&mut head, 8)? {
+                    let n = u64::from_le_bytes(head.as_slice().try_into().context("batch size")?);
+                    for _ in 0..n {
+                        ensure!(
+                            link.recv(&mut buf, BIG)? && buf.len() == BIG,
+                            "the stream broke off"
+                        );
+                    }
+                    link.send(&[1])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A serving child's argument: the work, and where to listen (`unix:///…` or
+/// `tcp://127.0.0.1:0`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {
+    work: Work,
+    addr: String,
+}
+
+// The child roles.
+
+const IPCKIT_SERVE: &str = "ipckit_serve";
+const RAW_SERVE: &str = "raw_serve";
+const IPCKIT_CLIENT: &str = "ipckit_client";
+const RAW_CLIENT: &str = "raw_client";
+
+const ROLES: &[Role] = &[
+    Role::new(IPCKIT_SERVE, ipckit_serve),
+    Role::new(RAW_SERVE, raw_serve),
+    Role::new(IPCKIT_CLIENT, ipckit_client),
+    Role::new(RAW_CLIENT, raw_client),
+];
+
+/// Tells the parent over the control connection `ctl` where the child listens.
+fn report(ctx: &mut Ctx, addr: &Address) -> anyhow::Result<()> {
+    let mut ctl: Connection = ctx.handle("ctl")?;
+    Ok(ctl.send_bytes(addr.to_string().as_bytes())?)
+}
+
+/// Listens with ipckit's `Listener`, accepts the parent, and serves it.
+fn ipckit_serve(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    let listener = Listener::bind(&job.addr.parse()?)?;
+    report(ctx, listener.address())?;
+    let stream = listener.accept_timeout(PATIENCE)?;
+    // Removes the socket file: both ends are connected.
+    drop(listener);
+    Ok(job.work.serve(stream)?)
+}
+
+/// Listens with std's Unix or TCP listener, accepts the parent, and serves it.
+fn raw_serve(ctx: &mut Ctx) -> RoleResult {
+    let job: Job = ctx.arg()?;
+    match job.addr.parse()? {
+        Address::Unix(path) => {
+            let listener = UnixListener::bind(&path)?;
+            report(ctx, &Address::Unix(path.clone()))?;
+            readable(listener.as_fd())?;
+            let (stream, _) = listener.accept()?;
+            std::fs::remove_file(&path)?;
+            Ok(job.work.serve(Raw(stream))?)
+        }
+        Address::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)?;
+            report(ctx, &Address::Tcp(listener.local_addr()?))?;
+            readable(listener.as_fd())?;
+            let (stream, _) = listener.accept()?;
+            stream.set_nodelay(true)?;
+            Ok(job.work.serve(Raw(stream))?)
+        }
+        other => Err(format!("a raw server cannot listen at {other}").into()),
+    }
+}
+
+/// A broadcast client's side of one window: the announcement of `k` messages, then the
+/// `k` messages of `SMALL` bytes; `Ok(false)` when the server has closed the connection
+/// instead.
+fn window(link: &mut impl Link, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
+    if !link.recv(buf, 8)? {
+        return Ok(false);
+    }
+    let k = u64::from_le_bytes(buf.as_slice().try_into().context("window size")?);
+    for _ in 0..k {
+        ensure!(
+            link.recv(buf, SMALL)? && buf.len() == SMALL,
+            "the broadcast broke off"
+        );
+    }
+    Ok(true)
+}
+
+/// A client of ipckit's `Server`: acknowledges every window with one byte.
+fn ipckit_client(ctx: &mut Ctx) -> RoleResult {
+    let addr: String = ctx.arg()?;
+    let opts = ConnectOptions {
+        timeout: Some(PATIENCE),
+        retry: true,
+        authkey: None,
+    };
+    let mut stream = Stream::connect_with(&addr.parse()?, &opts)?;
+    let mut buf = Vec::new();
+    while window(&mut stream, &mut buf)? {
+        stream.send_bytes(&[1])?;
+    }
+    Ok(())
+}
+
+/// A raw broadcast client: reads through a 64 KiB buffer, acknowledges every window with
+/// one byte.
+struct RawClient {
+    rx: BufReader<UnixStream>,
+    tx: UnixStream,
+}
+
+impl Link for RawClient {
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.tx.write_all(msg)?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> anyhow::Result<bool> {
+        buf.resize(len, 0);
+        match self.rx.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn raw_client(ctx: &mut Ctx) -> RoleResult {
+    let path: PathBuf = ctx.arg()?;
+    let tx = UnixStream::connect(&path)?;
+    let mut client = RawClient {
+        rx: BufReader::with_capacity(64 << 10, tx.try_clone()?),
+        tx,
+    };
+    let mut buf = Vec::new();
+    while window(&mut client, &mut buf)? {
+        client.send(&[1])?;
+    }
+    Ok(())
+}
+
+// The parent's side.
+
+/// Waits for a child's end and checks that it ended cleanly.
+fn join(mut child: Child) -> anyhow::Result<()> {
+    let status = child.join_timeout(PATIENCE)?;
+    ensure!(
+        status.success(),
+        "child role {} ended with {status}",
+        child.role()
+    );
+    Ok(())
+}
+
+/// One row's processes, as the parent holds them.
+trait Rig {
+    /// Runs `iters` iterations of the workload; returns the time they took.
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
+
+    /// Ends the row's children and checks that they ended cleanly.
+    fn finish(self) -> anyhow::Result<()>;
+}
+
+/// A round-trip or stream row: the serving child, the parent's end of the connection to
+/// it, and the work's buffers.
+struct Peer<L> {
+    work: Work,
+    link: L,
+    child: Child,
+    msg: Vec<u8>,
+    buf: Vec<u8>,
+    /// The socket file of a Unix row.
+    _path: Option<SockPath>,
+}
+
+impl<L: Link> Peer<L> {
+    /// Starts role `role` serving `work` at `addr`, waits for its report of the address it
+    /// listens at, and connects to that with `connect`.
+    fn start(
+        role: &'static str,
+        work: Work,
+        addr: &str,
+        path: Option<SockPath>,
+        connect: impl FnOnce(&Address) -> anyhow::Result<L>,
+    ) -> anyhow::Result<Self> {
+        let (mut ctl, theirs) = ipckit_pipes::duplex()?;
+        let job = Job {
+            work,
+            addr: addr.to_owned(),
+        };
+        let child = spawn(role, &job, [("ctl", theirs.into_handoff())])?;
+        let mut buf = Vec::new();
+        ctl.recv_bytes_into_deadline(&mut buf, Deadline::after(PATIENCE))
+            .with_context(|| format!("no address from {role}"))?;
+        let addr: Address = std::str::from_utf8(&buf)?.parse()?;
+        Ok(Peer {
+            work,
+            link: connect(&addr)?,
+            child,
+            msg: vec![0xa5; work.len()],
+            buf: Vec::new(),
+            _path: path,
+        })
+    }
+}
+
+impl<L: Link> Rig for Peer<L> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        self.work
+            .drive(&mut self.link, &self.msg, &mut self.buf, iters)?;
+        Ok(began.elapsed())
+    }
+
+    /// Closes the connection, upon which the child returns.
+    fn finish(self) -> anyhow::Result<()> {
+        drop(self.link);
+        join(self.child)
+    }
+}
+
+fn connect_ipckit(addr: &Address) -> anyhow::Result<Stream> {
+    let opts = ConnectOptions {
+        timeout: Some(PATIENCE),
+        retry: true,
+        authkey: None,
+    };
+    Ok(Stream::connect_with(addr, &opts)?)
+}
+
+fn ipckit_uds(work: Work) -> anyhow::Result<Peer<Stream>> {
+    let path = SockPath::new();
+    let addr = path.address().to_string();
+    Peer::start(IPCKIT_SERVE, work, &addr, Some(path), connect_ipckit)
+}
+
+fn ipckit_tcp(work: Work) -> anyhow::Result<Peer<Stream>> {
+    Peer::start(IPCKIT_SERVE, work, TCP_ANY, None, connect_ipckit)
+}
+
+fn raw_uds(work: Work) -> anyhow::Result<Peer<Raw<UnixStream>>> {
+    let path = SockPath::new();
+    let addr = path.address().to_string();
+    Peer::start(RAW_SERVE, work, &addr, Some(path), |addr| match addr {
+        Address::Unix(p) => Ok(Raw(UnixStream::connect(p)?)),
+        other => bail!("a Unix address expected, not {other}"),
+    })
+}
+
+fn raw_tcp(work: Work) -> anyhow::Result<Peer<Raw<TcpStream>>> {
+    Peer::start(RAW_SERVE, work, TCP_ANY, None, |addr| match addr {
+        Address::Tcp(a) => {
+            let s = TcpStream::connect_timeout(a, PATIENCE)?;
+            s.set_nodelay(true)?;
+            Ok(Raw(s))
+        }
+        other => bail!("a TCP address expected, not {other}"),
+    })
+}
+
+/// `broadcast_8` over ipckit's `Server`: the clients' acknowledgements come as events.
+struct Hub {
+    server: Server,
+    events: Events,
+    clients: Vec<Child>,
+    msg: Vec<u8>,
+    _path: SockPath,
+}
+
+impl Hub {
+    fn start() -> anyhow::Result<Self> {
+        let path = SockPath::new();
+        let addr = path.address();
+        let opts = ServerOptions::default();
+        ensure!(
+            opts.outbox as u64 > WINDOW,
+            "an outbox smaller than a window"
+        );
+        let (server, events) = Server::start_with(Listener::bind(&addr)?, opts)?;
+        let clients = (0..CLIENTS)
+            .map(|_| spawn(IPCKIT_CLIENT, &addr.to_string(), []))
+            .collect::<ipckit_core::Result<_>>()?;
+        let mut hub = Hub {
+            server,
+            events,
+            clients,
+            msg: vec![0xa5; SMALL],
+            _path: path,
+        };
+        for _ in 0..CLIENTS {
+            match hub.next_event()? {
+                Event::Joined(..) => {}
+                e => bail!("{e:?} before every client joined"),
+            }
+        }
+        // The clients serve windows now.
+        hub.window(0)?;
+        Ok(hub)
+    }
+
+    fn next_event(&self) -> anyhow::Result<Event> {
+        self.events
+            .recv_timeout(PATIENCE)
+            .with_context(|| format!("no event in {PATIENCE:?}"))
+    }
+
+    /// Broadcasts a window of `k` messages and waits for every client's acknowledgement.
+    fn window(&mut self, k: u64) -> anyhow::Result<()> {
+        let sent = self.server.broadcast(&k.to_le_bytes())?;
+        ensure!(sent == CLIENTS, "{sent} clients left of {CLIENTS}");
+        for _ in 0..k {
+            let sent = self.server.broadcast(&self.msg)?;
+            ensure!(sent == CLIENTS, "{sent} clients left of {CLIENTS}");
+        }
+        for _ in 0..CLIENTS {
+            match self.next_event()? {
+                Event::Message(_, ack) if ack == [1] => {}
+                e => bail!("{e:?} instead of an acknowledgement"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Rig for Hub {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        let mut left = iters;
+        while left > 0 {
+            let k = left.min(WINDOW);
+            self.window(k)?;
+            left -= k;
+        }
+        Ok(began.elapsed())
+    }
+
+    /// Shuts the server down (each client reads to the end of its stream and returns).
+    fn finish(self) -> anyhow::Result<()> {
+        self.server.shutdown();
+        drop(self.events);
+        self.clients.into_iter().try_for_each(join)
+    }
+}
+
+/// `broadcast_8`'s floors: the parent writes every message to eight raw Unix sockets, one
+/// `write(2)` each, and reads one byte of acknowledgement from each per window.
+struct RawHub {
+    socks: Vec<UnixStream>,
+    clients: Vec<Child>,
+    msg: Vec<u8>,
+    /// Whether a window goes to one client after the other (all its messages to the first
+    /// client, then to the second…) rather than message after message (each message to
+    /// every client in turn).
+    per_client: bool,
+}
+
+impl RawHub {
+    /// Message after message.
+    fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Client after client.
+    fn start_per_client() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(per_client: bool) -> anyhow::Result<Self> {
+        let path = SockPath::new();
+        let listener = UnixListener::bind(&path.0)?;
+        let clients = (0..CLIENTS)
+            .map(|_| spawn(RAW_CLIENT, &path.0, []))
+            .collect::<ipckit_core::Result<Vec<_>>>()?;
+        let socks = (0..CLIENTS)
+            .map(|_| {
+                readable(listener.as_fd())?;
+                Ok(listener.accept()?.0)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut hub = RawHub {
+            socks,
+            clients,
+            msg: vec![0xa5; SMALL],
+            per_client,
+        };
+        hub.window(0)?;
+        Ok(hub)
+    }
+
+    /// Writes a window of `k` messages to every client and reads every acknowledgement.
+    fn window(&mut self, k: u64) -> io::Result<()> {
+        for s in &mut self.socks {
+            s.write_all(&k.to_le_bytes())?;
+        }
+        if self.per_client {
+            for s in &mut self.socks {
+                for _ in 0..k {
+                    s.write_all(&self.msg)?;
+                }
+            }
+        } else {
+            for _ in 0..k {
+                for s in &mut self.socks {
+                    s.write_all(&self.msg)?;
+                }
+            }
+        }
+        for s in &mut self.socks {
+            s.read_exact(&mut [0])?;
+        }
+        Ok(())
+    }
+}
+
+impl Rig for RawHub {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        let mut left = iters;
+        while left > 0 {
+            let k = left.min(WINDOW);
+            self.window(k).context("a raw client left")?;
+            left -= k;
+        }
+        Ok(began.elapsed())
+    }
+
+    /// Closes the sockets, upon which the clients return.
+    fn finish(self) -> anyhow::Result<()> {
+        drop(self.socks);
+        self.clients.into_iter().try_for_each(join)
+    }
+}
+
+/// A criterion group of one workload.
+struct Group<'a> {
+    name: &'static str,
+    figure: Figure,
+    group: BenchmarkGroup<'a, WallTime>,
+}
+
+impl<'a> Group<'a> {
+    fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
+        let mut group = c.benchmark_group(name);
+        match figure {
+            Figure::Bandwidth(bytes) => {
+                group.throughput(Throughput::Bytes(bytes));
+                // An iteration takes about a millisecond: equal batches fit the time.
+                group.sampling_mode(SamplingMode::Flat);
+            }
+            Figure::Rate => {
+                group.throughput(Throughput::Elements(1));
+            }
+            Figure::RoundTrip | Figure::Operation => {}
+        }
+        Group {
+            name,
+            figure,
+            group,
+        }
+    }
+
+    /// Benchmarks row `row`: starts it with `start` on the first batch (if the row is run
+    /// at all), times and records every batch, and ends its children afterwards.
+    fn row<R: Rig>(
+        &mut self,
+        row: &'static str,
+        start: impl Fn() -> anyhow::Result<R>,
+    ) -> anyhow::Result<()> {
+        let name = self.name;
+        let mut rig = None;
+        self.group.bench_function(row, |b| {
+            let rig = rig.get_or_insert_with(|| {
+                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
+            });
+            b.iter_custom(|iters| match rig.run(iters) {
+                Ok(took) => record(name, row, took, iters),
+                Err(e) => panic!("{name}/{row}: {e:#}"),
+            });
+        });
+        match rig {
+            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the group and prints the line comparing `ipckit` with its `floors`. Returns
+    /// whether it printed: only when benchmarking (`--bench`, as `cargo bench` passes), not
+    /// in criterion's test mode (`--test`, or `cargo test --benches`), where each row runs
+    /// one iteration.
+    fn finish(self, floors: &[&str]) -> bool {
+        self.group.finish();
+        let flag = |f: &str| std::env::args().any(|a| a == f);
+        if !flag("--bench") || flag("--test") {
+            return false;
+        }
+        print_ratios(self.name, self.figure, "ipckit", floors, &[]);
+        true
+    }
+}
+
+/// Prints how row `ipckit` of `group` compares with Python's `multiprocessing.connection`
+/// (`python`, its range of µs per RTT on these machines), and whether it is within `max`
+/// times its floor `floor`.
+fn print_python_and_target(group: &str, python: (f64, f64), floor: &str, max: f64) {
+    let Some(ours) = mean(group, "ipckit") else {
+        return;
+    };
+    let us = ours.as_secs_f64() * 1e6;
+    let (low, high) = python;
+    println!(
+        "{group}: reference Python multiprocessing.connection {low}–{high} µs/RTT \
+         (measured apart) → ipckit/Python = {:.2}–{:.2}×",
+        us / high,
+        us / low,
+    );
+    if let Some(raw) = mean(group, floor) {
+        let ratio = ours.as_secs_f64() / raw.as_secs_f64();
+        let verdict = if ratio <= max { "met" } else { "missed" };
+        println!("{group}: target ipckit/{floor} ≤ {max}×: {ratio:.2}× {verdict}");
+    }
+}
+
+fn rtt(c: &mut Criterion) -> anyhow::Result<()> {
+    let (work, figure) = (Work::Echo, Figure::RoundTrip);
+    let name = "uds_rtt_64B";
+    let mut g = Group::new(c, name, figure);
+    g.row("ipckit", || ipckit_uds(work))?;
+    g.row("raw_uds", || raw_uds(work))?;
+    if g.finish(&["raw_uds"]) {
+        print_python_and_target(name, (14.0, 15.0), "raw_uds", 1.15);
+    }
+    let name = "tcp_rtt_64B";
+    let mut g = Group::new(c, name, figure);
+    g.row("ipckit", || ipckit_tcp(work))?;
+    g.row("raw_tcp", || raw_tcp(work))?;
+    if g.finish(&["raw_tcp"]) {
+        print_python_and_target(name, (23.0, 25.0), "raw_tcp", 1.15);
+    }
+    Ok(())
+}
+
+fn bw(c: &mut Criterion) -> anyhow::Result<()> {
+    let (work, figure) = (Work::Stream, Figure::Bandwidth(BIG as u64));
+    let mut g = Group::new(c, "uds_bw_1MiB", figure);
+    g.row("ipckit", || ipckit_uds(work))?;
+    g.row("raw_uds", || raw_uds(work))?;
+    g.finish(&["raw_uds"]);
+    let mut g = Group::new(c, "tcp_bw_1MiB", figure);
+    g.row("ipckit", || ipckit_tcp(work))?;
+    g.row("raw_tcp", || raw_tcp(work))?;
+    g.finish(&["raw_tcp"]);
+    Ok(())
+}
+
+fn broadcast(c: &mut Criterion) -> anyhow::Result<()> {
+    let name = "broadcast_8";
+    let mut g = Group::new(c, name, Figure::Rate);
+    g.row("ipckit", Hub::start)?;
+    g.row("raw_uds", RawHub::start)?;
+    g.row("raw_uds_per_client", RawHub::start_per_client)?;
+    if g.finish(&["raw_uds", "raw_uds_per_client"]) {
+        // The ratio line's M/s has two decimals: too few here.
+        for row in ["ipckit", "raw_uds", "raw_uds_per_client"] {
+            if let Some(t) = mean(name, row) {
+                let per_sec = 1.0 / t.as_secs_f64();
+                println!(
+                    "{name}: {row} {:.1} k broadcasts/s, each to {CLIENTS} clients = {:.1} k \
+                     messages/s in all",
+                    per_sec / 1e3,
+                    per_sec * CLIENTS as f64 / 1e3,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    ipckit_core::enter(ROLES);
+    let mut c = Criterion::default().configure_from_args();
+    rtt(&mut c)?;
+    bw(&mut c)?;
+    broadcast(&mut c)?;
+    c.final_summary();
+    Ok(())
+}
