@@ -21,7 +21,9 @@ pub(crate) fn init_tracing_from_env() {
 pub(crate) fn init_tracing(verbose: u8) {
     let filter = match verbose {
         0 => return,
-        1 => "ipckit_core=debug,ipckit_pipes=debug,ipckit_shmem=debug,ipckit_queues=debug,info",
+        1 => {
+            "ipckit_core=debug,ipckit_pipes=debug,ipckit_shmem=debug,ipckit_queues=debug,ipckit_sockets=debug,info"
+        }
         _ => "trace",
     };
     let _ = LOG.set(filter.to_string());

@@ -32,6 +32,9 @@ use crate::{
 /// Read-ahead buffer size: one syscall takes every small message that is waiting.
 const READ_CHUNK: usize = 64 << 10;
 
+/// A message's buffer is first sized to at most this, then doubled as its bytes arrive.
+const GROW_FROM: usize = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Socket,
@@ -326,17 +329,23 @@ impl ReadHalf {
                 return Err(Error::Disconnected);
             }
         };
-        // The length was checked against the maximum before this allocation.
+        // The buffer grows as the bytes arrive (doubling from 1 MiB), so a header that
+        // announces a large message costs memory only once the message is really sent; the
+        // length was checked against the maximum already. A reused buffer is not zeroed.
+        let grown = |filled: usize| len.min(filled.saturating_mul(2).max(GROW_FROM));
+        let have = self.rb.available().len().min(len);
         if out.len() >= len {
             out.truncate(len);
         } else {
-            out.resize(len, 0);
+            out.resize(grown(have).max(out.len()), 0);
         }
-        let have = self.rb.available().len().min(len);
         out[..have].copy_from_slice(&self.rb.available()[..have]);
         self.rb.consume(have);
         let mut filled = have;
         while filled < len {
+            if filled == out.len() {
+                out.resize(grown(filled), 0);
+            }
             // Mid-frame: finish it whatever the deadline, or learn that the peer died.
             let n = fd.read(&mut out[filled..], Deadline::Never)?;
             if n == 0 {

@@ -7,7 +7,7 @@ use std::{
         fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         linux::net::SocketAddrExt,
         unix::{
-            fs::{FileTypeExt, PermissionsExt},
+            fs::FileTypeExt,
             net::{SocketAddr as UnixSocketAddr, UnixListener},
         },
     },
@@ -290,10 +290,9 @@ impl Listener {
             }
             Address::Unix(path) => {
                 clear_stale(path)?;
-                let l = UnixListener::bind(path).map_err(|e| {
+                let l = bind_private(path).map_err(|e| {
                     Error::Io(io::Error::new(e.kind(), format!("bind {addr}: {e}")))
                 })?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
                 (Inner::Unix(l), addr.clone(), Some(path.clone()))
             }
             Address::UnixAbstract(n) => {
@@ -402,6 +401,27 @@ impl Drop for Listener {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Binds a Unix socket file that is mode 0600 from the moment it exists: on Linux the file
+/// takes the socket's own mode, so the mode is set before `bind`, not after it.
+fn bind_private(path: &std::path::Path) -> io::Result<UnixListener> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    nix::sys::stat::fchmod(
+        &fd,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    nix::sys::socket::listen(
+        &fd,
+        nix::sys::socket::Backlog::new(128).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    )?;
+    Ok(UnixListener::from(fd))
 }
 
 /// Removes a socket file whose server is dead; refuses to touch a live server's, or a path
