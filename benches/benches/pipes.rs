@@ -19,14 +19,14 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use criterion::Criterion;
 use ipc_channel::{
     IpcError,
     ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender},
 };
-use ipckit_benches::{Fd, Figure, print_ratios, record, spawn};
+use ipckit_benches::{BIG, Fd, Framed, Group, Link, Rig, Work, spawn};
 use ipckit_core::{Child, Ctx, Handle, Handoff, Role, RoleResult};
-use ipckit_pipes::{Connection, Fifo, PipeReader, PipeWriter, RecvBytes, SendBytes};
+use ipckit_pipes::{Connection, Fifo, PipeReader, PipeWriter};
 use nix::{
     fcntl::{FcntlArg, OFlag, fcntl},
     sys::{
@@ -37,55 +37,13 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The message of the round-trip workloads.
-const SMALL: usize = 64;
-/// The message of the bandwidth workload.
-const BIG: usize = 1 << 20;
 /// How long either side waits for the other to open a FIFO, or to end.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// One side's end of a link between the two processes, whatever carries it: sends
-/// messages one way and receives them the other.
-trait Link {
-    /// Sends one message.
-    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()>;
-
-    /// Receives one message into `buf`: `len` bytes on a raw stream, whatever came on a
-    /// framed one. `Ok(false)` when the peer has closed the link.
-    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> anyhow::Result<bool>;
-}
-
-/// An ipckit receive, with the peer's leaving turned into `Ok(false)`.
-fn framed(r: ipckit_pipes::Result<()>) -> anyhow::Result<bool> {
-    match r {
-        Ok(()) => Ok(true),
-        Err(ipckit_pipes::Error::Disconnected) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-impl Link for Connection {
-    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
-        Ok(self.send_bytes(msg)?)
-    }
-
-    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> anyhow::Result<bool> {
-        framed(self.recv_bytes_into(buf))
-    }
-}
-
-impl Link for (PipeWriter, PipeReader) {
-    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
-        Ok(self.0.send_bytes(msg)?)
-    }
-
-    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> anyhow::Result<bool> {
-        framed(self.1.recv_bytes_into(buf))
-    }
-}
-
 /// Raw descriptors (a socket twice, two pipes, two FIFOs): plain `write(2)` and `read(2)`.
-impl Link for (File, File) {
+struct Raw(File, File);
+
+impl Link for Raw {
     fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
         Ok(self.0.write_all(msg)?)
     }
@@ -101,8 +59,11 @@ impl Link for (File, File) {
     }
 }
 
+/// ipc-channel's byte channels, one each way, as they travel.
+type IpcPair = (IpcBytesSender, IpcBytesReceiver);
+
 /// ipc-channel's byte channels, one each way.
-type IpcLink = (IpcBytesSender, IpcBytesReceiver);
+struct IpcLink(IpcBytesSender, IpcBytesReceiver);
 
 impl Link for IpcLink {
     fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
@@ -118,81 +79,6 @@ impl Link for IpcLink {
             Err(IpcError::Disconnected) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// What the two processes do over their link.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-enum Work {
-    /// Round trips: the parent sends a `SMALL`-byte message, the child sends it back.
-    Echo,
-    /// The parent announces a batch of `n` (an 8-byte message), streams `n` messages of
-    /// `BIG` bytes, and the child acknowledges the batch with one byte.
-    Stream,
-}
-
-impl Work {
-    /// The size of the parent's message.
-    fn len(self) -> usize {
-        match self {
-            Work::Echo => SMALL,
-            Work::Stream => BIG,
-        }
-    }
-
-    /// The parent's side: `iters` iterations over `link`, sending `msg`, receiving into
-    /// `buf`.
-    fn drive(
-        self,
-        link: &mut impl Link,
-        msg: &[u8],
-        buf: &mut Vec<u8>,
-        iters: u64,
-    ) -> anyhow::Result<()> {
-        match self {
-            Work::Echo => {
-                for _ in 0..iters {
-                    link.send(msg)?;
-                    ensure!(
-                        link.recv(buf, SMALL)? && buf.len() == SMALL,
-                        "no echo from the child"
-                    );
-                }
-            }
-            Work::Stream => {
-                link.send(&iters.to_le_bytes())?;
-                for _ in 0..iters {
-                    link.send(msg)?;
-                }
-                ensure!(link.recv(buf, 1)?, "no acknowledgement from the child");
-            }
-        }
-        Ok(())
-    }
-
-    /// The child's side, until the parent closes the link.
-    fn serve(self, mut link: impl Link) -> anyhow::Result<()> {
-        let (mut head, mut buf) = (Vec::new(), Vec::new());
-        match self {
-            Work::Echo => {
-                while link.recv(&mut buf, SMALL)? {
-                    link.send(&buf)?;
-                }
-            }
-            Work::Stream => {
-                while link.recv(&mut head, 8)? {
-                    let n = u64::from_le_bytes(head.as_slice().try_into().context("batch size")?);
-                    for _ in 0..n {
-                        ensure!(
-                            link.recv(&mut buf, BIG)? && buf.len() == BIG,
-                            "the stream broke off"
-                        );
-                    }
-                    link.send(&[1])?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -239,7 +125,7 @@ const ROLES: &[Role] = &[
 fn serve_ipckit_duplex(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
     let link: Connection = ctx.handle("link")?;
-    Ok(job.work.serve(link)?)
+    Ok(job.work.serve(Framed(link))?)
 }
 
 fn serve_ipckit_pipes(ctx: &mut Ctx) -> RoleResult {
@@ -262,7 +148,7 @@ fn serve_ipckit_fifo(ctx: &mut Ctx) -> RoleResult {
 fn serve_raw_fds(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
     let (tx, rx) = (ctx.handle::<Fd>("tx")?.0, ctx.handle::<Fd>("rx")?.0);
-    Ok(job.work.serve((File::from(tx), File::from(rx)))?)
+    Ok(job.work.serve(Raw(File::from(tx), File::from(rx)))?)
 }
 
 fn serve_raw_fifo(ctx: &mut Ctx) -> RoleResult {
@@ -272,7 +158,7 @@ fn serve_raw_fifo(ctx: &mut Ctx) -> RoleResult {
     };
     let rx = File::open(to_child)?;
     let tx = OpenOptions::new().write(true).open(to_parent)?;
-    Ok(job.work.serve((tx, rx))?)
+    Ok(job.work.serve(Raw(tx, rx))?)
 }
 
 fn serve_ipc_channel(ctx: &mut Ctx) -> RoleResult {
@@ -280,11 +166,11 @@ fn serve_ipc_channel(ctx: &mut Ctx) -> RoleResult {
     let [server] = job.names.as_slice() else {
         return Err("the bootstrap server's name expected".into());
     };
-    let bootstrap = IpcSender::<IpcLink>::connect(server.clone())?;
+    let bootstrap = IpcSender::<IpcPair>::connect(server.clone())?;
     let (to_child, from_parent) = ipc::bytes_channel()?;
     let (to_parent, from_child) = ipc::bytes_channel()?;
     bootstrap.send((to_child, from_child))?;
-    Ok(job.work.serve((to_parent, from_parent))?)
+    Ok(job.work.serve(IpcLink(to_parent, from_parent))?)
 }
 
 // The parent's side: a running child and the parent's end of the link to it.
@@ -304,14 +190,18 @@ impl<L: Link> Peer<L> {
             work,
             link,
             child,
-            msg: vec![0xa5; work.len()],
+            msg: vec![0xa5; work.msg_len()],
             buf: Vec::new(),
         }
     }
+}
 
-    fn run(&mut self, iters: u64) -> anyhow::Result<()> {
+impl<L: Link> Rig for Peer<L> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
         self.work
-            .drive(&mut self.link, &self.msg, &mut self.buf, iters)
+            .drive(&mut self.link, &self.msg, &mut self.buf, iters)?;
+        Ok(began.elapsed())
     }
 
     /// Closes the link and checks that the child then ended cleanly.
@@ -330,17 +220,14 @@ impl<L: Link> Peer<L> {
     }
 }
 
-/// How the parent starts a row: makes the link, starts the child role with its end.
-type Start<L> = fn(Work) -> anyhow::Result<Peer<L>>;
-
-fn ipckit_duplex(work: Work) -> anyhow::Result<Peer<Connection>> {
+fn ipckit_duplex(work: Work) -> anyhow::Result<Peer<Framed<Connection>>> {
     let (mine, theirs) = ipckit_pipes::duplex()?;
     let child = spawn(
         IPCKIT_DUPLEX,
         &Job::new(work, &[])?,
         [("link", theirs.into_handoff())],
     )?;
-    Ok(Peer::new(work, mine, child))
+    Ok(Peer::new(work, Framed(mine), child))
 }
 
 fn ipckit_pipes(work: Work) -> anyhow::Result<Peer<(PipeWriter, PipeReader)>> {
@@ -367,7 +254,7 @@ fn ipckit_fifo(work: Work) -> anyhow::Result<Peer<(PipeWriter, PipeReader)>> {
     Ok(Peer::new(work, (tx, rx), child))
 }
 
-fn raw_socketpair(work: Work) -> anyhow::Result<Peer<(File, File)>> {
+fn raw_socketpair(work: Work) -> anyhow::Result<Peer<Raw>> {
     let (mine, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -381,28 +268,28 @@ fn raw_socketpair(work: Work) -> anyhow::Result<Peer<(File, File)>> {
     let child = spawn(RAW_FDS, &Job::new(work, &[])?, handles)?;
     Ok(Peer::new(
         work,
-        (File::from(mine.try_clone()?), File::from(mine)),
+        Raw(File::from(mine.try_clone()?), File::from(mine)),
         child,
     ))
 }
 
-fn raw_pipes(work: Work) -> anyhow::Result<Peer<(File, File)>> {
+fn raw_pipes(work: Work) -> anyhow::Result<Peer<Raw>> {
     let (child_rx, tx) = pipe2(OFlag::O_CLOEXEC)?;
     let (rx, child_tx) = pipe2(OFlag::O_CLOEXEC)?;
     let handles = [("tx", Handoff::Fd(child_tx)), ("rx", Handoff::Fd(child_rx))];
     let child = spawn(RAW_FDS, &Job::new(work, &[])?, handles)?;
-    Ok(Peer::new(work, (File::from(tx), File::from(rx)), child))
+    Ok(Peer::new(work, Raw(File::from(tx), File::from(rx)), child))
 }
 
 /// As [`raw_pipes`], with the data pipe's kernel buffer set to 1 MiB (`F_SETPIPE_SZ`), as
 /// ipckit grows it for large messages.
-fn raw_pipes_1mib(work: Work) -> anyhow::Result<Peer<(File, File)>> {
+fn raw_pipes_1mib(work: Work) -> anyhow::Result<Peer<Raw>> {
     let (child_rx, tx) = pipe2(OFlag::O_CLOEXEC)?;
     fcntl(&tx, FcntlArg::F_SETPIPE_SZ(BIG as i32))?;
     let (rx, child_tx) = pipe2(OFlag::O_CLOEXEC)?;
     let handles = [("tx", Handoff::Fd(child_tx)), ("rx", Handoff::Fd(child_rx))];
     let child = spawn(RAW_FDS, &Job::new(work, &[])?, handles)?;
-    Ok(Peer::new(work, (File::from(tx), File::from(rx)), child))
+    Ok(Peer::new(work, Raw(File::from(tx), File::from(rx)), child))
 }
 
 /// A FIFO made with `mkfifo(3)` under a fresh temporary name, removed on drop.
@@ -422,92 +309,34 @@ impl Drop for RawFifo {
     }
 }
 
-fn raw_fifo(work: Work) -> anyhow::Result<Peer<(File, File)>> {
+fn raw_fifo(work: Work) -> anyhow::Result<Peer<Raw>> {
     let (to_child, to_parent) = (RawFifo::create()?, RawFifo::create()?);
     let child = spawn(RAW_FIFO, &Job::new(work, &[&to_child.0, &to_parent.0])?, [])?;
     let tx = OpenOptions::new().write(true).open(&to_child.0)?;
     let rx = File::open(&to_parent.0)?;
     // Both ends are open on both sides now: the FIFOs' names can go.
-    Ok(Peer::new(work, (tx, rx), child))
+    Ok(Peer::new(work, Raw(tx, rx), child))
 }
 
 fn ipc_channel(work: Work) -> anyhow::Result<Peer<IpcLink>> {
-    let (server, name) = IpcOneShotServer::<IpcLink>::new()?;
+    let (server, name) = IpcOneShotServer::<IpcPair>::new()?;
     let job = Job {
         work,
         names: vec![name],
     };
     let child = spawn(IPC_CHANNEL, &job, [])?;
-    let (_bootstrap, link) = server.accept()?;
-    Ok(Peer::new(work, link, child))
-}
-
-/// A criterion group of one workload whose rows each run against a child of their own.
-struct Group<'a> {
-    name: &'static str,
-    work: Work,
-    group: BenchmarkGroup<'a, WallTime>,
-}
-
-impl<'a> Group<'a> {
-    fn new(c: &'a mut Criterion, name: &'static str, work: Work) -> Self {
-        let mut group = c.benchmark_group(name);
-        if let Work::Stream = work {
-            group.throughput(Throughput::Bytes(BIG as u64));
-            // An iteration takes about a millisecond: equal batches fit the measurement time.
-            group.sampling_mode(SamplingMode::Flat);
-        }
-        Group { name, work, group }
-    }
-
-    /// Benchmarks row `row`: starts its child with `start` on the first batch (if the row
-    /// is run at all), times and records every batch, and ends the child afterwards.
-    fn row<L: Link>(&mut self, row: &'static str, start: Start<L>) -> anyhow::Result<()> {
-        let (name, work) = (self.name, self.work);
-        let mut peer = None;
-        self.group.bench_function(row, |b| {
-            let peer = peer.get_or_insert_with(|| {
-                start(work).unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
-            });
-            b.iter_custom(|iters| {
-                let began = Instant::now();
-                if let Err(e) = peer.run(iters) {
-                    panic!("{name}/{row}: {e:#}");
-                }
-                record(name, row, began.elapsed(), iters)
-            });
-        });
-        match peer {
-            Some(peer) => peer.finish().with_context(|| format!("{name}/{row}")),
-            None => Ok(()),
-        }
-    }
-
-    /// Ends the group and prints a ratio line for each of its ipckit rows, against that
-    /// row's floors and the group's `peers` (not in criterion's `--test` mode, where each
-    /// row runs one iteration).
-    fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) {
-        self.group.finish();
-        if std::env::args().any(|a| a == "--test") {
-            return;
-        }
-        let figure = match self.work {
-            Work::Echo => Figure::RoundTrip,
-            Work::Stream => Figure::Bandwidth(BIG as u64),
-        };
-        for (row, floors) in ours {
-            print_ratios(self.name, figure, row, floors, peers);
-        }
-    }
+    let (_bootstrap, (tx, rx)) = server.accept()?;
+    Ok(Peer::new(work, IpcLink(tx, rx), child))
 }
 
 fn pipe_rtt(c: &mut Criterion) -> anyhow::Result<()> {
-    let mut g = Group::new(c, "pipe_rtt_64B", Work::Echo);
-    g.row("ipckit", ipckit_duplex)?;
-    g.row("ipckit_pipes", ipckit_pipes)?;
-    g.row("raw_socketpair", raw_socketpair)?;
-    g.row("raw_pipe", raw_pipes)?;
-    g.row("ipc-channel", ipc_channel)?;
+    let work = Work::Echo;
+    let mut g = Group::new(c, "pipe_rtt_64B", work.figure());
+    g.row("ipckit", || ipckit_duplex(work))?;
+    g.row("ipckit_pipes", || ipckit_pipes(work))?;
+    g.row("raw_socketpair", || raw_socketpair(work))?;
+    g.row("raw_pipe", || raw_pipes(work))?;
+    g.row("ipc-channel", || ipc_channel(work))?;
     g.finish(
         &[
             ("ipckit", &["raw_socketpair"]),
@@ -519,13 +348,14 @@ fn pipe_rtt(c: &mut Criterion) -> anyhow::Result<()> {
 }
 
 fn pipe_bw(c: &mut Criterion) -> anyhow::Result<()> {
-    let mut g = Group::new(c, "pipe_bw_1MiB", Work::Stream);
-    g.row("ipckit", ipckit_duplex)?;
-    g.row("ipckit_pipes", ipckit_pipes)?;
-    g.row("raw_socketpair", raw_socketpair)?;
-    g.row("raw_pipe", raw_pipes)?;
-    g.row("raw_pipe_1MiB", raw_pipes_1mib)?;
-    g.row("ipc-channel", ipc_channel)?;
+    let work = Work::Stream;
+    let mut g = Group::new(c, "pipe_bw_1MiB", work.figure());
+    g.row("ipckit", || ipckit_duplex(work))?;
+    g.row("ipckit_pipes", || ipckit_pipes(work))?;
+    g.row("raw_socketpair", || raw_socketpair(work))?;
+    g.row("raw_pipe", || raw_pipes(work))?;
+    g.row("raw_pipe_1MiB", || raw_pipes_1mib(work))?;
+    g.row("ipc-channel", || ipc_channel(work))?;
     g.finish(
         &[
             ("ipckit", &["raw_socketpair"]),
@@ -537,9 +367,10 @@ fn pipe_bw(c: &mut Criterion) -> anyhow::Result<()> {
 }
 
 fn fifo_rtt(c: &mut Criterion) -> anyhow::Result<()> {
-    let mut g = Group::new(c, "fifo_rtt_64B", Work::Echo);
-    g.row("ipckit", ipckit_fifo)?;
-    g.row("raw_fifo", raw_fifo)?;
+    let work = Work::Echo;
+    let mut g = Group::new(c, "fifo_rtt_64B", work.figure());
+    g.row("ipckit", || ipckit_fifo(work))?;
+    g.row("raw_fifo", || raw_fifo(work))?;
     g.finish(&[("ipckit", &["raw_fifo"])], &[]);
     Ok(())
 }

@@ -54,9 +54,9 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
-use ipckit_benches::{Fd, Figure, mean, print_ratios, record, spawn};
+use ipckit_benches::{Fd, Figure, Group, Rig, mean, spawn};
 use ipckit_core::{Child, Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Connection, PipeReader, PipeWriter};
 use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
@@ -664,15 +664,6 @@ impl Worker {
     }
 }
 
-/// One row's processes, as the parent holds them.
-trait Rig {
-    /// Runs `iters` iterations of the workload; returns the time they took.
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
-
-    /// Ends the row's children and checks that they ended cleanly.
-    fn finish(self) -> anyhow::Result<()>;
-}
-
 /// A throughput row: producers share the messages of a batch, one consumer takes them
 /// all.
 struct Flow {
@@ -824,75 +815,6 @@ impl<P: PingPong> Rig for Echo<P> {
 
     fn finish(self) -> anyhow::Result<()> {
         self.worker.finish()
-    }
-}
-
-/// A criterion group of one workload.
-struct Group<'a> {
-    name: &'static str,
-    figure: Figure,
-    group: BenchmarkGroup<'a, WallTime>,
-}
-
-impl<'a> Group<'a> {
-    fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
-        let mut group = c.benchmark_group(name);
-        match figure {
-            Figure::Bandwidth(bytes) => {
-                group.throughput(Throughput::Bytes(bytes));
-                if bytes >= BIG as u64 {
-                    // An iteration takes about a millisecond: equal batches fit the time.
-                    group.sampling_mode(SamplingMode::Flat);
-                }
-            }
-            Figure::Rate => {
-                group.throughput(Throughput::Elements(1));
-            }
-            Figure::RoundTrip | Figure::Operation => {}
-        }
-        Group {
-            name,
-            figure,
-            group,
-        }
-    }
-
-    /// Benchmarks row `row`: starts it with `start` on the first batch (if the row is run
-    /// at all), times and records every batch, and ends its children afterwards.
-    fn row<R: Rig>(
-        &mut self,
-        row: &'static str,
-        start: impl Fn() -> anyhow::Result<R>,
-    ) -> anyhow::Result<()> {
-        let name = self.name;
-        let mut rig = None;
-        self.group.bench_function(row, |b| {
-            let rig = rig.get_or_insert_with(|| {
-                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
-            });
-            b.iter_custom(|iters| match rig.run(iters) {
-                Ok(took) => record(name, row, took, iters),
-                Err(e) => panic!("{name}/{row}: {e:#}"),
-            });
-        });
-        match rig {
-            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
-            None => Ok(()),
-        }
-    }
-
-    /// Ends the group and prints a ratio line for each of its ipckit rows, against that
-    /// row's floors and the group's `peers`. Returns whether it printed: not in
-    /// criterion's `--test` mode, where each row runs one iteration.
-    fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) -> bool {
-        self.group.finish();
-        if std::env::args().any(|a| a == "--test") {
-            return false;
-        }
-        for (row, floors) in ours {
-            print_ratios(self.name, self.figure, row, floors, peers);
-        }
-        true
     }
 }
 

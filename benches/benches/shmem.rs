@@ -49,8 +49,8 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
-use ipckit_benches::{Fd, Figure, print_ratios, record, spawn};
+use criterion::Criterion;
+use ipckit_benches::{Fd, Figure, Group, Rig, spawn};
 use ipckit_core::{Child, Ctx, Deadline, Handle, Handoff, Role, RoleResult};
 use ipckit_pipes::{Connection, RecvBytes, SendBytes};
 use ipckit_shmem::{Mutex, Segment, SeqLock, Shared};
@@ -529,15 +529,6 @@ impl Worker {
     }
 }
 
-/// One row's processes and memory, as the parent holds them.
-trait Rig {
-    /// Runs `iters` iterations of the workload; returns the time they took.
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
-
-    /// Ends the row's workers and checks that they ended cleanly.
-    fn finish(self) -> anyhow::Result<()>;
-}
-
 /// A counter the parent shares with a row's workers.
 trait Counter {
     /// A handle on it for one worker.
@@ -866,72 +857,6 @@ impl<F: FnMut(u64) -> anyhow::Result<()>> Rig for Local<F> {
 
     fn finish(self) -> anyhow::Result<()> {
         Ok(())
-    }
-}
-
-/// A criterion group of one workload.
-struct Group<'a> {
-    name: &'static str,
-    figure: Figure,
-    group: BenchmarkGroup<'a, WallTime>,
-}
-
-impl<'a> Group<'a> {
-    fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
-        let mut group = c.benchmark_group(name);
-        match figure {
-            Figure::Bandwidth(bytes) => {
-                group.throughput(Throughput::Bytes(bytes));
-                // An iteration takes tens of milliseconds: equal batches fit the time.
-                group.sampling_mode(SamplingMode::Flat);
-            }
-            Figure::Rate => {
-                group.throughput(Throughput::Elements(1));
-            }
-            Figure::RoundTrip | Figure::Operation => {}
-        }
-        Group {
-            name,
-            figure,
-            group,
-        }
-    }
-
-    /// Benchmarks row `row`: starts it with `start` on the first batch (if the row is run
-    /// at all), times and records every batch, and ends its workers afterwards.
-    fn row<R: Rig>(
-        &mut self,
-        row: &'static str,
-        start: impl Fn() -> anyhow::Result<R>,
-    ) -> anyhow::Result<()> {
-        let name = self.name;
-        let mut rig = None;
-        self.group.bench_function(row, |b| {
-            let rig = rig.get_or_insert_with(|| {
-                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
-            });
-            b.iter_custom(|iters| match rig.run(iters) {
-                Ok(took) => record(name, row, took, iters),
-                Err(e) => panic!("{name}/{row}: {e:#}"),
-            });
-        });
-        match rig {
-            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
-            None => Ok(()),
-        }
-    }
-
-    /// Ends the group and prints a ratio line for each of its ipckit rows, against that
-    /// row's floors and the group's `peers` (not in criterion's `--test` mode, where each
-    /// row runs one iteration).
-    fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) {
-        self.group.finish();
-        if std::env::args().any(|a| a == "--test") {
-            return;
-        }
-        for (row, floors) in ours {
-            print_ratios(self.name, self.figure, row, floors, peers);
-        }
     }
 }
 

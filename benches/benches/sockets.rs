@@ -53,8 +53,8 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
-use ipckit_benches::{Figure, mean, print_ratios, record, spawn};
+use criterion::Criterion;
+use ipckit_benches::{BIG, Figure, Framed, Group, Link, Rig, SMALL, Work, mean, spawn};
 use ipckit_core::{Child, Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::Connection;
 use ipckit_sockets::{
@@ -66,10 +66,6 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The message of the round-trip and broadcast workloads.
-const SMALL: usize = 64;
-/// The message of the bandwidth workloads.
-const BIG: usize = 1 << 20;
 /// The clients of `broadcast_8`.
 const CLIENTS: usize = 8;
 /// The most broadcasts sent before every client has acknowledged them: well within the
@@ -117,31 +113,6 @@ fn readable(fd: BorrowedFd<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// One side's end of a connection between the two processes: sends messages one way and
-/// receives them the other.
-trait Link {
-    /// Sends one message.
-    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()>;
-
-    /// Receives one message into `buf`: `len` bytes on a raw stream, whatever came on a
-    /// framed one. `Ok(false)` when the peer has closed the connection.
-    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> anyhow::Result<bool>;
-}
-
-impl Link for Stream {
-    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
-        Ok(self.send_bytes(msg)?)
-    }
-
-    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> anyhow::Result<bool> {
-        match self.recv_bytes_into(buf) {
-            Ok(()) => Ok(true),
-            Err(ipckit_sockets::Error::Disconnected) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
 /// A raw stream socket: plain `write(2)` and `read(2)` of the bare bytes.
 struct Raw<S>(S);
 
@@ -159,81 +130,6 @@ impl<S: Read + Write> Link for Raw<S> {
         };
         self.0.read_exact(&mut buf[n..])?;
         Ok(true)
-    }
-}
-
-/// What the two processes do over their connection.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-enum Work {
-    /// Round trips: the parent sends a `SMALL`-byte message, the child sends it back.
-    Echo,
-    /// The parent announces a batch of `n` (an 8-byte message), streams `n` messages of
-    /// `BIG` bytes, and the child acknowledges the batch with one byte.
-    Stream,
-}
-
-impl Work {
-    /// The size of the parent's message.
-    fn len(self) -> usize {
-        match self {
-            Work::Echo => SMALL,
-            Work::Stream => BIG,
-        }
-    }
-
-    /// The parent's side: `iters` iterations over `link`, sending `msg`, receiving into
-    /// `buf`.
-    fn drive(
-        self,
-        link: &mut impl Link,
-        msg: &[u8],
-        buf: &mut Vec<u8>,
-        iters: u64,
-    ) -> anyhow::Result<()> {
-        match self {
-            Work::Echo => {
-                for _ in 0..iters {
-                    link.send(msg)?;
-                    ensure!(
-                        link.recv(buf, SMALL)? && buf.len() == SMALL,
-                        "no echo from the child"
-                    );
-                }
-            }
-            Work::Stream => {
-                link.send(&iters.to_le_bytes())?;
-                for _ in 0..iters {
-                    link.send(msg)?;
-                }
-                ensure!(link.recv(buf, 1)?, "no acknowledgement from the child");
-            }
-        }
-        Ok(())
-    }
-
-    /// The child's side, until the parent closes the connection.
-    fn serve(self, mut link: impl Link) -> anyhow::Result<()> {
-        let (mut head, mut buf) = (Vec::new(), Vec::new());
-        match self {
-            Work::Echo => {
-                while link.recv(&mut buf, SMALL)? {
-                    link.send(&buf)?;
-                }
-            }
-            Work::Stream => {
-                while link.recv(&mut head, 8)? {
-                    let n = u64::from_le_bytes(head.as_slice().try_into().context("batch size")?);
-                    for _ in 0..n {
-                        ensure!(
-                            link.recv(&mut buf, BIG)? && buf.len() == BIG,
-                            "the stream broke off"
-                        );
-                    }
-                    link.send(&[1])?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -273,7 +169,7 @@ fn ipckit_serve(ctx: &mut Ctx) -> RoleResult {
     let stream = listener.accept_timeout(PATIENCE)?;
     // Removes the socket file: both ends are connected.
     drop(listener);
-    Ok(job.work.serve(stream)?)
+    Ok(job.work.serve(Framed(stream))?)
 }
 
 /// Listens with std's Unix or TCP listener, accepts the parent, and serves it.
@@ -325,10 +221,10 @@ fn ipckit_client(ctx: &mut Ctx) -> RoleResult {
         retry: true,
         authkey: None,
     };
-    let mut stream = Stream::connect_with(&addr.parse()?, &opts)?;
+    let mut stream = Framed(Stream::connect_with(&addr.parse()?, &opts)?);
     let mut buf = Vec::new();
     while window(&mut stream, &mut buf)? {
-        stream.send_bytes(&[1])?;
+        stream.0.send_bytes(&[1])?;
     }
     Ok(())
 }
@@ -382,15 +278,6 @@ fn join(mut child: Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row's processes, as the parent holds them.
-trait Rig {
-    /// Runs `iters` iterations of the workload; returns the time they took.
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
-
-    /// Ends the row's children and checks that they ended cleanly.
-    fn finish(self) -> anyhow::Result<()>;
-}
-
 /// A round-trip or stream row: the serving child, the parent's end of the connection to
 /// it, and the work's buffers.
 struct Peer<L> {
@@ -427,7 +314,7 @@ impl<L: Link> Peer<L> {
             work,
             link: connect(&addr)?,
             child,
-            msg: vec![0xa5; work.len()],
+            msg: vec![0xa5; work.msg_len()],
             buf: Vec::new(),
             _path: path,
         })
@@ -449,22 +336,22 @@ impl<L: Link> Rig for Peer<L> {
     }
 }
 
-fn connect_ipckit(addr: &Address) -> anyhow::Result<Stream> {
+fn connect_ipckit(addr: &Address) -> anyhow::Result<Framed<Stream>> {
     let opts = ConnectOptions {
         timeout: Some(PATIENCE),
         retry: true,
         authkey: None,
     };
-    Ok(Stream::connect_with(addr, &opts)?)
+    Ok(Framed(Stream::connect_with(addr, &opts)?))
 }
 
-fn ipckit_uds(work: Work) -> anyhow::Result<Peer<Stream>> {
+fn ipckit_uds(work: Work) -> anyhow::Result<Peer<Framed<Stream>>> {
     let path = SockPath::new();
     let addr = path.address().to_string();
     Peer::start(IPCKIT_SERVE, work, &addr, Some(path), connect_ipckit)
 }
 
-fn ipckit_tcp(work: Work) -> anyhow::Result<Peer<Stream>> {
+fn ipckit_tcp(work: Work) -> anyhow::Result<Peer<Framed<Stream>>> {
     Peer::start(IPCKIT_SERVE, work, TCP_ANY, None, connect_ipckit)
 }
 
@@ -661,73 +548,6 @@ impl Rig for RawHub {
     }
 }
 
-/// A criterion group of one workload.
-struct Group<'a> {
-    name: &'static str,
-    figure: Figure,
-    group: BenchmarkGroup<'a, WallTime>,
-}
-
-impl<'a> Group<'a> {
-    fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
-        let mut group = c.benchmark_group(name);
-        match figure {
-            Figure::Bandwidth(bytes) => {
-                group.throughput(Throughput::Bytes(bytes));
-                // An iteration takes about a millisecond: equal batches fit the time.
-                group.sampling_mode(SamplingMode::Flat);
-            }
-            Figure::Rate => {
-                group.throughput(Throughput::Elements(1));
-            }
-            Figure::RoundTrip | Figure::Operation => {}
-        }
-        Group {
-            name,
-            figure,
-            group,
-        }
-    }
-
-    /// Benchmarks row `row`: starts it with `start` on the first batch (if the row is run
-    /// at all), times and records every batch, and ends its children afterwards.
-    fn row<R: Rig>(
-        &mut self,
-        row: &'static str,
-        start: impl Fn() -> anyhow::Result<R>,
-    ) -> anyhow::Result<()> {
-        let name = self.name;
-        let mut rig = None;
-        self.group.bench_function(row, |b| {
-            let rig = rig.get_or_insert_with(|| {
-                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
-            });
-            b.iter_custom(|iters| match rig.run(iters) {
-                Ok(took) => record(name, row, took, iters),
-                Err(e) => panic!("{name}/{row}: {e:#}"),
-            });
-        });
-        match rig {
-            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
-            None => Ok(()),
-        }
-    }
-
-    /// Ends the group and prints the line comparing `ipckit` with its `floors`. Returns
-    /// whether it printed: only when benchmarking (`--bench`, as `cargo bench` passes), not
-    /// in criterion's test mode (`--test`, or `cargo test --benches`), where each row runs
-    /// one iteration.
-    fn finish(self, floors: &[&str]) -> bool {
-        self.group.finish();
-        let flag = |f: &str| std::env::args().any(|a| a == f);
-        if !flag("--bench") || flag("--test") {
-            return false;
-        }
-        print_ratios(self.name, self.figure, "ipckit", floors, &[]);
-        true
-    }
-}
-
 /// Prints how row `ipckit` of `group` compares with Python's `multiprocessing.connection`
 /// (`python`, its range of µs per RTT on these machines), and whether it is within `max`
 /// times its floor `floor`.
@@ -756,14 +576,14 @@ fn rtt(c: &mut Criterion) -> anyhow::Result<()> {
     let mut g = Group::new(c, name, figure);
     g.row("ipckit", || ipckit_uds(work))?;
     g.row("raw_uds", || raw_uds(work))?;
-    if g.finish(&["raw_uds"]) {
+    if g.finish(&[("ipckit", &["raw_uds"])], &[]) {
         print_python_and_target(name, (14.0, 15.0), "raw_uds", 1.15);
     }
     let name = "tcp_rtt_64B";
     let mut g = Group::new(c, name, figure);
     g.row("ipckit", || ipckit_tcp(work))?;
     g.row("raw_tcp", || raw_tcp(work))?;
-    if g.finish(&["raw_tcp"]) {
+    if g.finish(&[("ipckit", &["raw_tcp"])], &[]) {
         print_python_and_target(name, (23.0, 25.0), "raw_tcp", 1.15);
     }
     Ok(())
@@ -774,11 +594,11 @@ fn bw(c: &mut Criterion) -> anyhow::Result<()> {
     let mut g = Group::new(c, "uds_bw_1MiB", figure);
     g.row("ipckit", || ipckit_uds(work))?;
     g.row("raw_uds", || raw_uds(work))?;
-    g.finish(&["raw_uds"]);
+    g.finish(&[("ipckit", &["raw_uds"])], &[]);
     let mut g = Group::new(c, "tcp_bw_1MiB", figure);
     g.row("ipckit", || ipckit_tcp(work))?;
     g.row("raw_tcp", || raw_tcp(work))?;
-    g.finish(&["raw_tcp"]);
+    g.finish(&[("ipckit", &["raw_tcp"])], &[]);
     Ok(())
 }
 
@@ -788,7 +608,7 @@ fn broadcast(c: &mut Criterion) -> anyhow::Result<()> {
     g.row("ipckit", Hub::start)?;
     g.row("raw_uds", RawHub::start)?;
     g.row("raw_uds_per_client", RawHub::start_per_client)?;
-    if g.finish(&["raw_uds", "raw_uds_per_client"]) {
+    if g.finish(&[("ipckit", &["raw_uds", "raw_uds_per_client"])], &[]) {
         // The ratio line's M/s has two decimals: too few here.
         for row in ["ipckit", "raw_uds", "raw_uds_per_client"] {
             if let Some(t) = mean(name, row) {

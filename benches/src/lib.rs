@@ -5,6 +5,10 @@
 //! - [`record`] keeps what each criterion measurement batch took, [`mean`] turns the last
 //!   [`SAMPLES`] batches of a row into a time per iteration, and [`print_ratios`] prints a
 //!   group's line comparing ipckit with its floor and its peers.
+//! - [`Group`] is a criterion group whose rows each run a [`Rig`] of processes, started
+//!   on the row's first batch and ended after its last; it prints the group's ratio lines.
+//! - [`Work`] is the echo-and-stream workload of the pipe and socket benches, run over
+//!   any [`Link`].
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -14,8 +18,10 @@ use std::{
     time::Duration,
 };
 
-use ipckit_core::{Child, Command, Error, Handle, Handoff, Result};
-use serde::Serialize;
+use anyhow::{Context as _, ensure};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use ipckit_core::{Child, Command, Error, Handle, Handoff, RecvBytes, Result, SendBytes};
+use serde::{Deserialize, Serialize};
 
 /// A raw descriptor handed to a child role as it is, with no ipckit framing on top.
 #[derive(Debug)]
@@ -209,6 +215,255 @@ pub fn ratio_line(
 pub fn print_ratios(group: &str, figure: Figure, ours: &str, floors: &[&str], peers: &[&str]) {
     if let Some(line) = ratio_line(group, figure, ours, floors, peers) {
         println!("{line}");
+    }
+}
+
+/// One row's processes, as the parent holds them.
+pub trait Rig {
+    /// Runs `iters` iterations of the workload; returns the time they took.
+    ///
+    /// # Errors
+    /// When the workload fails (a child left, a message went missing…).
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
+
+    /// Ends the row's children (or workers) and checks that they ended cleanly.
+    ///
+    /// # Errors
+    /// When one did not.
+    fn finish(self) -> anyhow::Result<()>;
+}
+
+/// A criterion group of one workload, whose rows each run a [`Rig`] of their own.
+pub struct Group<'a> {
+    name: &'static str,
+    figure: Figure,
+    group: BenchmarkGroup<'a, WallTime>,
+}
+
+impl std::fmt::Debug for Group<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("name", &self.name)
+            .field("figure", &self.figure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Group<'a> {
+    /// Starts group `name` of `c`, with criterion's throughput (and, for iterations that
+    /// move a MiB or more, flat sampling) set from `figure`.
+    pub fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
+        let mut group = c.benchmark_group(name);
+        match figure {
+            Figure::Bandwidth(bytes) => {
+                group.throughput(Throughput::Bytes(bytes));
+                if bytes >= 1 << 20 {
+                    // An iteration takes a millisecond or more: equal batches fit the time.
+                    group.sampling_mode(SamplingMode::Flat);
+                }
+            }
+            Figure::Rate => {
+                group.throughput(Throughput::Elements(1));
+            }
+            Figure::RoundTrip | Figure::Operation => {}
+        }
+        Group {
+            name,
+            figure,
+            group,
+        }
+    }
+
+    /// Benchmarks row `row`: starts its rig with `start` on the first batch (if the row is
+    /// run at all), times and [`record`]s every batch, and finishes the rig afterwards.
+    ///
+    /// # Errors
+    /// When the rig does not finish cleanly. A rig that cannot start or run panics, as
+    /// criterion gives no other way out of a routine.
+    pub fn row<R: Rig>(
+        &mut self,
+        row: &'static str,
+        start: impl Fn() -> anyhow::Result<R>,
+    ) -> anyhow::Result<()> {
+        let name = self.name;
+        let mut rig = None;
+        self.group.bench_function(row, |b| {
+            let rig = rig.get_or_insert_with(|| {
+                start().unwrap_or_else(|e| panic!("{name}/{row}: cannot start: {e:#}"))
+            });
+            b.iter_custom(|iters| match rig.run(iters) {
+                Ok(took) => record(name, row, took, iters),
+                Err(e) => panic!("{name}/{row}: {e:#}"),
+            });
+        });
+        match rig {
+            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the group and prints a ratio line for each of its ipckit rows `ours` (each
+    /// with its floors), against those floors and the group's `peers`. Returns whether it
+    /// printed: only when benchmarking (`--bench`, as `cargo bench` passes), not in
+    /// criterion's test mode (`--test`, or `cargo test --benches`), where each row runs
+    /// one iteration.
+    pub fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) -> bool {
+        self.group.finish();
+        let flag = |f: &str| std::env::args().any(|a| a == f);
+        if !flag("--bench") || flag("--test") {
+            return false;
+        }
+        for (row, floors) in ours {
+            print_ratios(self.name, self.figure, row, floors, peers);
+        }
+        true
+    }
+}
+
+/// The message of [`Work::Echo`].
+pub const SMALL: usize = 64;
+/// The message of [`Work::Stream`].
+pub const BIG: usize = 1 << 20;
+
+/// One side's end of a link between two processes, whatever carries it: sends messages
+/// one way and receives them the other.
+pub trait Link {
+    /// Sends one message.
+    ///
+    /// # Errors
+    /// When the carrier fails.
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()>;
+
+    /// Receives one message into `buf`: `len` bytes on a raw stream, whatever came on a
+    /// framed one. `Ok(false)` when the peer has closed the link.
+    ///
+    /// # Errors
+    /// When the carrier fails.
+    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> anyhow::Result<bool>;
+}
+
+/// An ipckit receive, with the peer's leaving turned into `Ok(false)`.
+fn framed(r: Result<()>) -> anyhow::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(Error::Disconnected) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// ipckit's framed messages both ways over one connection.
+#[derive(Debug)]
+pub struct Framed<T>(pub T);
+
+impl<T: SendBytes + RecvBytes> Link for Framed<T> {
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.send_bytes(msg)?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> anyhow::Result<bool> {
+        framed(self.0.recv_bytes_into(buf))
+    }
+}
+
+/// ipckit's framed messages over a writer one way and a reader the other.
+impl<W: SendBytes, R: RecvBytes> Link for (W, R) {
+    fn send(&mut self, msg: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.send_bytes(msg)?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> anyhow::Result<bool> {
+        framed(self.1.recv_bytes_into(buf))
+    }
+}
+
+/// What the two processes do over their link.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum Work {
+    /// Round trips: the parent sends a [`SMALL`]-byte message, the child sends it back.
+    Echo,
+    /// The parent announces a batch of `n` (an 8-byte message), streams `n` messages of
+    /// [`BIG`] bytes, and the child acknowledges the batch with one byte.
+    Stream,
+}
+
+impl Work {
+    /// The size of the parent's message.
+    #[must_use]
+    pub fn msg_len(self) -> usize {
+        match self {
+            Work::Echo => SMALL,
+            Work::Stream => BIG,
+        }
+    }
+
+    /// The figure of a group of this work.
+    #[must_use]
+    pub fn figure(self) -> Figure {
+        match self {
+            Work::Echo => Figure::RoundTrip,
+            Work::Stream => Figure::Bandwidth(BIG as u64),
+        }
+    }
+
+    /// The parent's side: `iters` iterations over `link`, sending `msg`, receiving into
+    /// `buf`.
+    ///
+    /// # Errors
+    /// When the link fails or the child answers wrongly.
+    pub fn drive(
+        self,
+        link: &mut impl Link,
+        msg: &[u8],
+        buf: &mut Vec<u8>,
+        iters: u64,
+    ) -> anyhow::Result<()> {
+        match self {
+            Work::Echo => {
+                for _ in 0..iters {
+                    link.send(msg)?;
+                    ensure!(
+                        link.recv(buf, SMALL)? && buf.len() == SMALL,
+                        "no echo from the child"
+                    );
+                }
+            }
+            Work::Stream => {
+                link.send(&iters.to_le_bytes())?;
+                for _ in 0..iters {
+                    link.send(msg)?;
+                }
+                ensure!(link.recv(buf, 1)?, "no acknowledgement from the child");
+            }
+        }
+        Ok(())
+    }
+
+    /// The child's side, until the parent closes the link.
+    ///
+    /// # Errors
+    /// When the link fails or the parent's messages break off.
+    pub fn serve(self, mut link: impl Link) -> anyhow::Result<()> {
+        let (mut head, mut buf) = (Vec::new(), Vec::new());
+        match self {
+            Work::Echo => {
+                while link.recv(&mut buf, SMALL)? {
+                    link.send(&buf)?;
+                }
+            }
+            Work::Stream => {
+                while link.recv(&mut head, 8)? {
+                    let n = u64::from_le_bytes(head.as_slice().try_into().context("batch size")?);
+                    for _ in 0..n {
+                        ensure!(
+                            link.recv(&mut buf, BIG)? && buf.len() == BIG,
+                            "the stream broke off"
+                        );
+                    }
+                    link.send(&[1])?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
