@@ -1,7 +1,7 @@
-//! The `chat` scenario: the seeds' hands-on exercise, a chat server process and client
+//! The `chat` scenario: the Python tutorial's hands-on exercise, a chat server process and client
 //! processes that join, talk, hear each other through the server's broadcasts, and leave.
 //!
-//! Over sockets rather than the seeds' manager queues, and checked: with no subcommand,
+//! Over sockets rather than the Python tutorial's manager queues, and checked: with no subcommand,
 //! four clients join; once the server says everyone is here, each sends its lines; when
 //! every client has said it is done, the server announces "all done" (after every relayed
 //! line, in each client's order), so each client knows it has heard everything meant for
@@ -38,12 +38,12 @@ use crate::{
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The seeds' four clients.
+/// The Python tutorial's four clients.
 const NAMES: [&str; 4] = ["Alice 👩", "Bob 👨", "Charlie 🧑", "Diana 👩‍💻"];
 /// How many of them (the first ones) leave by themselves; the others stay until shutdown.
 const LEAVERS: usize = 2;
 
-/// The seeds' lines, but Rust.
+/// The Python tutorial's lines, but Rust.
 const LINES: [&str; 3] = [
     "How's everyone doing today? 😊",
     "Anyone up for some Rust coding? 🦀",
@@ -230,7 +230,7 @@ fn scenario(addr: Option<Address>, pace: Pace) -> anyhow::Result<()> {
             pace,
         };
         children.push(role("chat-client").arg(&args)?.spawn()?);
-        // The seeds stagger the joins.
+        // The Python tutorial staggers the joins.
         pace.pause(0.5);
     }
     let outcome = join_all(&mut children);
@@ -434,7 +434,7 @@ fn relay(server: &Server, events: Events) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `chat join`: two threads, as the seeds' client: this one prints what the others say,
+/// `chat join`: two threads, as the Python tutorial's client: this one prints what the others say,
 /// another sends the lines read from stdin.
 fn join(name: &str, addr: &Address) -> anyhow::Result<()> {
     let conn = Stream::connect_with(

@@ -1,5 +1,5 @@
 //! The `counter` scenario: three worker processes each add 5 to one counter in shared
-//! memory, as the seeds' `multiprocessing.Value` example. Under the value's lock (the
+//! memory, as the Python tutorial's `multiprocessing.Value` example. Under the value's lock (the
 //! default), with a lock-free atomic (`--atomic`), or with neither (`--unsafe`), to watch
 //! updates get lost.
 
@@ -134,7 +134,7 @@ pub(crate) fn worker(ctx: &mut Ctx) -> RoleResult {
             start.wait_timeout(PATIENCE)?;
             for _ in 0..INCREMENTS {
                 let mut value = counter.lock()?;
-                pace.pause(0.01); // some work, under the lock, as the seeds do
+                pace.pause(0.01); // some work, under the lock, as the Python tutorials do
                 *value += 1;
                 // Printed under the lock, so the lines come out in the counter's order.
                 println!("Worker {id}: counter = {}", *value);

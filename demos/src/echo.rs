@@ -1,6 +1,6 @@
-//! The `echo` scenario: the seeds' socket example, an echo server and a client in two
+//! The `echo` scenario: the Python tutorial's socket example, an echo server and a client in two
 //! processes. The client sends a few messages and checks that each comes back as it went,
-//! a long one included, which the seeds' single `recv(1024)` would have cut short: here
+//! a long one included, which the Python tutorial's single `recv(1024)` would have cut short: here
 //! every message is one frame, delivered whole.
 
 use std::time::Duration;
@@ -14,12 +14,12 @@ use crate::support::{Pace, join_all, role};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// What the client sends: the seeds' greeting, and more.
+/// What the client sends: the Python tutorial's greeting, and more.
 fn messages() -> Vec<Vec<u8>> {
     vec![
         b"Hello, world".to_vec(),
         "How are you? 🌐".as_bytes().to_vec(),
-        // Larger than a socket buffer, and than the seeds' recv(1024).
+        // Larger than a socket buffer, and than the Python tutorial's recv(1024).
         "Echo… echo… echo… ".repeat(5000).into_bytes(),
         b"Bye!".to_vec(),
     ]

@@ -1,5 +1,5 @@
 //! The `fifo` scenario: a writer and a reader process that share nothing but the path of a
-//! named pipe, as the seeds' `os.mkfifo` example. Lines, so a shell could join in.
+//! named pipe, as the Python tutorial's `os.mkfifo` example. Lines, so a shell could join in.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,5 +1,5 @@
 //! The `producer-consumer` scenario: three producer processes and one consumer process
-//! around a small bounded queue, as the seeds' producer-consumer example, but finite and
+//! around a small bounded queue, as the Python tutorial's producer-consumer example, but finite and
 //! checked: each producer makes 5 items and goes home; the consumer takes items until every
 //! producer is gone and the queue is empty (no sentinel), then checks it got every item
 //! exactly once, each producer's in the order made.

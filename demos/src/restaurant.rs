@@ -1,5 +1,5 @@
 //! The `restaurant` scenario: an order taker, a kitchen and a server process, each order
-//! passed from one station to the next, as the seeds' `multiprocessing.Queue` example.
+//! passed from one station to the next, as the Python tutorial's `multiprocessing.Queue` example.
 //!
 //! Without its `None` sentinels: a station learns there is no more when the one before it
 //! goes home (its sending end is gone). And written once, against ipckit's byte traits: the
@@ -144,11 +144,11 @@ struct Order {
     id: u32,
     item: String,
     table: u32,
-    /// Set by the kitchen: the seeds' `order['status'] = 'ready'`.
+    /// Set by the kitchen: the Python tutorial's `order['status'] = 'ready'`.
     ready: bool,
 }
 
-/// The seeds' four orders, with how long each takes to cook (seconds, without `--fast`).
+/// The Python tutorial's four orders, with how long each takes to cook (seconds, without `--fast`).
 const MENU: [(u32, &str, u32, f64); 4] = [
     (1, "Margherita Pizza 🍕", 5, 2.0),
     (2, "Caesar Salad 🥗", 3, 1.0),

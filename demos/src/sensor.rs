@@ -1,5 +1,5 @@
 //! The `sensor` scenario: a sensor process publishes temperatures into a ring in shared
-//! memory and a monitor process follows them, as the seeds' `mmap` example, but without
+//! memory and a monitor process follows them, as the Python tutorial's `mmap` example, but without
 //! its `-999.0` end marker or its "0.0 means not written yet" guess.
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ const READINGS: u32 = 20;
 const WINDOW: usize = 5;
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Reading `i` (from 0), the seeds' formula rounded to two decimals; the monitor checks
+/// Reading `i` (from 0), the Python tutorial's formula rounded to two decimals; the monitor checks
 /// what it saw against the same sequence.
 fn reading(i: u32) -> f64 {
     let t = 20.0 + f64::from(i) * 0.5 + 0.1 * f64::from(i % 3);

@@ -38,7 +38,7 @@ fn init(filter: &str) {
         .try_init();
 }
 
-/// Whether to pause between steps, as the seeds' `time.sleep` does.
+/// Whether to pause between steps, as the Python tutorial's `time.sleep` does.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Pace {
     fast: bool,

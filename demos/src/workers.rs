@@ -1,5 +1,5 @@
 //! The `workers` scenario: a pool of three worker processes sharing ten tasks from one task
-//! queue and putting their results on another, as the seeds' worker example, but without
+//! queue and putting their results on another, as the Python tutorial's worker example, but without
 //! its one `None` per worker: the parent closes the task queue, and each worker stops once
 //! it is closed and empty.
 

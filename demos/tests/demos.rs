@@ -184,7 +184,7 @@ fn sensor_monitor_sees_every_reading() {
     assert_eq!(out.matches("📊 Monitor: reading ").count(), 20, "{out}");
 }
 
-/// The seeds' four orders: (id, item, table).
+/// The Python tutorial's four orders: (id, item, table).
 const ORDERS: [(u32, &str, u32); 4] = [
     (1, "Margherita Pizza 🍕", 5),
     (2, "Caesar Salad 🥗", 3),

@@ -21,7 +21,7 @@ mod deadlock {
 
     const ROLES: &[Role] = &[Role::new("swapper", swapper)];
 
-    /// The seeds' pitfall: both sides send a message far larger than the socket buffer
+    /// The Python tutorial's pitfall: both sides send a message far larger than the socket buffer
     /// before either receives. A duplex connection must not deadlock.
     #[test]
     fn simultaneous_large_sends_do_not_deadlock() {

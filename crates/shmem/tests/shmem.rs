@@ -169,7 +169,7 @@ const ROLES: &[Role] = &[
 mod locks {
     use super::*;
 
-    /// The seeds' fear, answered: a holder SIGKILLed inside its critical section does not
+    /// The Python tutorial's fear, answered: a holder SIGKILLed inside its critical section does not
     /// hang the next locker, who learns that the holder died.
     #[test]
     fn a_killed_holder_hands_the_mutex_over() {
