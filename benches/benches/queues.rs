@@ -40,12 +40,7 @@
 //! ```
 
 use std::{
-    fs::File,
-    hint::spin_loop,
     io,
-    marker::PhantomData,
-    mem::size_of,
-    ops::Deref,
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering},
         mpsc,
@@ -56,12 +51,10 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
-use ipckit_benches::{Fd, Figure, Group, Rig, mean, spawn};
-use ipckit_core::{Child, Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
-use ipckit_pipes::{Connection, PipeReader, PipeWriter};
+use ipckit_benches::{Figure, Group, PATIENCE, Raw, RawSpin, Rig, Words, Worker, mean, serve};
+use ipckit_core::{Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
+use ipckit_pipes::{PipeReader, PipeWriter};
 use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
-use memmap2::MmapRaw;
-use nix::sys::memfd::{MFdFlags, memfd_create};
 use serde::{Deserialize, Serialize};
 
 /// The message of the 64-byte workloads.
@@ -74,11 +67,6 @@ const BIG: usize = 1 << 20;
 const PRODUCERS: u64 = 4;
 /// How long anyone waits for anyone: a consumer for a message, the parent for a report or
 /// a child's end, either side of a ping-pong for the other.
-const PATIENCE: Duration = Duration::from_secs(30);
-/// How often a spinning wait checks its deadline.
-const SPINS: u32 = 1024;
-
-/// The queues of the rows; the byte level ignores the message type.
 type ByteQueue = Queue<Vec<u8>>;
 
 /// The queue of the throughput rows for messages of `len` bytes: exactly that large, and
@@ -142,22 +130,6 @@ impl Take for IpcBytesReceiver {
     fn take(&mut self, buf: &mut Vec<u8>, _: Deadline) -> anyhow::Result<()> {
         *buf = self.recv()?;
         Ok(())
-    }
-}
-
-/// A child's loop: runs `work(n)` for each order `n` from the parent and reports what it
-/// returns, until the parent closes the control connection.
-fn serve(ctx: &mut Ctx, mut work: impl FnMut(u64) -> anyhow::Result<u64>) -> RoleResult {
-    let mut ctl: Connection = ctx.handle("ctl")?;
-    let mut buf = Vec::new();
-    loop {
-        match ctl.recv_bytes_into(&mut buf) {
-            Ok(()) => {}
-            Err(ipckit_pipes::Error::Disconnected) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        let report = work(u64::from_le_bytes(buf.as_slice().try_into()?))?;
-        ctl.send_bytes(&report.to_le_bytes())?;
     }
 }
 
@@ -269,80 +241,6 @@ impl PingPong for QueuePair {
     }
 }
 
-/// A word on a cache line of its own.
-#[repr(C, align(64))]
-struct Line<W>(W);
-
-/// The two words of a floor's ping-pong: the parent writes `ping`, the echo server copies
-/// it into `pong`.
-#[repr(C)]
-struct Words<W> {
-    ping: Line<W>,
-    pong: Line<W>,
-}
-
-/// A word the floors ping-pong on.
-///
-/// # Safety
-/// All zero bytes are a valid `Self`, and `&Self` stays sound while other processes change
-/// the same bytes (every change is atomic).
-unsafe trait Word: Sync {}
-
-// SAFETY: an atomic; zeroes are 0.
-unsafe impl Word for AtomicU32 {}
-
-// SAFETY: an atomic; zeroes are 0.
-unsafe impl Word for AtomicU64 {}
-
-/// [`Words`] alone in a raw shared mapping of an anonymous memfd, made with the calls that
-/// `Segment::create` wraps.
-struct RawWords<W> {
-    map: MmapRaw,
-    file: File,
-    _w: PhantomData<W>,
-}
-
-impl<W: Word> RawWords<W> {
-    /// Two zero words.
-    fn create() -> anyhow::Result<Self> {
-        let file = File::from(memfd_create("ipckit-bench", MFdFlags::MFD_CLOEXEC)?);
-        file.set_len(size_of::<Words<W>>() as u64)?;
-        Self::map(file)
-    }
-
-    /// The words the parent handed over as `key` (a descriptor).
-    fn open(ctx: &mut Ctx, key: &str) -> anyhow::Result<Self> {
-        Self::map(File::from(ctx.handle::<Fd>(key)?.0))
-    }
-
-    fn map(file: File) -> anyhow::Result<Self> {
-        let map = MmapRaw::map_raw(&file)?;
-        ensure!(map.len() >= size_of::<Words<W>>(), "a mapping too small");
-        Ok(RawWords {
-            map,
-            file,
-            _w: PhantomData,
-        })
-    }
-
-    /// A descriptor of the words, for the echo server.
-    fn handoff(&self) -> anyhow::Result<Handoff> {
-        Ok(Handoff::Fd(self.file.try_clone()?.into()))
-    }
-}
-
-impl<W: Word> Deref for RawWords<W> {
-    type Target = Words<W>;
-
-    fn deref(&self) -> &Words<W> {
-        // SAFETY: the mapping is page-aligned (so aligned for `Words`), at least a `Words`
-        // long (`map`) and lives as long as `self`; it started zero-filled, which `Word`
-        // promises is valid, and `Word` promises that `&Words` is sound while the other
-        // process changes it.
-        unsafe { &*self.map.as_mut_ptr().cast::<Words<W>>() }
-    }
-}
-
 /// `FUTEX_WAIT`: sleeps while `word` holds `seen`, at most `PATIENCE`. Returns at once if
 /// it holds something else already, or on a signal; fails if the time runs out.
 fn futex_wait(word: &AtomicU32, seen: u32) -> anyhow::Result<()> {
@@ -386,7 +284,7 @@ fn futex_wake(word: &AtomicU32) -> anyhow::Result<()> {
 /// The raw futex ping-pong: each side stores its word, wakes the other, and sleeps until
 /// the other's word changes. The words count round trips modulo 2³².
 struct FutexPair {
-    words: RawWords<AtomicU32>,
+    words: Raw<Words<AtomicU32>>,
     /// The value last echoed (in the echo server).
     last: u32,
 }
@@ -423,49 +321,14 @@ impl PingPong for FutexPair {
     }
 }
 
-/// Spins until `ready` gives a value, checking `deadline` every `SPINS` spins.
-fn spin_until<T>(deadline: Instant, mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let mut spins = 0u32;
-    loop {
-        if let Some(v) = ready() {
-            return Ok(v);
-        }
-        spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins % SPINS == 0 {
-            ensure!(Instant::now() < deadline, "no word from the other side");
-        }
-    }
-}
-
-/// The raw spinning ping-pong: two words spun on.
-struct SpinPair {
-    words: RawWords<AtomicU64>,
-    /// The value last echoed (in the echo server).
-    last: u64,
-}
-
-impl PingPong for SpinPair {
+/// The raw spinning ping-pong, the floor of the spin-mode row.
+impl PingPong for RawSpin {
     fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
-        // Pairs with the echo server's Acquire load.
-        self.words.ping.0.store(v, Ordering::Release);
-        let pong = &self.words.pong.0;
-        // Pairs with the echo server's Release store.
-        spin_until(deadline, || {
-            (pong.load(Ordering::Acquire) == v).then_some(())
-        })
+        RawSpin::round(self, v, deadline)
     }
 
     fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let (ping, last) = (&self.words.ping.0, self.last);
-        // Pairs with the parent's Release store.
-        let v = spin_until(deadline, || {
-            Some(ping.load(Ordering::Acquire)).filter(|&v| v != last)
-        })?;
-        self.last = v;
-        // Pairs with the parent's Acquire load.
-        self.words.pong.0.store(v, Ordering::Release);
-        Ok(())
+        RawSpin::echo(self, deadline)
     }
 }
 
@@ -554,15 +417,15 @@ fn queue_echo(ctx: &mut Ctx) -> RoleResult {
 
 fn futex_echo(ctx: &mut Ctx) -> RoleResult {
     let pair = FutexPair {
-        words: RawWords::open(ctx, "mem")?,
+        words: Raw::open(ctx, "mem")?,
         last: 0,
     };
     echoes(ctx, pair)
 }
 
 fn spin_echo(ctx: &mut Ctx) -> RoleResult {
-    let pair = SpinPair {
-        words: RawWords::open(ctx, "mem")?,
+    let pair = RawSpin {
+        words: Raw::open(ctx, "mem")?,
         last: 0,
     };
     echoes(ctx, pair)
@@ -570,98 +433,23 @@ fn spin_echo(ctx: &mut Ctx) -> RoleResult {
 
 // The parent's side.
 
-/// A child of a row, and the parent's end of the control connection to it.
-struct Worker {
-    child: Child,
-    ctl: Connection,
-    buf: Vec<u8>,
-}
-
-impl Worker {
-    /// Starts role `role` with argument `arg` and the row's `handles`, and waits until it
-    /// is ready (see [`Worker::ready`]).
-    fn start<A: Serialize + ?Sized>(
-        role: &'static str,
-        arg: &A,
-        handles: impl IntoIterator<Item = (&'static str, Handoff)>,
-    ) -> anyhow::Result<Self> {
-        Self::launch(role, arg, handles)?.ready()
-    }
-
-    /// Starts role `role` of an ipc-channel row, sends it `end` through a bootstrap server
-    /// (waiting at most `PATIENCE` for it to connect), and waits until it is ready.
-    fn start_ipc(role: &'static str, len: usize, end: End) -> anyhow::Result<Self> {
-        let (server, name) = IpcOneShotServer::<IpcSender<End>>::new()?;
-        let job = Job {
-            len,
-            server: Some(name),
-        };
-        let worker = Self::launch(role, &job, [])?;
-        // `accept` has no timeout: wait for it on another thread.
-        let (done, accepted) = mpsc::channel();
-        std::thread::spawn(move || done.send(server.accept()));
-        let (_, to_child) = accepted
-            .recv_timeout(PATIENCE)
-            .with_context(|| format!("{role} never connected"))??;
-        to_child.send(end)?;
-        worker.ready()
-    }
-
-    /// Starts role `role` with argument `arg`, the row's `handles` and a control
-    /// connection.
-    fn launch<A: Serialize + ?Sized>(
-        role: &'static str,
-        arg: &A,
-        handles: impl IntoIterator<Item = (&'static str, Handoff)>,
-    ) -> anyhow::Result<Self> {
-        let (ctl, theirs) = ipckit_pipes::duplex()?;
-        let handles = std::iter::once(("ctl", theirs.into_handoff())).chain(handles);
-        Ok(Worker {
-            child: spawn(role, arg, handles)?,
-            ctl,
-            buf: Vec::new(),
-        })
-    }
-
-    /// Orders no work and waits for the report: the child has then made its ends (a
-    /// queue's sender is registered) and serves orders, so the batches time the workload,
-    /// not the children's start.
-    fn ready(mut self) -> anyhow::Result<Self> {
-        self.order(0)?;
-        self.report()?;
-        Ok(self)
-    }
-
-    /// Orders the child's work with `n`.
-    fn order(&mut self, n: u64) -> anyhow::Result<()> {
-        Ok(self.ctl.send_bytes(&n.to_le_bytes())?)
-    }
-
-    /// Waits for the child's report on its order.
-    fn report(&mut self) -> anyhow::Result<u64> {
-        self.ctl
-            .recv_bytes_into_deadline(&mut self.buf, Deadline::after(PATIENCE))
-            .with_context(|| format!("no report from {}", self.child.role()))?;
-        Ok(u64::from_le_bytes(
-            self.buf
-                .as_slice()
-                .try_into()
-                .context("a report of 8 bytes")?,
-        ))
-    }
-
-    /// Closes the control connection and checks that the child then ended cleanly.
-    fn finish(self) -> anyhow::Result<()> {
-        let Worker { ctl, mut child, .. } = self;
-        drop(ctl);
-        let status = child.join_timeout(PATIENCE)?;
-        ensure!(
-            status.success(),
-            "child {} ended with {status}",
-            child.role()
-        );
-        Ok(())
-    }
+/// Starts role `role` of an ipc-channel row, sends it `end` through a bootstrap server
+/// (waiting at most `PATIENCE` for it to connect), and waits until it is ready.
+fn start_ipc(role: &'static str, len: usize, end: End) -> anyhow::Result<Worker> {
+    let (server, name) = IpcOneShotServer::<IpcSender<End>>::new()?;
+    let job = Job {
+        len,
+        server: Some(name),
+    };
+    let worker = Worker::launch(role, &job, [])?;
+    // `accept` has no timeout: wait for it on another thread.
+    let (done, accepted) = mpsc::channel();
+    std::thread::spawn(move || done.send(server.accept()));
+    let (_, to_child) = accepted
+        .recv_timeout(PATIENCE)
+        .with_context(|| format!("{role} never connected"))??;
+    to_child.send(end)?;
+    worker.ready()
 }
 
 /// A throughput row: producers share the messages of a batch, one consumer takes them
@@ -707,9 +495,9 @@ impl Flow {
         // Our own sender goes at the end: the consumer's receive fails once the producers'
         // are gone.
         Ok(Flow {
-            consumer: Worker::start_ipc(IPC_CONSUMER, len, End::Rx(rx))?,
+            consumer: start_ipc(IPC_CONSUMER, len, End::Rx(rx))?,
             producers: (0..producers)
-                .map(|_| Worker::start_ipc(IPC_PRODUCER, len, End::Tx(tx.clone())))
+                .map(|_| start_ipc(IPC_PRODUCER, len, End::Tx(tx.clone())))
                 .collect::<anyhow::Result<_>>()?,
         })
     }
@@ -775,7 +563,7 @@ impl Echo<QueuePair> {
 
 impl Echo<FutexPair> {
     fn futex() -> anyhow::Result<Self> {
-        let words = RawWords::create()?;
+        let words = Raw::<Words<AtomicU32>>::create()?;
         let worker = Worker::start(FUTEX_ECHO, &(), [("mem", words.handoff()?)])?;
         Ok(Echo {
             pair: FutexPair { words, last: 0 },
@@ -785,12 +573,12 @@ impl Echo<FutexPair> {
     }
 }
 
-impl Echo<SpinPair> {
+impl Echo<RawSpin> {
     fn spin() -> anyhow::Result<Self> {
-        let words = RawWords::create()?;
+        let words = Raw::<Words<AtomicU64>>::create()?;
         let worker = Worker::start(SPIN_ECHO, &(), [("mem", words.handoff()?)])?;
         Ok(Echo {
-            pair: SpinPair { words, last: 0 },
+            pair: RawSpin { words, last: 0 },
             worker,
             sent: 0,
         })

@@ -34,28 +34,23 @@
 //! ```
 
 use std::{
-    any::type_name,
     cell::UnsafeCell,
-    fs::File,
     hint::{black_box, spin_loop},
-    marker::PhantomData,
-    mem::{MaybeUninit, size_of},
-    ops::Deref,
+    mem::MaybeUninit,
     sync::{
         PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering, fence},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use criterion::Criterion;
-use ipckit_benches::{Fd, Figure, Group, Rig, spawn};
-use ipckit_core::{Child, Ctx, Deadline, Handle, Handoff, Role, RoleResult};
-use ipckit_pipes::{Connection, RecvBytes, SendBytes};
+use ipckit_benches::{
+    Figure, Floor, Group, PATIENCE, Raw, RawMem, RawSpin, Rig, SPINS, Worker, serve,
+};
+use ipckit_core::{Ctx, Handle, Handoff, Role, RoleResult};
 use ipckit_shmem::{Mutex, Segment, SeqLock, Shared};
-use memmap2::MmapRaw;
-use nix::sys::memfd::{MFdFlags, memfd_create};
 
 /// The worker processes of a counter row.
 const WORKERS: u64 = 4;
@@ -63,98 +58,6 @@ const WORKERS: u64 = 4;
 const BIG: usize = 64 << 20;
 /// How long anyone waits for anyone: a worker for a lock or a peer's write, the parent for
 /// a report or a worker's end.
-const PATIENCE: Duration = Duration::from_secs(30);
-/// How often a spinning wait checks its deadline (and the spin lock yields the CPU).
-const SPINS: u32 = 1024;
-
-// The floor rows' memory: a raw shared mapping of an anonymous memfd.
-
-/// An anonymous memfd mapped shared, made with the calls that `Segment::create` wraps.
-#[derive(Debug)]
-struct RawMem {
-    map: MmapRaw,
-    file: File,
-}
-
-impl RawMem {
-    /// `len` zero bytes.
-    fn create(len: usize) -> anyhow::Result<Self> {
-        let file = File::from(memfd_create("ipckit-bench", MFdFlags::MFD_CLOEXEC)?);
-        file.set_len(len as u64)?;
-        Self::map(file)
-    }
-
-    /// The memory the parent handed over as `key` (a descriptor).
-    fn open(ctx: &mut Ctx, key: &str) -> anyhow::Result<Self> {
-        Self::map(File::from(ctx.handle::<Fd>(key)?.0))
-    }
-
-    fn map(file: File) -> anyhow::Result<Self> {
-        Ok(RawMem {
-            map: MmapRaw::map_raw(&file)?,
-            file,
-        })
-    }
-
-    /// A descriptor of the memory, for a child.
-    fn descriptor(&self) -> anyhow::Result<Handoff> {
-        Ok(Handoff::Fd(self.file.try_clone()?.into()))
-    }
-}
-
-/// A type the floor rows place alone in a [`RawMem`].
-///
-/// # Safety
-/// All zero bytes are a valid `Self`, its alignment is at most a page, and `&Self` stays
-/// sound while other processes use the same bytes (every change is atomic, or made under a
-/// process-shared lock of `Self`).
-unsafe trait Floor: Sync {}
-
-// SAFETY: an atomic; zeroes are 0.
-unsafe impl Floor for AtomicU64 {}
-
-/// A `T` alone in a raw shared mapping: a [`Shared`] without its header and checks.
-#[derive(Debug)]
-struct Raw<T> {
-    mem: RawMem,
-    _t: PhantomData<T>,
-}
-
-impl<T: Floor> Raw<T> {
-    /// A zero `T`.
-    fn create() -> anyhow::Result<Self> {
-        Self::new(RawMem::create(size_of::<T>())?)
-    }
-
-    /// The `T` the parent handed over as `key`.
-    fn open(ctx: &mut Ctx, key: &str) -> anyhow::Result<Self> {
-        Self::new(RawMem::open(ctx, key)?)
-    }
-
-    fn new(mem: RawMem) -> anyhow::Result<Self> {
-        ensure!(
-            mem.map.len() >= size_of::<T>(),
-            "a mapping too small for {}",
-            type_name::<T>()
-        );
-        Ok(Raw {
-            mem,
-            _t: PhantomData,
-        })
-    }
-}
-
-impl<T: Floor> Deref for Raw<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: the mapping is page-aligned, at least `size_of::<T>()` long (`new`) and
-        // lives as long as `self`; it started zero-filled, which `Floor` promises is a valid
-        // `T`, and `Floor` promises that `&T` is sound while other processes use it.
-        unsafe { &*self.mem.map.as_mut_ptr().cast::<T>() }
-    }
-}
-
 /// An error unless the pthread call `what` returned 0.
 fn check(rc: libc::c_int, what: &str) -> anyhow::Result<()> {
     ensure!(rc == 0, "{what}: {}", std::io::Error::from_raw_os_error(rc));
@@ -190,7 +93,7 @@ unsafe impl Floor for PthreadCounter {}
 
 impl PthreadCounter {
     /// Makes the mutex process-shared, and robust if `robust` (as ipckit's is). Only
-    /// [`Raw::pthread`] calls it, on memory it has just made.
+    /// [`pthread_counter`] calls it, on memory it has just made.
     fn init(&self, robust: bool) -> anyhow::Result<()> {
         let mut attr = MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         // SAFETY: initialises the attribute object on this stack.
@@ -240,13 +143,11 @@ impl PthreadCounter {
     }
 }
 
-impl Raw<PthreadCounter> {
-    /// A zero count under a new process-shared mutex, robust if `robust`.
-    fn pthread(robust: bool) -> anyhow::Result<Self> {
-        let counter = Self::create()?;
-        counter.init(robust)?;
-        Ok(counter)
-    }
+/// A zero count under a new process-shared mutex, robust if `robust`.
+fn pthread_counter(robust: bool) -> anyhow::Result<Raw<PthreadCounter>> {
+    let counter = Raw::<PthreadCounter>::create()?;
+    counter.init(robust)?;
+    Ok(counter)
 }
 
 /// A counter under a spin lock made of one `AtomicU32`.
@@ -287,56 +188,7 @@ impl SpinCounter {
     }
 }
 
-/// A word on a cache line of its own.
-#[repr(C, align(64))]
-struct Line(AtomicU64);
-
-/// The raw ping-pong: the parent writes `ping`, the worker echoes it into `pong`.
-#[repr(C)]
-struct SpinPair {
-    ping: Line,
-    pong: Line,
-}
-
-// SAFETY: atomics only; zeroes are two zero words.
-unsafe impl Floor for SpinPair {}
-
-/// Spins until `ready` gives a value, checking `deadline` every `SPINS` spins.
-fn spin_until<T>(deadline: Instant, mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let mut spins = 0u32;
-    loop {
-        if let Some(v) = ready() {
-            return Ok(v);
-        }
-        spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins % SPINS == 0 {
-            ensure!(Instant::now() < deadline, "no word from the other side");
-        }
-    }
-}
-
 // The workers: each takes its memory and its control connection and serves orders.
-
-/// A worker's loop: runs `work(n)` for each order `n` from the parent and reports what it
-/// returns, until the parent closes the control connection.
-fn serve(ctx: &mut Ctx, mut work: impl FnMut(u64) -> anyhow::Result<u64>) -> RoleResult {
-    let mut ctl: Connection = ctx.handle("ctl")?;
-    let mut buf = Vec::new();
-    loop {
-        match ctl.recv_bytes_into(&mut buf) {
-            Ok(()) => {}
-            Err(ipckit_pipes::Error::Disconnected) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        // Pairs with the Release fence of `Worker::order`.
-        fence(Ordering::Acquire);
-        let report = work(u64::from_le_bytes(buf.as_slice().try_into()?))?;
-        // Pairs with the Acquire fence of `Worker::report`.
-        fence(Ordering::Release);
-        ctl.send_bytes(&report.to_le_bytes())?;
-    }
-}
 
 const LOCK_IPCKIT: &str = "lock_ipckit";
 const LOCK_PTHREAD: &str = "lock_pthread";
@@ -451,7 +303,7 @@ fn spin_ipckit(ctx: &mut Ctx) -> RoleResult {
 
 /// Echoes over the raw words: `n` echoes on each order.
 fn spin_raw(ctx: &mut Ctx) -> RoleResult {
-    let pair = RawPair {
+    let pair = RawSpin {
         words: Raw::open(ctx, "mem")?,
         last: 0,
     };
@@ -469,65 +321,6 @@ fn echoes(ctx: &mut Ctx, mut pair: impl PingPong) -> RoleResult {
 }
 
 // The parent's side.
-
-/// A worker process of a row, and the parent's end of the control connection to it.
-struct Worker {
-    child: Child,
-    ctl: Connection,
-    buf: Vec<u8>,
-}
-
-impl Worker {
-    /// Starts role `role` with the row's shared memory, `mem`.
-    fn start(
-        role: &'static str,
-        mem: impl IntoIterator<Item = (&'static str, Handoff)>,
-    ) -> anyhow::Result<Self> {
-        let (ctl, theirs) = ipckit_pipes::duplex()?;
-        let handles = std::iter::once(("ctl", theirs.into_handoff())).chain(mem);
-        Ok(Worker {
-            child: spawn(role, &(), handles)?,
-            ctl,
-            buf: Vec::new(),
-        })
-    }
-
-    /// Orders the worker's work with `n`.
-    fn order(&mut self, n: u64) -> anyhow::Result<()> {
-        // Pairs with the Acquire fence of `serve`: the worker sees what this process wrote
-        // to shared memory before the order.
-        fence(Ordering::Release);
-        Ok(self.ctl.send_bytes(&n.to_le_bytes())?)
-    }
-
-    /// Waits for the worker's report on its order.
-    fn report(&mut self) -> anyhow::Result<u64> {
-        self.ctl
-            .recv_bytes_into_deadline(&mut self.buf, Deadline::after(PATIENCE))
-            .with_context(|| format!("no report from {}", self.child.role()))?;
-        // Pairs with the Release fence of `serve`.
-        fence(Ordering::Acquire);
-        Ok(u64::from_le_bytes(
-            self.buf
-                .as_slice()
-                .try_into()
-                .context("a report of 8 bytes")?,
-        ))
-    }
-
-    /// Closes the control connection and checks that the worker then ended cleanly.
-    fn finish(self) -> anyhow::Result<()> {
-        let Worker { ctl, mut child, .. } = self;
-        drop(ctl);
-        let status = child.join_timeout(PATIENCE)?;
-        ensure!(
-            status.success(),
-            "worker {} ended with {status}",
-            child.role()
-        );
-        Ok(())
-    }
-}
 
 /// A counter the parent shares with a row's workers.
 trait Counter {
@@ -560,7 +353,7 @@ impl Counter for Shared<AtomicU64> {
 
 impl Counter for Raw<PthreadCounter> {
     fn handoff(&self) -> anyhow::Result<Handoff> {
-        self.mem.descriptor()
+        Raw::handoff(self)
     }
 
     fn total(&self) -> anyhow::Result<u64> {
@@ -570,7 +363,7 @@ impl Counter for Raw<PthreadCounter> {
 
 impl Counter for Raw<SpinCounter> {
     fn handoff(&self) -> anyhow::Result<Handoff> {
-        self.mem.descriptor()
+        Raw::handoff(self)
     }
 
     fn total(&self) -> anyhow::Result<u64> {
@@ -580,7 +373,7 @@ impl Counter for Raw<SpinCounter> {
 
 impl Counter for Raw<AtomicU64> {
     fn handoff(&self) -> anyhow::Result<Handoff> {
-        self.mem.descriptor()
+        Raw::handoff(self)
     }
 
     fn total(&self) -> anyhow::Result<u64> {
@@ -599,7 +392,7 @@ struct Counters<C> {
 impl<C: Counter> Counters<C> {
     fn start(role: &'static str, counter: C) -> anyhow::Result<Self> {
         let workers = (0..WORKERS)
-            .map(|_| Worker::start(role, [("mem", counter.handoff()?)]))
+            .map(|_| Worker::launch(role, &(), [("mem", counter.handoff()?)]))
             .collect::<anyhow::Result<_>>()?;
         Ok(Counters {
             counter,
@@ -665,21 +458,21 @@ impl Bytes for Segment {
 /// [`Worker`] and [`serve`] order the turns, so the plain copies never race.
 impl Bytes for RawMem {
     fn handoff(&self) -> anyhow::Result<Handoff> {
-        self.descriptor()
+        RawMem::handoff(self)
     }
 
     fn put(&self, src: &[u8]) -> anyhow::Result<()> {
-        ensure!(src.len() <= self.map.len(), "more than the mapping holds");
+        ensure!(src.len() <= self.len(), "more than the mapping holds");
         // SAFETY: the range lies within the mapping, which lives as long as `self`; nobody
         // else touches it during our turn (above); `src` is ours, not in the mapping.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr(), src.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr(), src.len()) };
         Ok(())
     }
 
     fn get(&self, dst: &mut [u8]) -> anyhow::Result<()> {
-        ensure!(dst.len() <= self.map.len(), "more than the mapping holds");
+        ensure!(dst.len() <= self.len(), "more than the mapping holds");
         // SAFETY: as in `put`, the other way round.
-        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr(), dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 }
@@ -696,7 +489,7 @@ struct Bandwidth<M> {
 
 impl<M: Bytes> Bandwidth<M> {
     fn start(role: &'static str, mem: M) -> anyhow::Result<Self> {
-        let worker = Worker::start(role, [("mem", mem.handoff()?)])?;
+        let worker = Worker::launch(role, &(), [("mem", mem.handoff()?)])?;
         Ok(Bandwidth {
             mem,
             worker,
@@ -772,35 +565,17 @@ impl PingPong for SeqPair {
 }
 
 /// The raw ping-pong: two words on cache lines of their own.
-struct RawPair {
-    words: Raw<SpinPair>,
-    /// The value last echoed (in the worker).
-    last: u64,
-}
-
-impl PingPong for RawPair {
+impl PingPong for RawSpin {
     fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
-        // Pairs with the worker's Acquire load.
-        self.words.ping.0.store(v, Ordering::Release);
-        let pong = &self.words.pong.0;
-        spin_until(deadline, || {
-            (pong.load(Ordering::Acquire) == v).then_some(())
-        })
+        RawSpin::round(self, v, deadline)
     }
 
     fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let (ping, last) = (&self.words.ping.0, self.last);
-        let v = spin_until(deadline, || {
-            Some(ping.load(Ordering::Acquire)).filter(|&v| v != last)
-        })?;
-        self.last = v;
-        // Pairs with the parent's Acquire load.
-        self.words.pong.0.store(v, Ordering::Release);
-        Ok(())
+        RawSpin::echo(self, deadline)
     }
 
     fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>> {
-        Ok(vec![("mem", self.words.mem.descriptor()?)])
+        Ok(vec![("mem", self.words.handoff()?)])
     }
 }
 
@@ -815,7 +590,7 @@ struct Spin<P> {
 
 impl<P: PingPong> Spin<P> {
     fn start(role: &'static str, pair: P) -> anyhow::Result<Self> {
-        let worker = Worker::start(role, pair.handoffs()?)?;
+        let worker = Worker::launch(role, &(), pair.handoffs()?)?;
         Ok(Spin {
             pair,
             worker,
@@ -866,10 +641,10 @@ fn counter_lock(c: &mut Criterion) -> anyhow::Result<()> {
         Counters::start(LOCK_IPCKIT, Shared::<Mutex<u64>>::create(0)?)
     })?;
     g.row("raw_pthread", || {
-        Counters::start(LOCK_PTHREAD, Raw::pthread(false)?)
+        Counters::start(LOCK_PTHREAD, pthread_counter(false)?)
     })?;
     g.row("raw_pthread_robust", || {
-        Counters::start(LOCK_PTHREAD, Raw::pthread(true)?)
+        Counters::start(LOCK_PTHREAD, pthread_counter(true)?)
     })?;
     g.row("raw_spinlock", || {
         Counters::start(LOCK_SPIN, Raw::<SpinCounter>::create()?)
@@ -919,7 +694,7 @@ fn shm_spin_rtt(c: &mut Criterion) -> anyhow::Result<()> {
         Spin::start(SPIN_IPCKIT, pair)
     })?;
     g.row("raw_atomics", || {
-        let pair = RawPair {
+        let pair = RawSpin {
             words: Raw::create()?,
             last: 0,
         };
@@ -951,7 +726,7 @@ fn lock_uncontended(c: &mut Criterion) -> anyhow::Result<()> {
     })?;
     for (row, robust) in [("raw_pthread", false), ("raw_pthread_robust", true)] {
         g.row(row, || {
-            let counter = Raw::pthread(robust)?;
+            let counter = pthread_counter(robust)?;
             Ok(Local(move |n| -> anyhow::Result<()> {
                 for _ in 0..n {
                     black_box(&counter).with(None, |c| *c += 1)?;

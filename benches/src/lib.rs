@@ -10,6 +10,14 @@
 //! - [`Work`] is the echo-and-stream workload of the pipe and socket benches, run over
 //!   any [`Link`].
 
+mod raw;
+mod worker;
+
+pub use {
+    raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
+    worker::{PATIENCE, SPINS, Worker, serve, spin_until},
+};
+
 use std::{
     collections::{BTreeMap, VecDeque},
     fmt::Write as _,
