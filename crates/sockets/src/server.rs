@@ -485,6 +485,20 @@ impl Shared {
         self.leave_locked(&mut st, client, reason, how);
     }
 
+    /// A client whose threads could not all start: takes it out at once, tells the
+    /// application it left, and gives the error back.
+    fn failed_to_start(
+        &self,
+        st: &mut State,
+        client: &Arc<Client>,
+        id: ClientId,
+        e: std::io::Error,
+    ) -> Error {
+        self.leave_locked(st, client, LeaveReason::Failed(e.to_string()), Leave::Now);
+        self.events.push(Event::Left(id, client.reason()));
+        e.into()
+    }
+
     /// Takes `client` out of the server (if still in) and closes it as `how` says.
     fn leave_locked(&self, st: &mut State, client: &Arc<Client>, reason: LeaveReason, how: Leave) {
         // Dropping the entry drops the outbox's sender: the writer sends what is queued, then
@@ -622,14 +636,7 @@ impl Shared {
                 // Neither thread runs (the writer's `Running` went with its closure, the
                 // reader's was never made): say it left here.
                 client.threads.store(0, Ordering::Release);
-                self.leave_locked(
-                    &mut st,
-                    &client,
-                    LeaveReason::Failed(e.to_string()),
-                    Leave::Now,
-                );
-                self.events.push(Event::Left(id, client.reason()));
-                return Err(e.into());
+                return Err(self.failed_to_start(&mut st, &client, id, e));
             }
         };
         st.threads.push(writer);
@@ -643,14 +650,7 @@ impl Shared {
             Ok(h) => st.threads.push(h),
             Err(e) => {
                 // The reader's `Running` went with its closure: only the writer runs.
-                self.leave_locked(
-                    &mut st,
-                    &client,
-                    LeaveReason::Failed(e.to_string()),
-                    Leave::Now,
-                );
-                self.events.push(Event::Left(id, client.reason()));
-                return Err(e.into());
+                return Err(self.failed_to_start(&mut st, &client, id, e));
             }
         }
         Ok(())

@@ -66,15 +66,20 @@ pub struct ConnectOptions {
     pub authkey: Option<Vec<u8>>,
 }
 
+/// A new close-on-exec Unix stream socket, with `flags` besides.
+fn unix_socket(flags: SockFlag) -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | flags,
+        None,
+    )
+}
+
 /// Connects a Unix stream socket without ever blocking in `connect(2)`: while the listener's
 /// queue is full (`EAGAIN`), waits for room until `deadline`, then gives `TimedOut`.
 fn connect_unix(addr: &UnixAddr, deadline: Deadline) -> io::Result<OwnedFd> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let fd = unix_socket(SockFlag::SOCK_NONBLOCK)?;
     loop {
         match connect(fd.as_raw_fd(), addr) {
             Ok(()) => break,
@@ -406,12 +411,7 @@ impl Drop for Listener {
 /// Binds a Unix socket file that is mode 0600 from the moment it exists: on Linux the file
 /// takes the socket's own mode, so the mode is set before `bind`, not after it.
 fn bind_private(path: &std::path::Path) -> io::Result<UnixListener> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = unix_socket(SockFlag::empty())?;
     nix::sys::stat::fchmod(
         &fd,
         nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
@@ -441,12 +441,7 @@ fn clear_stale(path: &std::path::Path) -> Result<()> {
     }
     // Never blocks: a live server with a full queue answers EAGAIN, which is as live.
     let probe = UnixAddr::new(path).and_then(|a| {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
+        let fd = unix_socket(SockFlag::SOCK_NONBLOCK)?;
         connect(fd.as_raw_fd(), &a)
     });
     match probe.map_err(io::Error::from) {
