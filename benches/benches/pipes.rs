@@ -26,7 +26,7 @@ use ipc_channel::{
 };
 use ipckit_benches::{BIG, Fd, Framed, Group, Link, Rig, Work, spawn};
 use ipckit_core::{Child, Ctx, Handle, Handoff, Role, RoleResult};
-use ipckit_pipes::{Connection, Fifo, PipeReader, PipeWriter};
+use ipckit_pipes::{Connection, Fifo, Reader, Writer};
 use nix::{
     fcntl::{FcntlArg, OFlag, fcntl},
     sys::{
@@ -130,7 +130,7 @@ fn serve_ipckit_duplex(ctx: &mut Ctx) -> RoleResult {
 
 fn serve_ipckit_pipes(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
-    let link: (PipeWriter, PipeReader) = (ctx.handle("tx")?, ctx.handle("rx")?);
+    let link: (Writer, Reader) = (ctx.handle("tx")?, ctx.handle("rx")?);
     Ok(job.work.serve(link)?)
 }
 
@@ -230,7 +230,7 @@ fn ipckit_duplex(work: Work) -> anyhow::Result<Peer<Framed<Connection>>> {
     Ok(Peer::new(work, Framed(mine), child))
 }
 
-fn ipckit_pipes(work: Work) -> anyhow::Result<Peer<(PipeWriter, PipeReader)>> {
+fn ipckit_pipes(work: Work) -> anyhow::Result<Peer<(Writer, Reader)>> {
     let (child_rx, tx) = ipckit_pipes::pipe()?;
     let (rx, child_tx) = ipckit_pipes::pipe()?;
     let handles = [
@@ -241,7 +241,7 @@ fn ipckit_pipes(work: Work) -> anyhow::Result<Peer<(PipeWriter, PipeReader)>> {
     Ok(Peer::new(work, (tx, rx), child))
 }
 
-fn ipckit_fifo(work: Work) -> anyhow::Result<Peer<(PipeWriter, PipeReader)>> {
+fn ipckit_fifo(work: Work) -> anyhow::Result<Peer<(Writer, Reader)>> {
     let (to_child, to_parent) = (Fifo::create()?, Fifo::create()?);
     let child = spawn(
         IPCKIT_FIFO,

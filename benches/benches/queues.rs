@@ -53,7 +53,7 @@ use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{Figure, Group, PATIENCE, Raw, RawSpin, Rig, Words, Worker, mean, serve};
 use ipckit_core::{Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
-use ipckit_pipes::{PipeReader, PipeWriter};
+use ipckit_pipes::{Reader, Writer};
 use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
 use serde::{Deserialize, Serialize};
 
@@ -108,13 +108,13 @@ impl Take for QueueReceiver {
     }
 }
 
-impl Put for PipeWriter {
+impl Put for Writer {
     fn put(&mut self, msg: &[u8]) -> anyhow::Result<()> {
         Ok(self.send_bytes(msg)?)
     }
 }
 
-impl Take for PipeReader {
+impl Take for Reader {
     fn take(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> anyhow::Result<()> {
         Ok(self.recv_bytes_into_deadline(buf, deadline)?)
     }
@@ -381,13 +381,13 @@ fn queue_consumer(ctx: &mut Ctx) -> RoleResult {
 
 fn pipe_producer(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
-    let tx: PipeWriter = ctx.handle("tx")?;
+    let tx: Writer = ctx.handle("tx")?;
     produce(ctx, job.len, tx)
 }
 
 fn pipe_consumer(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
-    let rx: PipeReader = ctx.handle("rx")?;
+    let rx: Reader = ctx.handle("rx")?;
     consume(ctx, job.len, rx)
 }
 

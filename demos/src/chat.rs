@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Subcommand;
-use ipckit_core::{Codec, Ctx, Postcard, RoleResult, StreamWriter};
+use ipckit_core::{Codec, Ctx, Postcard, RoleResult, Writer};
 use ipckit_sockets::{
     Address, ClientId, ConnectOptions, Event, Events, Listener, Peer, RecvBytes, SendBytes, Server,
     Stream,
@@ -446,7 +446,7 @@ fn join(name: &str, addr: &Address) -> anyhow::Result<()> {
         },
     )?;
     // The sending thread writes to a second descriptor of the same socket.
-    let mut out = StreamWriter::from_fd(conn.as_fd().try_clone_to_owned()?)?.into_sender::<Up>();
+    let mut out = Writer::from_fd(conn.as_fd().try_clone_to_owned()?)?.into_sender::<Up>();
     out.send(&Up::Hello(name.to_string()))?;
     println!("💬 {name} connected to chat at {addr}! Type a line to send it; Ctrl-D leaves.");
     let me = name.to_string();

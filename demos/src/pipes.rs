@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ipckit_core::{Ctx, RoleResult};
-use ipckit_pipes::{Connection, PipeReader, RecvBytes, SendBytes};
+use ipckit_pipes::{Connection, Reader, RecvBytes, SendBytes};
 
 use crate::support::{Pace, expect_same, join_all, role};
 
@@ -79,7 +79,7 @@ pub(crate) fn parent_child(pace: Pace) -> anyhow::Result<()> {
 }
 
 pub(crate) fn child(ctx: &mut Ctx) -> RoleResult {
-    let mut r = ctx.handle::<PipeReader>("pipe")?.into_receiver::<String>();
+    let mut r = ctx.handle::<Reader>("pipe")?.into_receiver::<String>();
     let mut got = Vec::new();
     loop {
         match r.recv_timeout(PATIENCE) {

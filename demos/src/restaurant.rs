@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RecvTimeoutError, RoleResult, SendBytes};
-use ipckit_pipes::{Connection, PipeReader, PipeWriter};
+use ipckit_pipes::{Connection, Reader, Writer};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
 };
@@ -109,7 +109,7 @@ impl Mechanism {
     fn sender(self, ctx: &mut Ctx, key: &str) -> ipckit_core::Result<Out> {
         Ok(match self {
             Mechanism::Queue => Box::new(ctx.handle::<QueueSender>(key)?),
-            Mechanism::Pipe => Box::new(ctx.handle::<PipeWriter>(key)?),
+            Mechanism::Pipe => Box::new(ctx.handle::<Writer>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Stream>(key)?),
@@ -120,7 +120,7 @@ impl Mechanism {
     fn receiver(self, ctx: &mut Ctx, key: &str) -> ipckit_core::Result<In> {
         Ok(match self {
             Mechanism::Queue => Box::new(ctx.handle::<QueueReceiver>(key)?),
-            Mechanism::Pipe => Box::new(ctx.handle::<PipeReader>(key)?),
+            Mechanism::Pipe => Box::new(ctx.handle::<Reader>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Stream>(key)?),

@@ -42,12 +42,72 @@ pub enum Error {
         /// The error it returned, as text.
         message: String,
     },
+    /// A child process ended by a signal (SIGKILL, an abort, a crash) before its role
+    /// could report.
+    #[error("role `{role}` (pid {pid}) was killed by signal {signal}")]
+    RoleKilled {
+        /// The role's name.
+        role: String,
+        /// The child's process id.
+        pid: u32,
+        /// The signal's number.
+        signal: i32,
+    },
     /// A handle or argument expected by a role was not handed to it.
     #[error("role input `{0}` is missing or invalid")]
     RoleInput(String),
     /// The operation is not supported on this platform or by this mechanism.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// Creating, opening or binding a named OS object failed; names the object and where.
+    #[error("cannot {action} {object} `{name}`: {source}")]
+    Os {
+        /// What was being done: `open`, `create`, `bind`, `connect`, `remove`.
+        action: &'static str,
+        /// What kind of object: `shared-memory segment`, `FIFO`, `socket`, `message queue`.
+        object: &'static str,
+        /// Its name, path or address.
+        name: String,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// An object exists under the name, but it is not what the caller asked for.
+    #[error("`{name}` is not {expected}: {reason}")]
+    NotA {
+        /// What the caller expected (`an ipckit queue`, `a FIFO`).
+        expected: &'static str,
+        /// The name or path that was opened.
+        name: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// Options that cannot be met, before any OS object was made.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// An address that cannot be parsed or used.
+    #[error("invalid address `{address}`: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The authkey handshake failed.
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    /// A fixed-size table is full.
+    #[error("{what}: the limit of {limit} is reached")]
+    LimitReached {
+        /// What ran out (`sender slots of the queue`).
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// A failure of shared memory underneath a mechanism (ipckit-shmem's error, kept as the
+    /// source so that callers can downcast it).
+    #[error("shared memory: {0}")]
+    SharedMemory(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// An operating-system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -57,6 +117,49 @@ impl From<nix::Error> for Error {
     fn from(e: nix::Error) -> Self {
         Error::Io(io::Error::from(e))
     }
+}
+
+impl Error {
+    /// An OS failure on a named object: `Error::os("open", "FIFO", path, e)`.
+    pub fn os(
+        action: &'static str,
+        object: &'static str,
+        name: impl fmt::Display,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        Error::Os {
+            action,
+            object,
+            name: name.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// The OS error underneath, if this is one (`Io` or `Os`).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::Io(e) | Error::Os { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why an authkey handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The peer's digest did not match: the two sides hold different keys.
+    #[error("the peer's key does not match ours")]
+    WrongKey,
+    /// The peer checked our answer and refused it.
+    #[error("the peer refused our key")]
+    Refused,
+    /// The peer asked for a digest this side does not speak (or does not allow).
+    #[error("unsupported digest `{0}`")]
+    UnsupportedDigest(String),
+    /// The peer's handshake messages do not follow the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
 }
 
 /// The result type of ipckit-core.
@@ -192,7 +295,14 @@ impl<T> fmt::Display for TrySendError<T> {
     }
 }
 
-impl<T> std::error::Error for TrySendError<T> {}
+impl<T> std::error::Error for TrySendError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TrySendError::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl<T> fmt::Debug for SendTimeoutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -214,4 +324,11 @@ impl<T> fmt::Display for SendTimeoutError<T> {
     }
 }
 
-impl<T> std::error::Error for SendTimeoutError<T> {}
+impl<T> std::error::Error for SendTimeoutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendTimeoutError::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}

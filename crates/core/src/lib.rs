@@ -8,9 +8,9 @@ mod error;
 mod frame;
 mod names;
 mod roles;
-mod stream;
 #[allow(unsafe_code)] // reason: the module that fences every unsafe system call
 mod sys;
+mod transport;
 mod typed;
 
 #[cfg(feature = "json")]
@@ -19,13 +19,30 @@ pub use {
     bytes::{RecvBytes, SendBytes},
     codec::{Codec, Postcard},
     deadline::Deadline,
-    error::{Error, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError},
+    error::{
+        AuthError, Error, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
+    },
     frame::{DEFAULT_MAX_MESSAGE, Framing, Header, MAX_HEADER, decode_header, encode_header},
     names::{
         NAME_PREFIX, find_stale, is_alive, is_stale, owner_pid, remove_stale, temp_path,
         unique_name,
     },
     roles::{Child, Command, Ctx, Handle, Handoff, Role, RoleResult, enter},
-    stream::{StreamConnection, StreamReader, StreamWriter},
+    transport::{Connection, PeerCredentials, Reader, Writer},
     typed::{IntoIter, Iter, Receiver, Sender},
 };
+
+/// Re-exports, at the root of a mechanism crate, the core names every program using it
+/// needs: the byte traits, the typed ends, codecs, `Deadline`, the errors, and the process
+/// roles. Every mechanism crate invokes it once, so that a program depending on
+/// `ipckit-queues` alone never names `ipckit_core`, and every crate offers the same set.
+#[macro_export]
+macro_rules! reexport_core {
+    () => {
+        pub use $crate::{
+            AuthError, Child, Codec, Command, Ctx, Deadline, Error, Handle, Handoff, IntoIter,
+            Iter, Postcard, Receiver, RecvBytes, RecvTimeoutError, Result, Role, RoleResult,
+            SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError, enter,
+        };
+    };
+}

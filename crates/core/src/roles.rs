@@ -10,6 +10,7 @@ use std::{
     any::Any,
     fmt,
     os::fd::{AsRawFd, OwnedFd, RawFd},
+    os::unix::process::ExitStatusExt,
     panic::{AssertUnwindSafe, catch_unwind},
     process::{ExitStatus, Stdio},
     time::Duration,
@@ -22,7 +23,7 @@ use nix::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    Deadline, Error, RecvBytes, Result, SendBytes, StreamConnection,
+    Connection, Deadline, Error, RecvBytes, Result, SendBytes,
     codec::{Codec, Postcard},
     sys,
 };
@@ -145,7 +146,7 @@ impl Ctx {
 /// with the message, from [`Child::join`].
 pub fn enter(roles: &[Role]) {
     let Some(fd) = control_fd() else { return };
-    let mut control = match StreamConnection::from_fd(fd) {
+    let mut control = match Connection::from_fd(fd) {
         Ok(c) => c,
         Err(e) => exit_with(2, &format!("ipckit role: bad control descriptor: {e}")),
     };
@@ -330,7 +331,7 @@ impl Command {
         drop(theirs);
         drop(self.handles);
         tracing::debug!(role = %self.role, pid = child.id(), "spawned role");
-        let mut control = StreamConnection::from_fd(mine)?;
+        let mut control = Connection::from_fd(mine)?;
         let mut buf = Vec::new();
         Postcard.encode(
             &Spec {
@@ -360,7 +361,7 @@ impl Command {
 pub struct Child {
     role: String,
     child: std::process::Child,
-    control: Option<StreamConnection>,
+    control: Option<Connection>,
     status: Option<ExitStatus>,
 }
 
@@ -378,6 +379,7 @@ impl Child {
     /// Waits for the child to end and gives its exit status.
     ///
     /// # Errors
+    /// [`Error::RoleKilled`] with the signal if a signal ended the child (SIGKILL, abort),
     /// [`Error::RolePanicked`] with the panic message if the role panicked,
     /// [`Error::RoleFailed`] with the error if it returned one.
     pub fn join(&mut self) -> Result<ExitStatus> {
@@ -415,7 +417,14 @@ impl Child {
             }
         };
         match outcome {
-            Outcome::Ok => Ok(status),
+            Outcome::Ok => match status.signal() {
+                Some(signal) => Err(Error::RoleKilled {
+                    role: self.role.clone(),
+                    pid: self.child.id(),
+                    signal,
+                }),
+                None => Ok(status),
+            },
             Outcome::Failed(message) => Err(Error::RoleFailed {
                 role: self.role.clone(),
                 message,

@@ -44,9 +44,15 @@ impl<T: Serialize, S: SendBytes, C: Codec> Sender<T, S, C> {
         }
     }
 
-    fn encode(&mut self, msg: &T) -> Result<()> {
+    /// Sends `msg`, waiting for room no later than `deadline`; the form the others use.
+    ///
+    /// # Errors
+    /// As [`SendBytes::send_bytes_deadline`], and [`Error::Codec`] when the value cannot
+    /// be encoded.
+    pub fn send_deadline(&mut self, msg: &T, deadline: Deadline) -> Result<()> {
         self.scratch.clear();
-        self.codec.encode(msg, &mut self.scratch)
+        self.codec.encode(msg, &mut self.scratch)?;
+        self.inner.send_bytes_deadline(&self.scratch, deadline)
     }
 
     /// Sends `msg`, waiting as long as the transport is full.
@@ -55,9 +61,7 @@ impl<T: Serialize, S: SendBytes, C: Codec> Sender<T, S, C> {
     /// [`Error::Disconnected`] when the receiver is gone, [`Error::Codec`] or
     /// [`Error::TooLarge`] when the value cannot be sent.
     pub fn send(&mut self, msg: &T) -> Result<()> {
-        self.encode(msg)?;
-        self.inner
-            .send_bytes_deadline(&self.scratch, Deadline::Never)
+        self.send_deadline(msg, Deadline::Never)
     }
 
     /// Sends `msg` if there is room now; gives it back if not.
@@ -65,11 +69,7 @@ impl<T: Serialize, S: SendBytes, C: Codec> Sender<T, S, C> {
     /// # Errors
     /// [`TrySendError::Full`] or [`TrySendError::Disconnected`] with the message.
     pub fn try_send(&mut self, msg: T) -> Result<(), TrySendError<T>> {
-        if let Err(e) = self.encode(&msg) {
-            return Err(TrySendError::Failed(e));
-        }
-        self.inner
-            .send_bytes_deadline(&self.scratch, Deadline::Now)
+        self.send_deadline(&msg, Deadline::Now)
             .map_err(|e| TrySendError::from_error(e, msg))
     }
 
@@ -78,11 +78,7 @@ impl<T: Serialize, S: SendBytes, C: Codec> Sender<T, S, C> {
     /// # Errors
     /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`] with the message.
     pub fn send_timeout(&mut self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        if let Err(e) = self.encode(&msg) {
-            return Err(SendTimeoutError::Failed(e));
-        }
-        self.inner
-            .send_bytes_deadline(&self.scratch, Deadline::after(timeout))
+        self.send_deadline(&msg, Deadline::after(timeout))
             .map_err(|e| SendTimeoutError::from_error(e, msg))
     }
 
@@ -115,7 +111,12 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Receiver<T, R, C> {
         }
     }
 
-    fn recv_deadline(&mut self, deadline: Deadline) -> Result<T> {
+    /// Receives the next value, waiting no later than `deadline`; the form the others use.
+    ///
+    /// # Errors
+    /// As [`RecvBytes::recv_bytes_into_deadline`], and [`Error::Codec`] for bytes that do
+    /// not decode as `T`.
+    pub fn recv_deadline(&mut self, deadline: Deadline) -> Result<T> {
         self.inner
             .recv_bytes_into_deadline(&mut self.scratch, deadline)?;
         self.codec.decode(&self.scratch)
@@ -146,11 +147,18 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Receiver<T, R, C> {
         Ok(self.recv_deadline(Deadline::after(timeout))?)
     }
 
-    /// An iterator over received values that ends when the sender is gone.
+    /// An iterator over received values: `Ok` for each value, ending when the sender is
+    /// gone ([`Error::Disconnected`]).
     ///
-    /// It also ends at the first other error, which is logged (`tracing`, level warn).
+    /// Any other error (garbage on the stream, a value that does not decode) is yielded
+    /// once as `Err`, and the iteration ends after it, so that a broken stream is never
+    /// mistaken for a clean end. Collect into `Result<Vec<T>>` to get every value or the
+    /// first error.
     pub fn iter(&mut self) -> Iter<'_, T, R, C> {
-        Iter { rx: self }
+        Iter {
+            rx: self,
+            done: false,
+        }
     }
 
     /// The byte transport underneath.
@@ -167,44 +175,79 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Receiver<T, R, C> {
 /// Iterator over a [`Receiver`]; see [`Receiver::iter`].
 pub struct Iter<'a, T, R, C> {
     rx: &'a mut Receiver<T, R, C>,
+    done: bool,
 }
 
-impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Iterator for Iter<'_, T, R, C> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        match self.rx.recv() {
-            Ok(v) => Some(v),
-            Err(Error::Disconnected) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "receive failed; iteration ends");
-                None
-            }
+/// The next item of an iteration: a value, the end, or one error and then the end.
+fn step<T>(done: &mut bool, r: Result<T>) -> Option<Result<T>> {
+    if *done {
+        return None;
+    }
+    match r {
+        Ok(v) => Some(Ok(v)),
+        Err(Error::Disconnected) => {
+            *done = true;
+            None
+        }
+        Err(e) => {
+            *done = true;
+            Some(Err(e))
         }
     }
 }
 
+impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Iterator for Iter<'_, T, R, C> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.done {
+            return None;
+        }
+        step(&mut self.done, self.rx.recv())
+    }
+}
+
+impl<T: DeserializeOwned, R: RecvBytes, C: Codec> std::iter::FusedIterator for Iter<'_, T, R, C> {}
+
 impl<T: DeserializeOwned, R: RecvBytes, C: Codec> IntoIterator for Receiver<T, R, C> {
-    type Item = T;
+    type Item = Result<T>;
     type IntoIter = IntoIter<T, R, C>;
 
     fn into_iter(self) -> IntoIter<T, R, C> {
-        IntoIter { rx: self }
+        IntoIter {
+            rx: self,
+            done: false,
+        }
     }
 }
 
-/// Owning iterator over a [`Receiver`]; ends when the sender is gone.
+impl<'a, T: DeserializeOwned, R: RecvBytes, C: Codec> IntoIterator for &'a mut Receiver<T, R, C> {
+    type Item = Result<T>;
+    type IntoIter = Iter<'a, T, R, C>;
+
+    fn into_iter(self) -> Iter<'a, T, R, C> {
+        self.iter()
+    }
+}
+
+/// Owning iterator over a [`Receiver`]; as [`Receiver::iter`].
 pub struct IntoIter<T, R, C> {
     rx: Receiver<T, R, C>,
+    done: bool,
 }
 
 impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Iterator for IntoIter<T, R, C> {
-    type Item = T;
+    type Item = Result<T>;
 
-    fn next(&mut self) -> Option<T> {
-        self.rx.iter().next()
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.done {
+            return None;
+        }
+        step(&mut self.done, self.rx.recv())
     }
 }
+
+impl<T: DeserializeOwned, R: RecvBytes, C: Codec> std::iter::FusedIterator for IntoIter<T, R, C> {}
 
 impl<T, S: fmt::Debug, C> fmt::Debug for Sender<T, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -6,9 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipckit_core::{
-    Command, Ctx, Error, RecvBytes, Role, RoleResult, SendBytes, StreamReader, StreamWriter,
-};
+use ipckit_core::{Command, Ctx, Error, Reader, RecvBytes, Role, RoleResult, SendBytes, Writer};
 use nix::{
     fcntl::OFlag,
     sys::signal::kill,
@@ -36,7 +34,7 @@ fn exits(ctx: &mut Ctx) -> RoleResult {
 /// Reports, for each descriptor number it is given, whether it is open in this process.
 fn probe(ctx: &mut Ctx) -> RoleResult {
     let fds: Vec<RawFd> = ctx.arg()?;
-    let mut out: StreamWriter = ctx.handle("out")?;
+    let mut out: Writer = ctx.handle("out")?;
     for fd in fds {
         let open = std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
         out.send_bytes(&[u8::from(open)])?;
@@ -46,7 +44,7 @@ fn probe(ctx: &mut Ctx) -> RoleResult {
 
 /// Starts a sleeping grandchild, reports its pid, then waits to be killed.
 fn middle(ctx: &mut Ctx) -> RoleResult {
-    let mut out: StreamWriter = ctx.handle("out")?;
+    let mut out: Writer = ctx.handle("out")?;
     let grandchild = Command::new("sleeper").quiet().spawn()?;
     out.send_bytes(&grandchild.pid().to_le_bytes())?;
     std::mem::forget(grandchild);
@@ -130,8 +128,10 @@ fn join_timeout_leaves_a_running_child_running() {
         Err(Error::Timeout)
     ));
     child.kill().unwrap();
-    let status = child.join_timeout(PATIENCE).unwrap();
-    assert!(!status.success());
+    assert!(matches!(
+        child.join_timeout(PATIENCE),
+        Err(Error::RoleKilled { signal: 9, .. })
+    ));
 }
 
 #[test]
@@ -143,11 +143,11 @@ fn only_passed_descriptors_are_inherited() {
     let mut child = Command::new("probe")
         .arg(&probe_fds)
         .unwrap()
-        .handle("out", StreamWriter::from_fd(w).unwrap())
+        .handle("out", Writer::from_fd(w).unwrap())
         .quiet()
         .spawn()
         .unwrap();
-    let mut r = StreamReader::from_fd(r).unwrap();
+    let mut r = Reader::from_fd(r).unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
         seen.push(r.recv_bytes_timeout(PATIENCE).unwrap()[0]);
@@ -163,11 +163,11 @@ fn a_child_dies_with_its_parent() {
     ipckit_core::enter(ROLES);
     let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
     let mut middle = Command::new("middle")
-        .handle("out", StreamWriter::from_fd(w).unwrap())
+        .handle("out", Writer::from_fd(w).unwrap())
         .quiet()
         .spawn()
         .unwrap();
-    let mut r = StreamReader::from_fd(r).unwrap();
+    let mut r = Reader::from_fd(r).unwrap();
     let pid = u32::from_le_bytes(
         r.recv_bytes_timeout(PATIENCE).unwrap()[..4]
             .try_into()
@@ -176,7 +176,10 @@ fn a_child_dies_with_its_parent() {
     let grandchild = Pid::from_raw(pid as i32);
     assert_eq!(kill(grandchild, None), Ok(()), "the grandchild runs");
     middle.kill().unwrap();
-    middle.join_timeout(PATIENCE).unwrap();
+    assert!(matches!(
+        middle.join_timeout(PATIENCE),
+        Err(Error::RoleKilled { .. })
+    ));
     let deadline = Instant::now() + PATIENCE;
     while ipckit_core::is_alive(grandchild.as_raw()) {
         assert!(

@@ -6,7 +6,7 @@ use nix::{
     unistd::pipe2,
 };
 
-use crate::{Connection, PipeReader, PipeWriter, Result};
+use crate::{Connection, Reader, Result, Writer};
 
 /// A one-way anonymous pipe, as `os.pipe()` or `multiprocessing.Pipe(duplex=False)`.
 ///
@@ -18,10 +18,10 @@ use crate::{Connection, PipeReader, PipeWriter, Result};
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if the process is out of descriptors.
-pub fn pipe() -> Result<(PipeReader, PipeWriter)> {
+pub fn pipe() -> Result<(Reader, Writer)> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
     tracing::debug!("pipe created");
-    Ok((PipeReader::from_fd(r)?, PipeWriter::from_fd(w)?))
+    Ok((Reader::from_fd(r)?, Writer::from_fd(w)?))
 }
 
 /// A connected pair of duplex connections over a Unix socket pair, as

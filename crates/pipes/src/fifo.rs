@@ -17,7 +17,7 @@ use nix::{
     unistd::mkfifo,
 };
 
-use crate::{Deadline, Error, PipeReader, PipeWriter, Result};
+use crate::{Deadline, Error, Reader, Result, Writer};
 
 /// A named pipe in the file system, removed when this owner is dropped.
 ///
@@ -91,18 +91,18 @@ fn checked(file: File, path: &Path) -> Result<OwnedFd> {
 ///
 /// # Errors
 /// [`Error::Io`] if it does not exist or is not a FIFO.
-pub fn open_read(path: impl AsRef<Path>) -> Result<PipeReader> {
+pub fn open_read(path: impl AsRef<Path>) -> Result<Reader> {
     let path = path.as_ref();
-    PipeReader::from_fd(checked(File::open(path)?, path)?)
+    Reader::from_fd(checked(File::open(path)?, path)?)
 }
 
 /// Opens a FIFO for writing, waiting (as the OS does) until a reader opens it.
 ///
 /// # Errors
 /// [`Error::Io`] if it does not exist or is not a FIFO.
-pub fn open_write(path: impl AsRef<Path>) -> Result<PipeWriter> {
+pub fn open_write(path: impl AsRef<Path>) -> Result<Writer> {
     let path = path.as_ref();
-    PipeWriter::from_fd(checked(OpenOptions::new().write(true).open(path)?, path)?)
+    Writer::from_fd(checked(OpenOptions::new().write(true).open(path)?, path)?)
 }
 
 /// Opens a FIFO for writing, waiting at most `timeout` for a reader.
@@ -110,7 +110,7 @@ pub fn open_write(path: impl AsRef<Path>) -> Result<PipeWriter> {
 /// # Errors
 /// [`Error::Timeout`] if no reader opened it in time; [`Error::Io`] if it does not exist
 /// or is not a FIFO.
-pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<PipeWriter> {
+pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Writer> {
     let path = path.as_ref();
     let deadline = Deadline::after(timeout);
     let mut pause = Duration::from_millis(1);
@@ -121,7 +121,7 @@ pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<P
             .open(path)
         {
             // The writer switches itself back to blocking writes on first use.
-            Ok(f) => return PipeWriter::from_fd(checked(f, path)?),
+            Ok(f) => return Writer::from_fd(checked(f, path)?),
             Err(e) if e.raw_os_error() == Some(Errno::ENXIO as i32) => {}
             Err(e) => return Err(e.into()),
         }
@@ -139,7 +139,7 @@ pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<P
 /// # Errors
 /// [`Error::Timeout`] if no writer opened it in time; [`Error::Io`] if it does not exist
 /// or is not a FIFO.
-pub fn open_read_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<PipeReader> {
+pub fn open_read_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Reader> {
     let path = path.as_ref().to_owned();
     // Linux cannot wait for a FIFO's writer with a timeout, so a helper thread makes the
     // blocking open and, on timeout, is released by a writer we open ourselves.
@@ -155,7 +155,7 @@ pub fn open_read_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Pi
     match rx.recv_timeout(timeout) {
         Ok(file) => {
             let _ = opener.join();
-            PipeReader::from_fd(checked(file?, &path)?)
+            Reader::from_fd(checked(file?, &path)?)
         }
         Err(_) => {
             loop {

@@ -4,11 +4,10 @@
 mod anon;
 mod fifo;
 
+ipckit_core::reexport_core!();
+
 pub use {
     anon::{duplex, pipe},
     fifo::{Fifo, open_read, open_read_timeout, open_write, open_write_timeout},
-    ipckit_core::{
-        Deadline, Error, Framing, RecvBytes, Result, SendBytes, StreamConnection as Connection,
-        StreamReader as PipeReader, StreamWriter as PipeWriter,
-    },
+    ipckit_core::{Connection, Framing, PeerCredentials, Reader, Writer},
 };

@@ -1,24 +1,17 @@
 //! The conformance suite, run for every flavour of pipe.
 
-use std::{io::Write, os::fd::AsFd, time::Duration};
+use std::time::Duration;
 
 use ipckit_conformance::{Flavour, conformance};
-use ipckit_pipes::{Connection, Fifo, PipeReader, PipeWriter, Result};
-
-fn write_raw(fd: impl AsFd, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::File::from(fd.as_fd().try_clone_to_owned()?).write_all(bytes)
-}
+use ipckit_pipes::{Connection, Fifo, Reader, Result, Writer};
 
 struct Pipe;
 impl Flavour for Pipe {
-    type Tx = PipeWriter;
-    type Rx = PipeReader;
-    fn pair() -> Result<(PipeWriter, PipeReader)> {
+    type Tx = Writer;
+    type Rx = Reader;
+    fn pair() -> Result<(Writer, Reader)> {
         let (r, w) = ipckit_pipes::pipe()?;
         Ok((w, r))
-    }
-    fn send_raw(tx: &mut PipeWriter, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        Some(write_raw(&*tx, bytes))
     }
 }
 
@@ -29,16 +22,13 @@ impl Flavour for Duplex {
     fn pair() -> Result<(Connection, Connection)> {
         ipckit_pipes::duplex()
     }
-    fn send_raw(tx: &mut Connection, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        Some(write_raw(&*tx, bytes))
-    }
 }
 
 struct NamedPipe;
 impl Flavour for NamedPipe {
-    type Tx = PipeWriter;
-    type Rx = PipeReader;
-    fn pair() -> Result<(PipeWriter, PipeReader)> {
+    type Tx = Writer;
+    type Rx = Reader;
+    fn pair() -> Result<(Writer, Reader)> {
         let fifo = Fifo::create()?;
         let path = fifo.path().to_owned();
         let writer = std::thread::spawn(move || {
@@ -50,11 +40,8 @@ impl Flavour for NamedPipe {
         drop(fifo);
         Ok((writer, reader))
     }
-    fn send_raw(tx: &mut PipeWriter, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        Some(write_raw(&*tx, bytes))
-    }
 }
 
-conformance!(pipe, Pipe);
-conformance!(duplex, Duplex);
-conformance!(fifo, NamedPipe);
+conformance!(pipe, Pipe, stream);
+conformance!(duplex, Duplex, stream);
+conformance!(fifo, NamedPipe, stream);

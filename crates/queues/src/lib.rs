@@ -8,11 +8,9 @@ mod senders;
 #[allow(unsafe_code)] // reason: views the queue's atomics in its shared segment
 mod sys;
 
+ipckit_core::reexport_core!();
+
 pub use {
-    ipckit_core::{
-        Error, RecvBytes, RecvTimeoutError, Result, SendBytes, SendTimeoutError, TryRecvError,
-        TrySendError,
-    },
     mqueue::{
         HARD_MSG_MAX, HARD_MSGSIZE_MAX, MessageQueue, MqLimits, MqOptions, MqReceiver, MqSender,
     },

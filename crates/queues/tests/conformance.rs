@@ -19,13 +19,9 @@ impl Flavour for SharedQueue {
         )?;
         Ok((q.sender()?, q.receiver()?))
     }
-    fn send_raw(_: &mut QueueSender, _: &[u8]) -> Option<std::io::Result<()>> {
-        // Messages are slots, not a byte stream: there is no way to send a torn frame.
-        None
-    }
 }
 
-conformance!(queue, SharedQueue);
+conformance!(queue, SharedQueue, messages);
 
 /// The POSIX message queue, as large as this system lets an unprivileged process make it:
 /// Linux's defaults are 10 messages of 8 KiB (`/proc/sys/fs/mqueue/msg_max`,
@@ -48,13 +44,9 @@ impl Flavour for PosixQueue {
         let q = MessageQueue::create(MqOptions::with_capacity(messages).max_message(size))?;
         Ok((q.sender()?, q.receiver()?))
     }
-    fn send_raw(_: &mut MqSender, _: &[u8]) -> Option<std::io::Result<()>> {
-        // The kernel delivers whole messages: there is no way to send a torn frame.
-        None
-    }
     fn max_message() -> usize {
         Self::limits().1
     }
 }
 
-conformance!(mqueue, PosixQueue);
+conformance!(mqueue, PosixQueue, messages);

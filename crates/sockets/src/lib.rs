@@ -7,10 +7,11 @@ mod datagram;
 mod server;
 mod stream;
 
+ipckit_core::reexport_core!();
+
 pub use {
     address::Address,
     datagram::{Datagram, MAX_DATAGRAM},
-    ipckit_core::{Error, RecvBytes, RecvTimeoutError, Result, SendBytes},
     server::{ClientId, Event, Events, LeaveReason, Peer, Server, ServerOptions},
     stream::{ConnectOptions, Listener, PeerCredentials, Stream},
 };

@@ -37,7 +37,7 @@ use std::{
 
 use ipckit_core::{
     DEFAULT_MAX_MESSAGE, Deadline, Error, RecvBytes, RecvTimeoutError, Result, SendBytes,
-    StreamWriter, TryRecvError,
+    TryRecvError, Writer,
 };
 use nix::sys::socket::{Shutdown, shutdown};
 
@@ -595,7 +595,7 @@ impl Shared {
     fn admit(self: &Arc<Self>, stream: Stream) -> Result<()> {
         let stream = stream.max_message(self.opts.max_message);
         let ctl = stream.as_fd().try_clone_to_owned()?;
-        let writer = StreamWriter::from_fd(ctl.try_clone()?)?.max_message(self.opts.max_message);
+        let writer = Writer::from_fd(ctl.try_clone()?)?.max_message(self.opts.max_message);
         let peer = Peer {
             address: stream.peer().to_string(),
             credentials: match self.addr {
@@ -690,12 +690,7 @@ impl Shared {
         self.events.push(Event::Left(client.id, reason));
     }
 
-    fn write_loop(
-        &self,
-        running: Running,
-        mut writer: StreamWriter,
-        queued: mpsc::Receiver<Arc<[u8]>>,
-    ) {
+    fn write_loop(&self, running: Running, mut writer: Writer, queued: mpsc::Receiver<Arc<[u8]>>) {
         let client = &running.0;
         // Ends when the client is taken out of the server and its outbox is empty.
         for msg in queued {

@@ -15,9 +15,7 @@ use std::{
     time::Duration,
 };
 
-use ipckit_core::{
-    Deadline, Error, Handle, Handoff, RecvBytes, Result, SendBytes, StreamConnection,
-};
+use ipckit_core::{Connection, Deadline, Error, Handle, Handoff, RecvBytes, Result, SendBytes};
 use nix::{
     errno::Errno,
     fcntl::{FcntlArg, OFlag, fcntl},
@@ -50,7 +48,7 @@ pub struct PeerCredentials {
 /// TCP streams have `TCP_NODELAY` set: a small message goes out at once.
 #[derive(Debug)]
 pub struct Stream {
-    conn: StreamConnection,
+    conn: Connection,
     peer: String,
 }
 
@@ -174,7 +172,7 @@ impl Stream {
             }
         };
         let mut stream = Stream {
-            conn: StreamConnection::from_fd(fd)?,
+            conn: Connection::from_fd(fd)?,
             peer: addr.to_string(),
         };
         tracing::debug!(peer = %addr, "connected");
@@ -256,7 +254,7 @@ impl Handle for Stream {
 
     fn from_handoff(h: Handoff) -> Result<Self> {
         Ok(Stream {
-            conn: StreamConnection::from_handoff(h)?,
+            conn: Connection::from_handoff(h)?,
             peer: "inherited".into(),
         })
     }
@@ -383,7 +381,7 @@ impl Listener {
             Inner::Unix(l) => (OwnedFd::from(l.accept()?.0), self.addr.to_string()),
         };
         let mut stream = Stream {
-            conn: StreamConnection::from_fd(fd)?,
+            conn: Connection::from_fd(fd)?,
             peer,
         };
         if let Some(key) = &self.authkey {

@@ -4,17 +4,13 @@
 //! and the stream the listener accepts. The listener is gone before the test starts (a Unix
 //! socket file with it).
 
-use std::{io::Write, os::fd::AsFd, time::Duration};
+use std::time::Duration;
 
 use ipckit_conformance::{Flavour, conformance};
 use ipckit_sockets::{Address, Listener, Result, Stream};
 
 /// How long making a pair may wait for the accept.
 const ACCEPT: Duration = Duration::from_secs(10);
-
-fn write_raw(fd: impl AsFd, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::File::from(fd.as_fd().try_clone_to_owned()?).write_all(bytes)
-}
 
 /// Listens at `addr`, connects to it and accepts: (the client, the accepted stream).
 fn connected(addr: &Address) -> Result<(Stream, Stream)> {
@@ -31,9 +27,6 @@ impl Flavour for Tcp {
     fn pair() -> Result<(Stream, Stream)> {
         connected(&"tcp://127.0.0.1:0".parse()?)
     }
-    fn send_raw(tx: &mut Stream, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        Some(write_raw(&*tx, bytes))
-    }
 }
 
 struct Unix;
@@ -47,9 +40,6 @@ impl Flavour for Unix {
         assert!(!path.exists(), "{} was left behind", path.display());
         pair
     }
-    fn send_raw(tx: &mut Stream, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        Some(write_raw(&*tx, bytes))
-    }
 }
 
 struct Abstract;
@@ -59,11 +49,8 @@ impl Flavour for Abstract {
     fn pair() -> Result<(Stream, Stream)> {
         connected(&Address::UnixAbstract(ipckit_core::unique_name("sock")))
     }
-    fn send_raw(tx: &mut Stream, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        Some(write_raw(&*tx, bytes))
-    }
 }
 
-conformance!(tcp, Tcp);
-conformance!(unix, Unix);
-conformance!(unix_abstract, Abstract);
+conformance!(tcp, Tcp, stream);
+conformance!(unix, Unix, stream);
+conformance!(unix_abstract, Abstract, stream);

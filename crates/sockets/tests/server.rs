@@ -14,8 +14,8 @@ use std::{
 };
 
 use ipckit_core::{
-    Command, Ctx, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes, StreamConnection,
-    enter, temp_path,
+    Command, Connection, Ctx, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes, enter,
+    temp_path,
 };
 use ipckit_sockets::{
     Address, ClientId, ConnectOptions, Error, Event, Events, LeaveReason, Listener, Server,
@@ -163,7 +163,7 @@ fn lockstep_reader(ctx: &mut Ctx) -> RoleResult {
 /// in order, whole, then the end of the stream. Reports how many.
 fn lagger(ctx: &mut Ctx) -> RoleResult {
     let addr: String = ctx.arg()?;
-    let mut ctl: StreamConnection = ctx.handle("ctl")?;
+    let mut ctl: Connection = ctx.handle("ctl")?;
     let mut s = Stream::connect_with(&addr.parse()?, &patient())?;
     s.send_bytes(b"ready")?;
     if ctl.recv_bytes_timeout(PATIENCE)? != b"go" {
@@ -411,14 +411,11 @@ fn a_client_that_stops_reading_is_dropped_for_outbox_overflow_and_the_others_get
     };
     let (server, events) = Server::start_with(Listener::bind(&addr).unwrap(), opts).unwrap();
     let (ctl, theirs) = UnixStream::pair().unwrap();
-    let mut ctl = StreamConnection::from_fd(OwnedFd::from(ctl)).unwrap();
+    let mut ctl = Connection::from_fd(OwnedFd::from(ctl)).unwrap();
     let mut lagger = Command::new("lagger")
         .arg(&addr.to_string())
         .unwrap()
-        .handle(
-            "ctl",
-            StreamConnection::from_fd(OwnedFd::from(theirs)).unwrap(),
-        )
+        .handle("ctl", Connection::from_fd(OwnedFd::from(theirs)).unwrap())
         .spawn()
         .unwrap();
     let mut readers: Vec<_> = (0..READERS)

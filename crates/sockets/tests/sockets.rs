@@ -292,7 +292,10 @@ fn stale_socket_file_is_replaced_live_one_is_refused() {
 
     // Killed: it cannot remove its file.
     server.kill().unwrap();
-    let _ = server.join_timeout(PATIENCE).unwrap();
+    assert!(matches!(
+        server.join_timeout(PATIENCE),
+        Err(Error::RoleKilled { .. })
+    ));
     assert!(sock.is_socket(), "SIGKILL leaves the file behind");
     let dead = Stream::connect(&sock.address()).unwrap_err();
     assert_eq!(kind(&dead), Some(ErrorKind::ConnectionRefused), "{dead}");

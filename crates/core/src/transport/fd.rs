@@ -1,0 +1,189 @@
+//! A descriptor as the framed transport uses it: what it is, its blocking mode, and the
+//! read, write and poll calls with `EINTR`, `EAGAIN` and a dead peer handled once.
+
+use std::{
+    io::IoSlice,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{FcntlArg, OFlag, fcntl},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::{
+        socket::{MsgFlags, recv, sendmsg},
+        stat::{SFlag, fstat},
+    },
+    unistd::read,
+};
+
+use crate::{Deadline, Error, Result, sys};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Socket,
+    Other,
+}
+
+/// The largest pipe buffer ipckit asks for, the default `/proc/sys/fs/pipe-max-size`.
+const MAX_PIPE_BUFFER: usize = 1 << 20;
+
+/// A descriptor, what it is, and whether `O_NONBLOCK` is set on it.
+#[derive(Debug)]
+pub(super) struct Fd {
+    pub(super) fd: OwnedFd,
+    pub(super) kind: Kind,
+    nonblocking: bool,
+    /// The kernel buffer of a pipe or FIFO, grown for large messages; `None` otherwise.
+    pipe_buffer: Option<usize>,
+}
+
+impl Fd {
+    pub(super) fn new(fd: OwnedFd) -> Result<Self> {
+        let st = fstat(&fd)?;
+        let file_type = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let kind = if file_type == SFlag::S_IFSOCK {
+            Kind::Socket
+        } else {
+            sys::ignore_sigpipe();
+            Kind::Other
+        };
+        let pipe_buffer = match file_type {
+            SFlag::S_IFIFO => fcntl(&fd, FcntlArg::F_GETPIPE_SZ).ok().map(|n| n as usize),
+            _ => None,
+        };
+        let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+        Ok(Fd {
+            fd,
+            kind,
+            nonblocking: flags.contains(OFlag::O_NONBLOCK),
+            pipe_buffer,
+        })
+    }
+
+    /// Grows a pipe's kernel buffer towards `frame` bytes (at most 1 MiB), so that a large
+    /// message crosses in few wake-ups. Best effort: the system's limits may refuse it.
+    pub(super) fn fit(&mut self, frame: usize) {
+        let Some(have) = self
+            .pipe_buffer
+            .filter(|&n| n < frame && n < MAX_PIPE_BUFFER)
+        else {
+            return;
+        };
+        let want = frame.next_power_of_two().min(MAX_PIPE_BUFFER);
+        self.pipe_buffer = match fcntl(&self.fd, FcntlArg::F_SETPIPE_SZ(want as i32)) {
+            Ok(n) => Some(n as usize),
+            // Do not ask again.
+            Err(_) => Some(MAX_PIPE_BUFFER),
+        };
+        tracing::trace!(from = have, to = ?self.pipe_buffer, "pipe buffer grown");
+    }
+
+    /// Puts a non-socket descriptor in the mode `deadline` needs (sockets use per-call flags).
+    fn set_mode(&mut self, nonblocking: bool) -> Result<()> {
+        if self.kind == Kind::Socket || self.nonblocking == nonblocking {
+            return Ok(());
+        }
+        let mut flags = OFlag::from_bits_truncate(fcntl(&self.fd, FcntlArg::F_GETFL)?);
+        flags.set(OFlag::O_NONBLOCK, nonblocking);
+        fcntl(&self.fd, FcntlArg::F_SETFL(flags))?;
+        self.nonblocking = nonblocking;
+        Ok(())
+    }
+
+    /// Waits until the descriptor is ready for `events` or `deadline` passes.
+    pub(super) fn wait(&self, events: PollFlags, deadline: Deadline) -> Result<PollFlags> {
+        loop {
+            let timeout = match deadline.remaining() {
+                None => PollTimeout::NONE,
+                Some(d) if d.is_zero() => return Err(Error::Timeout),
+                // Round up so a short wait does not spin at zero milliseconds.
+                Some(d) => PollTimeout::try_from(
+                    d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
+                )
+                .unwrap_or(PollTimeout::MAX),
+            };
+            let mut fds = [PollFd::new(self.fd.as_fd(), events)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    if deadline.has_passed() {
+                        return Err(Error::Timeout);
+                    }
+                }
+                Ok(_) => return Ok(fds[0].revents().unwrap_or(PollFlags::empty())),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads what is available, at least one byte (or 0 at end of stream), waiting until
+    /// `deadline`.
+    pub(super) fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> Result<usize> {
+        let blocking = deadline == Deadline::Never;
+        self.set_mode(!blocking)?;
+        loop {
+            let r = match self.kind {
+                Kind::Socket => {
+                    let flags = if blocking {
+                        MsgFlags::empty()
+                    } else {
+                        MsgFlags::MSG_DONTWAIT
+                    };
+                    recv(self.fd.as_raw_fd(), buf, flags)
+                }
+                Kind::Other => read(&self.fd, buf),
+            };
+            match r {
+                Ok(n) => return Ok(n),
+                Err(Errno::EINTR) => {}
+                Err(Errno::ECONNRESET) => return Ok(0),
+                Err(Errno::EAGAIN) => {
+                    self.wait(PollFlags::POLLIN, deadline)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Writes some of `bufs` without blocking; `Ok(None)` when it would block.
+    pub(super) fn write_now(
+        &mut self,
+        bufs: &[IoSlice<'_>],
+        blocking: bool,
+    ) -> Result<Option<usize>> {
+        if self.kind == Kind::Other {
+            self.set_mode(!blocking)?;
+        }
+        loop {
+            let r = match self.kind {
+                Kind::Socket => {
+                    let mut flags = MsgFlags::MSG_NOSIGNAL;
+                    if !blocking {
+                        flags |= MsgFlags::MSG_DONTWAIT;
+                    }
+                    sendmsg::<()>(self.fd.as_raw_fd(), bufs, &[], flags, None)
+                }
+                Kind::Other => nix::sys::uio::writev(&self.fd, bufs),
+            };
+            match r {
+                Ok(n) => return Ok(Some(n)),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Another descriptor for the same open file (close-on-exec). Used for sockets only,
+    /// whose blocking mode is chosen per call, so the two never disagree about it.
+    pub(super) fn try_clone(&self) -> Result<Fd> {
+        Ok(Fd {
+            fd: self.fd.try_clone()?,
+            kind: self.kind,
+            nonblocking: self.nonblocking,
+            pipe_buffer: self.pipe_buffer,
+        })
+    }
+}
