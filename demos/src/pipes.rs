@@ -46,8 +46,8 @@ pub(crate) fn sender(ctx: &mut Ctx) -> RoleResult {
 pub(crate) fn receiver(ctx: &mut Ctx) -> RoleResult {
     let mut conn = ctx.handle::<Connection>("conn")?.into_receiver::<String>();
     let mut got = Vec::new();
-    loop {
-        let msg = conn.recv_timeout(PATIENCE)?;
+    for msg in conn.iter_timeout(PATIENCE) {
+        let msg = msg?;
         println!("Receiver: Got '{msg}'");
         if msg == STOP {
             break;
@@ -81,15 +81,11 @@ pub(crate) fn parent_child(pace: Pace) -> anyhow::Result<()> {
 pub(crate) fn child(ctx: &mut Ctx) -> RoleResult {
     let mut r = ctx.handle::<Reader>("pipe")?.into_receiver::<String>();
     let mut got = Vec::new();
-    loop {
-        match r.recv_timeout(PATIENCE) {
-            Ok(msg) => {
-                println!("Child received: {msg}");
-                got.push(msg);
-            }
-            Err(ipckit_core::RecvTimeoutError::Disconnected) => break,
-            Err(e) => return Err(e.into()),
-        }
+    // The iteration ends when the parent closes its end (or dies).
+    for msg in r.iter_timeout(PATIENCE) {
+        let msg = msg?;
+        println!("Child received: {msg}");
+        got.push(msg);
     }
     println!("Child: the parent closed the pipe");
     expect_same("child", &got, &FROM_PARENT.map(String::from))?;

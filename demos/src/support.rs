@@ -30,9 +30,12 @@ pub(crate) fn init_tracing(verbose: u8) {
     init(filter);
 }
 
+/// Colour only on a terminal: files and pipes get plain text.
 fn init(filter: &str) {
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

@@ -8,21 +8,10 @@ use std::{
 
 /// Runs `program` with `args`, failing the test if it takes more than two minutes.
 fn run(program: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the demo");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{program} {args:?} did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+    ipckit_testkit::Bounded::start(Command::new(program).args(args))
+        .expect("start the demo")
+        .wait_within(Duration::from_secs(120))
+        .expect("output")
 }
 
 fn demo(args: &[&str]) -> String {
@@ -344,6 +333,11 @@ fn verbose_shows_ipckit_events() {
     assert!(
         err.contains("spawned role") && err.contains("peer disconnected"),
         "{err}"
+    );
+    // Colour only on a terminal: a pipe gets plain text.
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escapes in piped output: {err:?}"
     );
 }
 

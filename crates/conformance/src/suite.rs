@@ -12,8 +12,7 @@ use ipckit_core::{
 };
 use serde::{Deserialize, Serialize};
 
-/// How long any single blocking wait in a test may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(30);
+use ipckit_testkit::PATIENCE;
 
 /// One channel flavour of a mechanism, as the suite needs to see it.
 pub trait Flavour: 'static {

@@ -157,6 +157,17 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Receiver<T, R, C> {
     pub fn iter(&mut self) -> Iter<'_, T, R, C> {
         Iter {
             rx: self,
+            wait: None,
+            done: false,
+        }
+    }
+
+    /// As [`iter`](Receiver::iter), waiting at most `per_message` for each value: a peer
+    /// that stays silent that long ends the iteration with one `Err(Error::Timeout)`.
+    pub fn iter_timeout(&mut self, per_message: Duration) -> Iter<'_, T, R, C> {
+        Iter {
+            rx: self,
+            wait: Some(per_message),
             done: false,
         }
     }
@@ -175,6 +186,7 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Receiver<T, R, C> {
 /// Iterator over a [`Receiver`]; see [`Receiver::iter`].
 pub struct Iter<'a, T, R, C> {
     rx: &'a mut Receiver<T, R, C>,
+    wait: Option<Duration>,
     done: bool,
 }
 
@@ -203,7 +215,8 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Iterator for Iter<'_, T, R, C>
         if self.done {
             return None;
         }
-        step(&mut self.done, self.rx.recv())
+        let deadline = self.wait.map_or(Deadline::Never, Deadline::after);
+        step(&mut self.done, self.rx.recv_deadline(deadline))
     }
 }
 

@@ -41,10 +41,12 @@ pub struct Fifo {
 }
 
 impl Fifo {
-    /// Creates a FIFO with a fresh unique name in the temporary directory, mode 0600.
+    /// Creates a FIFO with a fresh unique name in the temporary directory, mode 0600. (A
+    /// FIFO always has a path; `create` picks a fresh one, [`create_at`](Fifo::create_at)
+    /// takes yours.)
     ///
     /// # Errors
-    /// [`Error::Io`] if it cannot be created.
+    /// [`Error::Os`] if it cannot be created.
     pub fn create() -> Result<Fifo> {
         Self::create_at(ipckit_core::temp_path("fifo"))
     }
@@ -52,10 +54,12 @@ impl Fifo {
     /// Creates a FIFO at `path`, mode 0600.
     ///
     /// # Errors
-    /// [`Error::Io`] with kind `AlreadyExists` if something is there already.
+    /// [`Error::Os`] naming the path, with an `AlreadyExists` source if something is there
+    /// already.
     pub fn create_at(path: impl Into<PathBuf>) -> Result<Fifo> {
         let path = path.into();
-        mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR)?;
+        mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR)
+            .map_err(|e| Error::os("create", "FIFO", path.display(), e))?;
         tracing::debug!(path = %path.display(), "fifo created");
         Ok(Fifo { path })
     }
@@ -75,41 +79,57 @@ impl Drop for Fifo {
     }
 }
 
-fn checked(file: File, path: &Path) -> Result<OwnedFd> {
+/// The opened file, if it is a FIFO.
+fn checked(file: io::Result<File>, path: &Path) -> Result<OwnedFd> {
+    let file = file.map_err(|e| Error::os("open", "FIFO", path.display(), e))?;
     let st = fstat(&file)?;
-    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
-        return Err(Error::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a FIFO", path.display()),
-        )));
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if kind != SFlag::S_IFIFO {
+        return Err(Error::NotA {
+            expected: "a FIFO",
+            name: path.display().to_string(),
+            reason: format!("it is a {}", file_kind(kind)),
+        });
     }
     tracing::debug!(path = %path.display(), "fifo connected");
     Ok(file.into())
 }
 
+fn file_kind(kind: SFlag) -> &'static str {
+    match kind {
+        SFlag::S_IFREG => "regular file",
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFLNK => "symbolic link",
+        _ => "file of another kind",
+    }
+}
+
 /// Opens a FIFO for reading, waiting (as the OS does) until a writer opens it.
 ///
 /// # Errors
-/// [`Error::Io`] if it does not exist or is not a FIFO.
+/// [`Error::Os`] naming the path if it cannot be opened (it does not exist, say);
+/// [`Error::NotA`] if it is not a FIFO.
 pub fn open_read(path: impl AsRef<Path>) -> Result<Reader> {
     let path = path.as_ref();
-    Reader::from_fd(checked(File::open(path)?, path)?)
+    Reader::from_fd(checked(File::open(path), path)?)
 }
 
 /// Opens a FIFO for writing, waiting (as the OS does) until a reader opens it.
 ///
 /// # Errors
-/// [`Error::Io`] if it does not exist or is not a FIFO.
+/// As [`open_read`].
 pub fn open_write(path: impl AsRef<Path>) -> Result<Writer> {
     let path = path.as_ref();
-    Writer::from_fd(checked(OpenOptions::new().write(true).open(path)?, path)?)
+    Writer::from_fd(checked(OpenOptions::new().write(true).open(path), path)?)
 }
 
 /// Opens a FIFO for writing, waiting at most `timeout` for a reader.
 ///
 /// # Errors
-/// [`Error::Timeout`] if no reader opened it in time; [`Error::Io`] if it does not exist
-/// or is not a FIFO.
+/// [`Error::Timeout`] if no reader opened it in time; otherwise as [`open_read`].
 pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Writer> {
     let path = path.as_ref();
     let deadline = Deadline::after(timeout);
@@ -121,9 +141,9 @@ pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<W
             .open(path)
         {
             // The writer switches itself back to blocking writes on first use.
-            Ok(f) => return Writer::from_fd(checked(f, path)?),
+            Ok(f) => return Writer::from_fd(checked(Ok(f), path)?),
             Err(e) if e.raw_os_error() == Some(Errno::ENXIO as i32) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::os("open", "FIFO", path.display(), e)),
         }
         let left = deadline.remaining().unwrap_or(pause);
         if left.is_zero() {
@@ -137,8 +157,7 @@ pub fn open_write_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<W
 /// Opens a FIFO for reading, waiting at most `timeout` for a writer.
 ///
 /// # Errors
-/// [`Error::Timeout`] if no writer opened it in time; [`Error::Io`] if it does not exist
-/// or is not a FIFO.
+/// [`Error::Timeout`] if no writer opened it in time; otherwise as [`open_read`].
 pub fn open_read_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Reader> {
     let path = path.as_ref().to_owned();
     // Linux cannot wait for a FIFO's writer with a timeout, so a helper thread makes the
@@ -155,7 +174,7 @@ pub fn open_read_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Re
     match rx.recv_timeout(timeout) {
         Ok(file) => {
             let _ = opener.join();
-            Reader::from_fd(checked(file?, &path)?)
+            Reader::from_fd(checked(file, &path)?)
         }
         Err(_) => {
             loop {

@@ -110,8 +110,32 @@ mod fifo {
         let r = ipckit_pipes::open_read_timeout(&path, Duration::from_secs(5));
         std::fs::remove_file(&path).unwrap();
         match r {
-            Err(Error::Io(e)) => assert!(e.to_string().contains("not a FIFO"), "{e}"),
-            other => panic!("expected an error, got {other:?}"),
+            Err(Error::NotA { expected, name, .. }) => {
+                assert_eq!(expected, "a FIFO");
+                assert_eq!(name, path.display().to_string());
+            }
+            other => panic!("expected NotA, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn opening_a_missing_fifo_names_its_path() {
+        let path = ipckit_core::temp_path("missing");
+        for r in [
+            ipckit_pipes::open_read_timeout(&path, Duration::from_secs(5)).map(drop),
+            ipckit_pipes::open_write_timeout(&path, Duration::from_secs(5)).map(drop),
+            ipckit_pipes::open_write(&path).map(drop),
+        ] {
+            let e = r.expect_err("the FIFO is not there");
+            assert!(
+                matches!(&e, Error::Os { action: "open", object: "FIFO", name, .. } if *name == path.display().to_string()),
+                "{e:?}"
+            );
+            assert_eq!(
+                e.io_error().map(|e| e.kind()),
+                Some(std::io::ErrorKind::NotFound)
+            );
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
         }
     }
 
@@ -150,7 +174,6 @@ mod fifo {
 mod python {
     use std::{
         os::fd::{AsFd, AsRawFd},
-        process::Command,
         time::Duration,
     };
 
@@ -161,10 +184,10 @@ mod python {
     /// reads and writes the same frames.
     #[test]
     fn python_connection_speaks_the_same_framing() {
-        if Command::new("python3").arg("--version").output().is_err() {
-            eprintln!("skipped: python3 is not installed");
+        // Any Python 3 speaks this framing.
+        let Some(python) = ipckit_testkit::python(8..=99) else {
             return;
-        }
+        };
         let (mut ours, theirs) = ipckit_pipes::duplex().unwrap();
         let fd = theirs.as_fd().try_clone_to_owned().unwrap();
         drop(theirs);
@@ -178,11 +201,7 @@ mod python {
         );
         // Python inherits exactly this descriptor: close-on-exec is cleared on it alone.
         fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
-        let mut py = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .spawn()
-            .unwrap();
+        let py = ipckit_testkit::Bounded::python(&python, &script, &[]).unwrap();
         drop(fd);
         ours.send_bytes(b"hello python").unwrap();
         assert_eq!(
@@ -195,6 +214,6 @@ mod python {
                 .len(),
             1 << 20
         );
-        assert!(py.wait().unwrap().success());
+        py.wait_ok("the Python peer");
     }
 }

@@ -176,26 +176,45 @@ impl Bounded {
     }
 
     /// Waits for the output, killing the process (and failing the test) after
-    /// [`PATIENCE`].
+    /// [`PATIENCE`]. The output is read while the process runs, so a chatty process never
+    /// blocks on a full pipe.
     ///
     /// # Errors
     /// If waiting fails.
-    pub fn wait(mut self) -> io::Result<Output> {
+    pub fn wait(self) -> io::Result<Output> {
+        self.wait_within(PATIENCE)
+    }
+
+    /// As [`wait`](Bounded::wait), with a bound of `limit` instead of [`PATIENCE`] (for
+    /// whole programs that run many steps).
+    ///
+    /// # Errors
+    /// If waiting fails.
+    pub fn wait_within(mut self, limit: Duration) -> io::Result<Output> {
         let mut child = self.0.take().expect("a Bounded is waited once");
-        let deadline = Instant::now() + PATIENCE;
-        while child.try_wait()?.is_none() {
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                let out = child.wait_with_output()?;
+                let _ = child.wait();
                 panic!(
-                    "a child process did not finish within {PATIENCE:?}: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
+                    "a child process did not finish within {limit:?}: {}{}",
+                    String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                    String::from_utf8_lossy(&stderr.join().unwrap_or_default())
                 );
             }
             thread::sleep(Duration::from_millis(10));
-        }
-        child.wait_with_output()
+        };
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
     }
 
     /// Waits as [`wait`](Bounded::wait) and panics unless the process exited with 0,
@@ -211,6 +230,17 @@ impl Bounded {
         );
         out
     }
+}
+
+/// Reads a child's pipe to its end in a thread.
+fn drain(pipe: Option<impl io::Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out);
+        }
+        out
+    })
 }
 
 impl Drop for Bounded {
