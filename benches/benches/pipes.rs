@@ -24,7 +24,7 @@ use ipc_channel::{
     IpcError,
     ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender},
 };
-use ipckit_benches::{BIG, Fd, Framed, Group, Link, Rig, Work, spawn};
+use ipckit_benches::{BIG, Fd, Framed, Group, Link, PATIENCE, Rig, Work, spawn};
 use ipckit_core::{Child, Ctx, Handle, Handoff, Role, RoleResult};
 use ipckit_pipes::{Connection, Fifo, Reader, Writer};
 use nix::{
@@ -38,7 +38,6 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 /// How long either side waits for the other to open a FIFO, or to end.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Raw descriptors (a socket twice, two pipes, two FIFOs): plain `write(2)` and `read(2)`.
 struct Raw(File, File);

@@ -76,6 +76,20 @@ pub trait SendBytes {
 /// A mechanism implements
 /// [`recv_bytes_into_deadline`](RecvBytes::recv_bytes_into_deadline); the other forms are
 /// provided on top of it.
+///
+/// # What a timeout bounds
+///
+/// The deadline of a `try_` or `_timeout` form bounds the wait for a message to *begin*.
+/// On a byte stream (pipe, FIFO, socket), once the first byte of a frame has arrived, the
+/// call finishes that frame — or reports [`Error::Disconnected`](crate::Error::Disconnected)
+/// if the peer dies half-way — so a stream is never left holding half a message. A peer
+/// that stalls mid-frame while staying alive therefore holds the call; mechanisms that
+/// deliver whole messages (queues) have no such case.
+///
+/// # When the peer dies
+///
+/// Every message the peer finished sending is delivered; then each receive is
+/// `Disconnected`, at once and for good.
 pub trait RecvBytes {
     /// Receives one message into `buf` (its old contents are replaced), waiting no later
     /// than `deadline` for the message to begin.

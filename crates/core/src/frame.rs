@@ -21,6 +21,11 @@ pub enum Framing {
     /// One message per line: `\n` ends a message and is not part of it; a `\r` before it is
     /// dropped too. This is what `echo hi > fifo` writes.
     Lines,
+    /// No framing: plain bytes, as `socket.sendall` and `socket.recv` move them. A send
+    /// writes its bytes as they are; a receive returns whatever has arrived (at least one
+    /// byte, at most the maximum message size). Boundaries are not kept: two sends may
+    /// arrive as one receive, or one as two.
+    Raw,
 }
 
 /// Writes the header for a message of `len` bytes into `out`; returns the header's length.

@@ -156,6 +156,15 @@ impl ReadHalf {
                         });
                     }
                 }
+                Framing::Raw if !avail.is_empty() => {
+                    // Whatever has arrived, up to the maximum: `recv(1024)` in Python.
+                    let n = avail.len().min(self.opts.max);
+                    out.clear();
+                    out.extend_from_slice(&avail[..n]);
+                    self.rb.consume(n);
+                    return Ok(());
+                }
+                Framing::Raw => {}
             }
             if !self.more(fd, deadline)? {
                 let left = self.rb.available().len();
@@ -229,6 +238,7 @@ pub(super) fn send_frame(
             let n = encode_header(msg.len(), &mut header);
             &header[..n]
         }
+        Framing::Raw => &[],
         Framing::Lines => {
             if msg.contains(&b'\n') {
                 return Err(Error::Malformed(

@@ -1,0 +1,89 @@
+//! The descriptor transport from outside: plain bytes with `Framing::Raw`, split halves
+//! in two threads, and the end of a split writer.
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
+use ipckit_core::{Connection, Error, Framing, RecvBytes, RecvTimeoutError, SendBytes};
+use ipckit_testkit::PATIENCE;
+
+fn pair() -> (Connection, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    theirs.set_read_timeout(Some(PATIENCE)).unwrap();
+    (Connection::from_fd(ours.into()).unwrap(), theirs)
+}
+
+#[test]
+fn raw_framing_moves_plain_bytes_both_ways() {
+    let (conn, mut plain) = pair();
+    let mut conn = conn.framing(Framing::Raw);
+    conn.send_bytes(b"Hello, world").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = plain.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"Hello, world", "no header on the wire");
+    plain.write_all(b"abc").unwrap();
+    plain.write_all(b"def").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        got.extend(conn.recv_bytes_timeout(PATIENCE).unwrap());
+    }
+    assert_eq!(got, b"abcdef");
+    assert!(matches!(
+        conn.recv_bytes_timeout(Duration::from_millis(50)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    drop(plain);
+    assert!(matches!(conn.recv_bytes(), Err(Error::Disconnected)));
+}
+
+#[test]
+fn raw_receives_are_capped_at_the_maximum() {
+    let (conn, mut plain) = pair();
+    let mut conn = conn.framing(Framing::Raw).max_message(4);
+    plain.write_all(b"0123456789").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let part = conn.recv_bytes_timeout(PATIENCE).unwrap();
+        assert!(!part.is_empty() && part.len() <= 4, "{part:?}");
+        got.extend(part);
+    }
+    assert_eq!(got, b"0123456789");
+}
+
+#[test]
+fn split_halves_work_from_two_threads_and_the_writer_ends_the_direction() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (mut reader, mut writer) = Connection::from_fd(a.into()).unwrap().split().unwrap();
+    let mut peer = Connection::from_fd(b.into()).unwrap();
+    let sending = std::thread::spawn(move || {
+        for i in 0..100u32 {
+            writer.send_bytes(&i.to_le_bytes()).unwrap();
+        }
+        // Dropping the writer ends the sending direction although the reader lives on.
+    });
+    for i in 0..100u32 {
+        assert_eq!(peer.recv_bytes_timeout(PATIENCE).unwrap(), i.to_le_bytes());
+        peer.send_bytes(&i.to_be_bytes()).unwrap();
+    }
+    sending.join().unwrap();
+    assert!(matches!(
+        peer.recv_bytes_timeout(PATIENCE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    for i in 0..100u32 {
+        assert_eq!(
+            reader.recv_bytes_timeout(PATIENCE).unwrap(),
+            i.to_be_bytes()
+        );
+    }
+}
+
+#[test]
+fn peer_credentials_name_this_process_on_a_socket_pair() {
+    let (conn, _plain) = pair();
+    let creds = conn.peer_credentials().unwrap();
+    assert_eq!(creds.pid, std::process::id() as i32);
+}
