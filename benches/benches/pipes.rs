@@ -37,8 +37,6 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-/// How long either side waits for the other to open a FIFO, or to end.
-
 /// Raw descriptors (a socket twice, two pipes, two FIFOs): plain `write(2)` and `read(2)`.
 struct Raw(File, File);
 

@@ -53,6 +53,13 @@ pub enum Error {
         /// The signal's number.
         signal: i32,
     },
+    /// A child process was to be started, but [`enter`](crate::enter) was never called: the
+    /// child would re-run `main` and start children of its own, without end.
+    #[error(
+        "call ipckit_core::enter(ROLES) first thing in main (and in each test that spawns) \
+         before spawning a child process"
+    )]
+    EnterMissing,
     /// A handle or argument expected by a role was not handed to it.
     #[error("role input `{0}` is missing or invalid")]
     RoleInput(String),

@@ -27,7 +27,7 @@ pub use {
         NAME_PREFIX, find_stale, is_alive, is_stale, owner_pid, remove_stale, temp_path,
         unique_name,
     },
-    roles::{Child, Command, Ctx, Handle, Handoff, Role, RoleResult, enter},
+    roles::{Child, Command, Ctx, Handle, Handoff, Role, RoleResult, enter, spawn},
     transport::{Connection, PeerCredentials, Reader, Writer},
     typed::{IntoIter, Iter, Receiver, Sender},
 };
@@ -42,7 +42,7 @@ macro_rules! reexport_core {
         pub use $crate::{
             AuthError, Child, Codec, Command, Ctx, Deadline, Error, Handle, Handoff, IntoIter,
             Iter, Postcard, Receiver, RecvBytes, RecvTimeoutError, Result, Role, RoleResult,
-            SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError, enter,
+            SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError, enter, spawn,
         };
     };
 }

@@ -9,10 +9,11 @@
 use std::{
     any::Any,
     fmt,
-    os::fd::{AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     os::unix::process::ExitStatusExt,
     panic::{AssertUnwindSafe, catch_unwind},
     process::{ExitStatus, Stdio},
+    sync::{OnceLock, mpsc},
     time::Duration,
 };
 
@@ -30,8 +31,14 @@ use crate::{
 
 const ENV: &str = "IPCKIT_ROLE";
 
-/// What a role returns: `Err` is reported to the parent's [`Child::join`].
-pub type RoleResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+/// Set by the first [`enter`]: `Some(test name)` when it ran on a test's thread, `None` on
+/// `main`. Unset means `enter` was never called, and spawning would start a copy of the
+/// program that spawns again.
+static ENTRY: OnceLock<Option<String>> = OnceLock::new();
+
+/// What a role (or a function started with [`Command::function`]) returns: `Err` is
+/// reported to the parent's [`Child::join`] as [`Error::RoleFailed`].
+pub type RoleResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A named entry point that a child process can run. See [`enter`].
 #[derive(Clone, Copy)]
@@ -90,11 +97,24 @@ struct Spec {
     role: String,
     arg: Vec<u8>,
     handles: Vec<(String, Wire)>,
+    /// For [`spawn`]: the function to run, as code offsets (see `sys::code_offset`).
+    function: Option<Function>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A function of this executable, located by code offsets that survive address-space
+/// randomisation: the child runs the same file, so the same offsets name the same code.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Function {
+    /// `trampoline::<A, R>`, which knows the argument and result types.
+    trampoline: usize,
+    /// The user's `fn(A) -> R` or `fn(A, &mut Ctx) -> R`.
+    target: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 enum Outcome {
     Ok,
+    Returned(Vec<u8>),
     Failed(String),
     Panicked(String),
 }
@@ -145,6 +165,14 @@ impl Ctx {
 /// returned `Ok`, 1 when it returned `Err`, 101 when it panicked; the parent learns which,
 /// with the message, from [`Child::join`].
 pub fn enter(roles: &[Role]) {
+    ENTRY.get_or_init(|| {
+        // In a test binary the test that called `enter` runs on a thread named after it:
+        // a child re-runs that test, which calls `enter` first and so runs its role.
+        std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .map(str::to_string)
+    });
     let Some(fd) = control_fd() else { return };
     let mut control = match Connection::from_fd(fd) {
         Ok(c) => c,
@@ -170,9 +198,19 @@ pub fn enter(roles: &[Role]) {
         arg: spec.arg,
         handles,
     };
-    let outcome = match roles.iter().find(|r| r.name == ctx.role) {
-        None => Outcome::Failed(format!("no role called `{}` in this executable", ctx.role)),
-        Some(role) => match catch_unwind(AssertUnwindSafe(|| (role.run)(&mut ctx))) {
+    let outcome = match (spec.function, roles.iter().find(|r| r.name == ctx.role)) {
+        (Some(f), _) => {
+            let trampoline = sys::trampoline_at(f.trampoline);
+            match catch_unwind(AssertUnwindSafe(|| trampoline(&mut ctx, f.target))) {
+                Ok(Ok(bytes)) => Outcome::Returned(bytes),
+                Ok(Err(e)) => Outcome::Failed(e.to_string()),
+                Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+            }
+        }
+        (None, None) => {
+            Outcome::Failed(format!("no role called `{}` in this executable", ctx.role))
+        }
+        (None, Some(role)) => match catch_unwind(AssertUnwindSafe(|| (role.run)(&mut ctx))) {
             Ok(Ok(())) => Outcome::Ok,
             Ok(Err(e)) => Outcome::Failed(e.to_string()),
             Err(payload) => Outcome::Panicked(panic_message(&*payload)),
@@ -180,7 +218,7 @@ pub fn enter(roles: &[Role]) {
     };
     drop(ctx);
     let code = match outcome {
-        Outcome::Ok => 0,
+        Outcome::Ok | Outcome::Returned(_) => 0,
         Outcome::Failed(_) => 1,
         Outcome::Panicked(_) => 101,
     };
@@ -219,7 +257,88 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Starts a role of the current executable in a child process.
+/// Runs `f(args)` in a child process and gives back its result: Python's
+/// `Process(target=f, args=...)` with a return value.
+///
+/// `f` is a function or a closure that captures nothing; `args` and the result cross as
+/// serde values (postcard). The child is a fresh `exec` of this executable, so
+/// [`enter`] must run first thing in `main` (and in a test that spawns). To hand ipckit
+/// handles to the child too, use [`Command::function`].
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> Result<(), ipckit_core::Error> {
+///     ipckit_core::enter(&[]);
+///     let mut child = ipckit_core::spawn(7, square)?;
+///     assert_eq!(child.join()?, 49);
+///     Ok(())
+/// }
+/// ```
+///
+/// # Errors
+/// [`Error::EnterMissing`] if [`enter`] was not called (the child would re-run `main`
+/// and spawn again); [`Error::Codec`] if `args` cannot be encoded; [`Error::Io`] if the
+/// process cannot start.
+pub fn spawn<A, R>(args: A, f: fn(A) -> R) -> Result<Child<R>>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    let mut cmd = Command::with_output(std::any::type_name::<fn(A) -> R>(), decode_result::<R>);
+    cmd.function = Some(Function {
+        trampoline: sys::code_offset(trampoline::<A, R> as Trampoline as usize),
+        target: sys::code_offset(f as usize),
+    });
+    cmd.arg(&args)?.spawn()
+}
+
+/// What runs in the child for [`spawn`] and [`Command::function`]: decodes the argument,
+/// calls the function found at `target`, encodes its result.
+pub(crate) type Trampoline =
+    fn(&mut Ctx, usize) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>>;
+
+fn trampoline<A: DeserializeOwned, R: Serialize>(
+    ctx: &mut Ctx,
+    target: usize,
+) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let f: fn(A) -> R = sys::fn_at(target);
+    let result = f(ctx.arg()?);
+    let mut out = Vec::new();
+    Postcard.encode(&result, &mut out)?;
+    Ok(out)
+}
+
+fn trampoline_ctx<A: DeserializeOwned, R: Serialize>(
+    ctx: &mut Ctx,
+    target: usize,
+) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let f: fn(A, &mut Ctx) -> RoleResult<R> = sys::fn_at(target);
+    let args = ctx.arg()?;
+    let result = f(args, ctx)?;
+    let mut out = Vec::new();
+    Postcard.encode(&result, &mut out)?;
+    Ok(out)
+}
+
+fn decode_result<R: DeserializeOwned>(_: ExitStatus, returned: Option<Vec<u8>>) -> Result<R> {
+    match returned {
+        Some(bytes) => Postcard.decode(&bytes),
+        None => Err(Error::RoleFailed {
+            role: std::any::type_name::<R>().to_string(),
+            message: "the child ended without returning a result".into(),
+        }),
+    }
+}
+
+fn exit_status(status: ExitStatus, _: Option<Vec<u8>>) -> Result<ExitStatus> {
+    Ok(status)
+}
+
+/// Starts a role of the current executable in a child process (or, made with
+/// [`Command::function`], a function with handles).
 ///
 /// ```no_run
 /// use ipckit_core::{enter, Command, Ctx, Role, RoleResult};
@@ -240,23 +359,78 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// }
 /// ```
 #[derive(Debug)]
-pub struct Command {
+pub struct Command<R = ExitStatus> {
     role: String,
     arg: Vec<u8>,
     handles: Vec<(String, Handoff)>,
     stdout: Option<Stdio>,
     env: Vec<(String, String)>,
+    function: Option<Function>,
+    output: fn(ExitStatus, Option<Vec<u8>>) -> Result<R>,
 }
 
 impl Command {
-    /// A command that will run role `role`.
+    /// A command that will run role `role`; joining it gives the exit status.
     pub fn new(role: &str) -> Self {
+        Command::with_output(role, exit_status)
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Command<R> {
+    /// A command that will run `f(args, ctx)` in the child, where `ctx` holds the handles
+    /// given with [`handle`](Command::handle); joining it gives `f`'s `Ok` value, and its
+    /// `Err` as [`Error::RoleFailed`] with the error's text (so `?` works inside `f` on
+    /// any error).
+    ///
+    /// ```no_run
+    /// use ipckit_core::{Command, Connection, Ctx, SendBytes};
+    ///
+    /// fn greet(name: String, ctx: &mut Ctx) -> ipckit_core::RoleResult<usize> {
+    ///     let mut out = ctx.handle::<Connection>("out")?;
+    ///     out.send_bytes(format!("hello, {name}").as_bytes())?;
+    ///     Ok(name.len())
+    /// }
+    ///
+    /// fn main() -> Result<(), ipckit_core::Error> {
+    ///     ipckit_core::enter(&[]);
+    ///     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    ///     let theirs = Connection::from_fd(theirs.into())?;
+    ///     let mut child = Command::function(&"world".to_string(), greet)?
+    ///         .handle("out", theirs)
+    ///         .spawn()?;
+    ///     assert_eq!(child.join()?, 5);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if `args` cannot be encoded.
+    pub fn function<A>(args: &A, f: fn(A, &mut Ctx) -> RoleResult<R>) -> Result<Self>
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        let mut cmd = Command::with_output(
+            std::any::type_name::<fn(A, &mut Ctx) -> RoleResult<R>>(),
+            decode_result::<R>,
+        );
+        cmd.function = Some(Function {
+            trampoline: sys::code_offset(trampoline_ctx::<A, R> as Trampoline as usize),
+            target: sys::code_offset(f as usize),
+        });
+        cmd.arg(args)
+    }
+}
+
+impl<R> Command<R> {
+    fn with_output(role: &str, output: fn(ExitStatus, Option<Vec<u8>>) -> Result<R>) -> Self {
         Command {
             role: role.to_string(),
             arg: Vec::new(),
             handles: Vec::new(),
             stdout: None,
             env: Vec::new(),
+            function: None,
+            output,
         }
     }
 
@@ -292,12 +466,17 @@ impl Command {
         self
     }
 
-    /// Starts the child. It is killed if this process dies, and when its [`Child`] is
-    /// dropped without being joined.
+    /// Starts the child. It is killed if this process dies (whichever thread spawned it),
+    /// and when its [`Child`] is dropped without being joined.
     ///
     /// # Errors
-    /// [`Error::Io`] if the executable cannot be found or started.
-    pub fn spawn(self) -> Result<Child> {
+    /// [`Error::EnterMissing`] if [`enter`] was never called in this process (the child
+    /// would re-run `main` and spawn again, without end); [`Error::Io`] if the executable
+    /// cannot be found or started.
+    pub fn spawn(self) -> Result<Child<R>> {
+        let Some(entry) = ENTRY.get() else {
+            return Err(Error::EnterMissing);
+        };
         let (mine, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -316,8 +495,8 @@ impl Command {
             }
         }
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
-        // In a test binary, run only the test that is starting this role.
-        if let Some(test) = std::thread::current().name().filter(|n| *n != "main") {
+        // In a test binary, run only a test that calls `enter`: it runs the role.
+        if let Some(test) = entry {
             cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "-q"]);
         }
         cmd.env(ENV, format!("{}:{}", getpid().as_raw(), theirs.as_raw_fd()));
@@ -326,7 +505,7 @@ impl Command {
             cmd.stdout(out);
         }
         sys::prepare_child(&mut cmd, keep, getpid());
-        let child = cmd.spawn()?;
+        let child = spawn_from_lasting_thread(cmd)?;
         // The child holds its own copies now.
         drop(theirs);
         drop(self.handles);
@@ -338,6 +517,7 @@ impl Command {
                 role: self.role.clone(),
                 arg: self.arg,
                 handles: wire,
+                function: self.function,
             },
             &mut buf,
         )?;
@@ -346,6 +526,8 @@ impl Command {
             child,
             control: None,
             status: None,
+            report: None,
+            output: self.output,
         };
         match control.send_bytes(&buf) {
             Ok(()) | Err(Error::Disconnected) => {}
@@ -356,33 +538,47 @@ impl Command {
     }
 }
 
-/// A running role started by [`Command::spawn`].
+/// A running child started by [`Command::spawn`] or [`spawn`]: joining it gives `R`, the
+/// exit status of a role or the result of a function.
 #[derive(Debug)]
-pub struct Child {
+pub struct Child<R = ExitStatus> {
     role: String,
     child: std::process::Child,
     control: Option<Connection>,
     status: Option<ExitStatus>,
+    /// What the child reported: its outcome, once read from the control channel.
+    report: Option<Outcome>,
+    output: fn(ExitStatus, Option<Vec<u8>>) -> Result<R>,
 }
 
-impl Child {
+impl<R> Child<R> {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// The role this child runs.
+    /// The role this child runs (for a function, its signature).
     pub fn role(&self) -> &str {
         &self.role
     }
 
-    /// Waits for the child to end and gives its exit status.
+    /// A descriptor that becomes readable when the child ends (or is about to: it has
+    /// reported its outcome), for `poll(2)` beside the descriptors of other channels, so
+    /// that a parent waiting for messages learns at once that a child died. `None` once
+    /// joined.
+    pub fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.control.as_ref().map(|c| c.as_fd())
+    }
+
+    /// Waits for the child to end and gives what it produced: the exit status of a role,
+    /// the result of a function.
     ///
     /// # Errors
     /// [`Error::RoleKilled`] with the signal if a signal ended the child (SIGKILL, abort),
-    /// [`Error::RolePanicked`] with the panic message if the role panicked,
-    /// [`Error::RoleFailed`] with the error if it returned one.
-    pub fn join(&mut self) -> Result<ExitStatus> {
+    /// [`Error::RolePanicked`] with the panic message if it panicked,
+    /// [`Error::RoleFailed`] with the error if a role returned one (or a function ended
+    /// without a result).
+    pub fn join(&mut self) -> Result<R> {
         self.join_deadline(Deadline::Never)
     }
 
@@ -391,16 +587,26 @@ impl Child {
     /// # Errors
     /// [`Error::Timeout`] if the child is still running (it keeps running; join again or
     /// [`kill`](Child::kill) it), otherwise as [`join`](Child::join).
-    pub fn join_timeout(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
         self.join_deadline(Deadline::after(timeout))
     }
 
-    fn join_deadline(&mut self, deadline: Deadline) -> Result<ExitStatus> {
-        let mut outcome = Outcome::Ok;
+    /// Joins the child if it has ended, without waiting: `Ok(None)` while it runs.
+    ///
+    /// # Errors
+    /// As [`join`](Child::join).
+    pub fn try_join(&mut self) -> Result<Option<R>> {
+        if self.status.is_none() && self.child.try_wait()?.is_none() {
+            return Ok(None);
+        }
+        self.join().map(Some)
+    }
+
+    fn join_deadline(&mut self, deadline: Deadline) -> Result<R> {
         if let Some(control) = self.control.as_mut() {
             let mut buf = Vec::new();
             match control.recv_bytes_into_deadline(&mut buf, deadline) {
-                Ok(()) => outcome = Postcard.decode(&buf)?,
+                Ok(()) => self.report = Some(Postcard.decode(&buf)?),
                 // Ended without a report: killed, or exited from inside the role.
                 Err(Error::Disconnected) => {}
                 Err(e) => return Err(e),
@@ -416,22 +622,23 @@ impl Child {
                 s
             }
         };
-        match outcome {
-            Outcome::Ok => match status.signal() {
+        match &self.report {
+            None | Some(Outcome::Ok) => match status.signal() {
                 Some(signal) => Err(Error::RoleKilled {
                     role: self.role.clone(),
                     pid: self.child.id(),
                     signal,
                 }),
-                None => Ok(status),
+                None => (self.output)(status, None),
             },
-            Outcome::Failed(message) => Err(Error::RoleFailed {
+            Some(Outcome::Returned(bytes)) => (self.output)(status, Some(bytes.clone())),
+            Some(Outcome::Failed(message)) => Err(Error::RoleFailed {
                 role: self.role.clone(),
-                message,
+                message: message.clone(),
             }),
-            Outcome::Panicked(message) => Err(Error::RolePanicked {
+            Some(Outcome::Panicked(message)) => Err(Error::RolePanicked {
                 role: self.role.clone(),
-                message,
+                message: message.clone(),
             }),
         }
     }
@@ -448,7 +655,43 @@ impl Child {
     }
 }
 
-impl Drop for Child {
+/// Starts `cmd` from a thread that lives as long as the process.
+///
+/// A child asks the kernel to kill it when its parent dies (`PR_SET_PDEATHSIG`), but the
+/// kernel means the *thread* that forked it: a child spawned from a short-lived thread
+/// would die with that thread. Forking from one lasting thread keeps the promise "a child
+/// never outlives its parent process, and lives as long as it".
+fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std::process::Child> {
+    type Job = (
+        std::process::Command,
+        mpsc::Sender<std::io::Result<std::process::Child>>,
+    );
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ipckit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(spawner) = spawner else {
+        return Err(std::io::Error::other("the spawner thread could not start"));
+    };
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+impl<R> Drop for Child<R> {
     fn drop(&mut self) {
         if self.status.is_none() {
             let _ = self.child.kill();

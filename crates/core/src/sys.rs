@@ -71,3 +71,38 @@ pub(crate) fn prepare_child(cmd: &mut std::process::Command, keep: Vec<RawFd>, p
         cmd.pre_exec(hook);
     }
 }
+
+/// An address in this executable's code, as an offset from a fixed function of ipckit-core.
+///
+/// A child started with `Command::spawn` runs the same executable file, so an offset taken
+/// here names the same function there, wherever address-space randomisation loaded it.
+pub(crate) fn code_offset(addr: usize) -> usize {
+    addr.wrapping_sub(anchor as fn() as usize)
+}
+
+/// The code address at `offset` from the anchor, in this process.
+fn code_at(offset: usize) -> usize {
+    (anchor as fn() as usize).wrapping_add(offset)
+}
+
+/// The fixed point that code offsets are measured from.
+#[inline(never)]
+fn anchor() {}
+
+/// The role trampoline at `offset`, as the parent found it with [`code_offset`].
+pub(crate) fn trampoline_at(offset: usize) -> crate::roles::Trampoline {
+    fn_at(offset)
+}
+
+/// The function pointer of type `F` at `offset`, as the parent found it with
+/// [`code_offset`] on a value of type `F`.
+pub(crate) fn fn_at<F: Copy>(offset: usize) -> F {
+    const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<usize>()) };
+    let addr = code_at(offset);
+    // SAFETY: `F` is a function-pointer type of the size of an address (checked above).
+    // The parent took `offset` from a function of exactly this type in the same executable
+    // file (the spawn protocol sends the type's trampoline with it, and only
+    // `enter` of a child that the parent started with this executable reads it), so
+    // `addr` is that function's address in this process.
+    unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
+}

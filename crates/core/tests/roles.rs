@@ -189,3 +189,129 @@ fn a_child_dies_with_its_parent() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn shout(words: Vec<String>) -> String {
+    words.join(" ").to_uppercase()
+}
+
+fn boom(_: ()) -> u32 {
+    panic!("no more dough");
+}
+
+fn with_handle(greeting: String, ctx: &mut Ctx) -> RoleResult<usize> {
+    let mut out: Writer = ctx.handle("out")?;
+    out.send_bytes(greeting.as_bytes())?;
+    Ok(greeting.len())
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_spawned_function_returns_its_result() {
+    ipckit_core::enter(ROLES);
+    let mut child = ipckit_core::spawn(12, square).unwrap();
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), 144);
+    let words = vec!["pizza".to_string(), "time".to_string()];
+    let mut child = ipckit_core::spawn(words, shout).unwrap();
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), "PIZZA TIME");
+    // A closure that captures nothing is a function too.
+    let mut child = ipckit_core::spawn(20u32, |x| x + 1).unwrap();
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), 21);
+}
+
+#[test]
+fn a_spawned_functions_panic_comes_back_with_its_message() {
+    ipckit_core::enter(ROLES);
+    let mut child = ipckit_core::spawn((), boom).unwrap();
+    match child.join_timeout(PATIENCE) {
+        Err(Error::RolePanicked { message, .. }) => assert_eq!(message, "no more dough"),
+        other => panic!("expected the panic, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_function_with_handles_uses_them_and_returns() {
+    ipckit_core::enter(ROLES);
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+    let mut child = Command::function(&"hello".to_string(), with_handle)
+        .unwrap()
+        .handle("out", Writer::from_fd(w).unwrap())
+        .spawn()
+        .unwrap();
+    let mut r = Reader::from_fd(r).unwrap();
+    assert_eq!(r.recv_bytes_timeout(PATIENCE).unwrap(), b"hello");
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), 5);
+}
+
+#[test]
+fn spawning_from_a_named_thread_works() {
+    ipckit_core::enter(ROLES);
+    let worker = std::thread::Builder::new()
+        .name("tokio-runtime-worker".into())
+        .spawn(|| {
+            let mut child = ipckit_core::spawn(3, square).unwrap();
+            let squared = child.join_timeout(PATIENCE).unwrap();
+            let status = Command::new("ok")
+                .quiet()
+                .spawn()
+                .unwrap()
+                .join_timeout(PATIENCE)
+                .unwrap();
+            (squared, status.success())
+        })
+        .unwrap();
+    assert_eq!(worker.join().unwrap(), (9, true));
+}
+
+#[test]
+fn a_child_spawned_from_a_thread_that_ends_lives_on() {
+    ipckit_core::enter(ROLES);
+    let mut child = std::thread::spawn(|| ipckit_core::spawn(300, nap).unwrap())
+        .join()
+        .unwrap();
+    // The spawning thread is gone; the child still finishes its work.
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), 300);
+}
+
+#[test]
+fn the_exit_descriptor_wakes_a_poll_when_the_child_dies() {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    ipckit_core::enter(ROLES);
+    let mut child = Command::new("sleeper").quiet().spawn().unwrap();
+    {
+        let mut fds = [PollFd::new(child.exit_fd().unwrap(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::from(50u16)).unwrap(),
+            0,
+            "still running"
+        );
+    }
+    kill(
+        Pid::from_raw(child.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    {
+        let mut fds = [PollFd::new(child.exit_fd().unwrap(), PollFlags::POLLIN)];
+        let ready = poll(
+            &mut fds,
+            PollTimeout::try_from(PATIENCE.as_millis() as i32).unwrap(),
+        );
+        assert_eq!(ready.unwrap(), 1, "the death is seen");
+    }
+    assert!(matches!(
+        child.try_join(),
+        Ok(None) | Err(Error::RoleKilled { signal: 9, .. })
+    ));
+    assert!(matches!(
+        child.join_timeout(PATIENCE),
+        Err(Error::RoleKilled { signal: 9, .. })
+    ));
+}
