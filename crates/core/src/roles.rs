@@ -36,6 +36,23 @@ const ENV: &str = "IPCKIT_ROLE";
 /// program that spawns again.
 static ENTRY: OnceLock<Option<String>> = OnceLock::new();
 
+thread_local! {
+    /// Whether [`enter`] ran on this thread: a test that spawns re-runs itself in the
+    /// child, so that the child enters with that test's own roles.
+    static ENTERED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The test a child must run to reach [`enter`]: `None` outside a test harness.
+fn entry_test(first: &Option<String>) -> Option<String> {
+    let here = std::thread::current();
+    match here.name() {
+        Some(name) if name != "main" && ENTERED_HERE.get() => Some(name.to_string()),
+        // Spawned from another thread (a worker of a test, a runtime's thread): the first
+        // thread that entered is a test that calls `enter` too.
+        _ => first.clone(),
+    }
+}
+
 /// What a role (or a function started with [`Command::function`]) returns: `Err` is
 /// reported to the parent's [`Child::join`] as [`Error::RoleFailed`].
 pub type RoleResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -165,6 +182,7 @@ impl Ctx {
 /// returned `Ok`, 1 when it returned `Err`, 101 when it panicked; the parent learns which,
 /// with the message, from [`Child::join`].
 pub fn enter(roles: &[Role]) {
+    ENTERED_HERE.set(true);
     ENTRY.get_or_init(|| {
         // In a test binary the test that called `enter` runs on a thread named after it:
         // a child re-runs that test, which calls `enter` first and so runs its role.
@@ -496,8 +514,14 @@ impl<R> Command<R> {
         }
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         // In a test binary, run only a test that calls `enter`: it runs the role.
-        if let Some(test) = entry {
-            cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "-q"]);
+        if let Some(test) = entry_test(entry) {
+            cmd.args([
+                test.as_str(),
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ]);
         }
         cmd.env(ENV, format!("{}:{}", getpid().as_raw(), theirs.as_raw_fd()));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
