@@ -8,8 +8,8 @@
 //! the consumer takes, or how many requests the echo server answers) and waits for the
 //! reports; at the end it closes the control connections, upon which the children return.
 //!
-//! The ipckit rows use the byte level (`Queue::sender` and `Queue::receiver`), so no codec
-//! is measured:
+//! The ipckit rows use the byte level (`Queue::byte_sender` and `Queue::byte_receiver`), so
+//! no codec is measured:
 //!
 //! - throughput (`queue_1p1c_*` and `queue_4p1c_64B`; messages or bytes per second, from
 //!   the first order of a batch to the consumer's report): ipckit's `Queue` against
@@ -51,28 +51,27 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
-use ipckit_benches::{Figure, Group, PATIENCE, Raw, RawSpin, Rig, Words, Worker, mean, serve};
+use ipckit_benches::{
+    BIG, Figure, Group, PATIENCE, Raw, RawSpin, Rig, SMALL, Words, Worker, mean, serve,
+};
 use ipckit_core::{Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Reader, Writer};
 use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
 use serde::{Deserialize, Serialize};
 
-/// The message of the 64-byte workloads.
-const SMALL: usize = 64;
+// The message of the 64-byte workloads is `SMALL`, that of `queue_1p1c_1MiB` is `BIG`.
+
 /// The message of `queue_1p1c_4KiB`.
 const MID: usize = 4 << 10;
-/// The message of `queue_1p1c_1MiB`.
-const BIG: usize = 1 << 20;
 /// The producers of `queue_4p1c_64B`.
 const PRODUCERS: u64 = 4;
-/// How long anyone waits for anyone: a consumer for a message, the parent for a report or
-/// a child's end, either side of a ping-pong for the other.
+/// The queue of every ipckit row, used at the byte level.
 type ByteQueue = Queue<Vec<u8>>;
 
 /// The queue of the throughput rows for messages of `len` bytes: exactly that large, and
 /// about 1 MiB of slots (1024 for 64 bytes, 256 for 4 KiB), at least 8 (8 MiB for 1 MiB).
 fn options(len: usize) -> QueueOptions {
-    QueueOptions::with_capacity(((1 << 20) / len).clamp(8, 1024)).max_message(len)
+    QueueOptions::new(((1 << 20) / len).clamp(8, 1024)).max_message(len)
 }
 
 /// The number a producer stamped on a message (its first 8 bytes).
@@ -213,8 +212,8 @@ impl QueuePair {
     /// The ends on `put_to` and `get_from`, busy-waiting if `spin`.
     fn new(put_to: ByteQueue, get_from: ByteQueue, spin: bool) -> anyhow::Result<Self> {
         Ok(QueuePair {
-            tx: put_to.spin(spin).sender()?,
-            rx: get_from.spin(spin).receiver()?,
+            tx: put_to.spin(spin).byte_sender()?,
+            rx: get_from.spin(spin).byte_receiver()?,
             msg: vec![0xa5; SMALL],
             buf: Vec::with_capacity(SMALL),
         })
@@ -370,13 +369,13 @@ const ROLES: &[Role] = &[
 fn queue_producer(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
     let queue: ByteQueue = ctx.handle("q")?;
-    produce(ctx, job.len, queue.sender()?)
+    produce(ctx, job.len, queue.byte_sender()?)
 }
 
 fn queue_consumer(ctx: &mut Ctx) -> RoleResult {
     let job: Job = ctx.arg()?;
     let queue: ByteQueue = ctx.handle("q")?;
-    consume(ctx, job.len, queue.receiver()?)
+    consume(ctx, job.len, queue.byte_receiver()?)
 }
 
 fn pipe_producer(ctx: &mut Ctx) -> RoleResult {
@@ -463,7 +462,7 @@ impl Flow {
     /// ipckit's queue from `producers` producers to one consumer, for messages of `len`
     /// bytes.
     fn queue(len: usize, producers: u64) -> anyhow::Result<Self> {
-        let queue = ByteQueue::with_options(options(len))?;
+        let queue = ByteQueue::create(options(len))?;
         let job = Job { len, server: None };
         let handoff = || anyhow::Ok([("q", queue.try_clone()?.into_handoff())]);
         Ok(Flow {
@@ -543,11 +542,8 @@ struct Echo<P> {
 impl Echo<QueuePair> {
     /// ipckit's request and reply queues, busy-waiting on both sides if `spin`.
     fn queue(spin: bool) -> anyhow::Result<Self> {
-        let opts = QueueOptions::with_capacity(16).max_message(SMALL);
-        let (req, rep) = (
-            ByteQueue::with_options(opts)?,
-            ByteQueue::with_options(opts)?,
-        );
+        let opts = QueueOptions::new(16).max_message(SMALL);
+        let (req, rep) = (ByteQueue::create(opts)?, ByteQueue::create(opts)?);
         let handles = [
             ("req", req.try_clone()?.into_handoff()),
             ("rep", rep.try_clone()?.into_handoff()),

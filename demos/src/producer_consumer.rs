@@ -4,9 +4,7 @@
 //! producer is gone and the queue is empty (no sentinel), then checks it got every item
 //! exactly once, each producer's in the order made.
 
-use std::time::Duration;
-
-use ipckit_core::{Ctx, RecvBytes, RecvTimeoutError, RoleResult, SendBytes, TrySendError};
+use ipckit_core::{Ctx, RecvBytes, RoleResult, SendBytes, TrySendError};
 use ipckit_queues::{Queue, QueueReceiver, QueueSender};
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +14,6 @@ const PRODUCERS: u32 = 3;
 const ITEMS: u32 = 5;
 /// Small, so that producers find it full and wait for the consumer.
 const CAPACITY: usize = 4;
-const PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Item {
@@ -41,7 +38,7 @@ pub(crate) fn producer_consumer(pace: Pace) -> anyhow::Result<()> {
     let mut children = vec![
         role("pc-consumer")
             .arg(&pace)?
-            .handle("items", queue.receiver()?)
+            .handle("items", queue.byte_receiver()?)
             .spawn()?,
     ];
     // Each producer holds a sender: the consumer knows more may come while any of them
@@ -51,7 +48,7 @@ pub(crate) fn producer_consumer(pace: Pace) -> anyhow::Result<()> {
     for id in 1..=PRODUCERS {
         let child = role("pc-producer")
             .arg(&Args { id, pace })?
-            .handle("items", queue.sender()?)
+            .handle("items", queue.byte_sender()?)
             .spawn()?;
         children.push(child);
     }
@@ -94,17 +91,13 @@ pub(crate) fn consumer(ctx: &mut Ctx) -> RoleResult {
         .into_receiver::<Item>();
     println!("🛒 Consumer: waiting for items");
     let mut got = Vec::new();
-    loop {
-        match items.recv_timeout(PATIENCE) {
-            Ok(item) => {
-                println!("🛒 Consumer: consumed item {}-{}", item.producer, item.n);
-                got.push(item);
-                // Slower than the producers together: the queue fills up.
-                pace.pause(0.4);
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(e) => return Err(e.into()),
-        }
+    // Until every producer went home and the queue is empty.
+    for item in items.iter() {
+        let item = item?;
+        println!("🛒 Consumer: consumed item {}-{}", item.producer, item.n);
+        got.push(item);
+        // Slower than the producers together: the queue fills up.
+        pace.pause(0.4);
     }
     println!("🛒 Consumer: every producer went home and the queue is empty");
     // Each producer's items in the order it made them...

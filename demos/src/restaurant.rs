@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use clap::ValueEnum;
-use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RecvTimeoutError, RoleResult, SendBytes};
+use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RoleResult, SendBytes};
 use ipckit_pipes::{Connection, Reader, Writer};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
@@ -18,8 +18,6 @@ use ipckit_sockets::{Address, Listener, Stream};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, expect_same, join_all, role};
-
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// What carries the orders from one station to the next.
 ///
@@ -79,12 +77,15 @@ impl Mechanism {
 
     /// A new link: its sending end and its receiving end, for two children, and what must
     /// stay alive in the parent meanwhile (a named object's owner, which removes its name).
-    fn link(self) -> anyhow::Result<(End, End, Option<MessageQueue>)> {
+    fn link(self) -> anyhow::Result<(End, End, Option<MessageQueue<Order>>)> {
         Ok(match self {
             Mechanism::Queue => {
-                let queue: Queue<Order> =
-                    Queue::with_options(QueueOptions::with_capacity(8).max_message(1 << 10))?;
-                (End::new(queue.sender()?), End::new(queue.receiver()?), None)
+                let queue: Queue<Order> = Queue::create(QueueOptions::new(8).max_message(1 << 10))?;
+                (
+                    End::new(queue.byte_sender()?),
+                    End::new(queue.byte_receiver()?),
+                    None,
+                )
             }
             Mechanism::Pipe => {
                 let (r, w) = ipckit_pipes::pipe()?;
@@ -95,8 +96,13 @@ impl Mechanism {
                 (End::new(a), End::new(b), None)
             }
             Mechanism::Mqueue => {
-                let mq = MessageQueue::create(MqOptions::with_capacity(8).max_message(1 << 10))?;
-                (End::new(mq.sender()?), End::new(mq.receiver()?), Some(mq))
+                let mq: MessageQueue<Order> =
+                    MessageQueue::create(MqOptions::new(8).max_message(1 << 10))?;
+                (
+                    End::new(mq.byte_sender()?),
+                    End::new(mq.byte_receiver()?),
+                    Some(mq),
+                )
             }
             Mechanism::Socket => {
                 let (client, accepted) = socket_link()?;
@@ -224,12 +230,9 @@ pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
     let Args { mechanism, pace } = ctx.arg()?;
     let mut orders = mechanism.receiver(ctx, "orders")?.into_receiver::<Order>();
     let mut server = mechanism.sender(ctx, "ready")?.into_sender::<Order>();
-    loop {
-        let mut order = match orders.recv_timeout(PATIENCE) {
-            Ok(order) => order,
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(e) => return Err(e.into()),
-        };
+    // Until the order taker went home and every order is cooked: no `None` sentinel.
+    for order in orders.iter() {
+        let mut order = order?;
         println!(
             "👨‍🍳 Kitchen: Preparing order #{} - {}...",
             order.id, order.item
@@ -247,12 +250,9 @@ pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
     let Args { mechanism, pace } = ctx.arg()?;
     let mut ready = mechanism.receiver(ctx, "ready")?.into_receiver::<Order>();
     let mut served = Vec::new();
-    loop {
-        let order = match ready.recv_timeout(PATIENCE) {
-            Ok(order) => order,
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(e) => return Err(e.into()),
-        };
+    // Until the kitchen closed.
+    for order in ready.iter() {
+        let order = order?;
         if !order.ready {
             return Err(format!("order #{} came from the kitchen not ready", order.id).into());
         }

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use ipckit_core::{Ctx, RecvTimeoutError, RoleResult};
+use ipckit_core::{Ctx, RoleResult};
 use ipckit_queues::Queue;
 use serde::{Deserialize, Serialize};
 
@@ -95,12 +95,9 @@ pub(crate) fn worker(ctx: &mut Ctx) -> RoleResult {
     let tasks = ctx.handle::<Queue<u64>>("tasks")?;
     let results = ctx.handle::<Queue<Done>>("results")?;
     let mut count = 0;
-    loop {
-        let task = match tasks.get_timeout(PATIENCE) {
-            Ok(task) => task,
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(e) => return Err(e.into()),
-        };
+    // Until the boss closed the task queue and it is empty.
+    for task in tasks.receiver()?.iter() {
+        let task = task?;
         println!("⚙️ Worker {id}: processing Task {task}");
         pace.pause(0.5);
         let square = task * task;

@@ -1,19 +1,18 @@
 #![doc = include_str!("../README.md")]
 #![deny(unsafe_code)]
 
+mod joinable;
 mod mqueue;
-mod queue;
-mod raw;
+mod scratch;
 mod senders;
-#[allow(unsafe_code)] // reason: views the queue's atomics in its shared segment
-mod sys;
+mod shm;
 
 ipckit_core::reexport_core!();
 
 pub use {
+    joinable::JoinableQueue,
     mqueue::{
         HARD_MSG_MAX, HARD_MSGSIZE_MAX, MessageQueue, MqLimits, MqOptions, MqReceiver, MqSender,
     },
-    queue::{JoinableQueue, Queue, QueueReceiver, QueueSender},
-    raw::QueueOptions,
+    shm::{Queue, QueueOptions, QueueReceiver, QueueSender},
 };

@@ -1,5 +1,6 @@
 //! Which processes hold senders of a queue, kept in shared memory beside it, so that
-//! consumers can tell "nothing yet" from "nothing ever again".
+//! consumers can tell "nothing yet" from "nothing ever again"; and the guard by which each
+//! sender handle counts itself there. Both queues (shared-memory and POSIX) use these.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -28,6 +29,9 @@ fn count_of(entry: u64) -> u32 {
 
 impl Senders {
     /// Counts one more sender handle in process `pid`.
+    ///
+    /// # Errors
+    /// [`Error::LimitReached`] when [`SENDER_TABLE`] other live processes hold senders.
     pub(crate) fn register(&self, pid: u32) -> Result<()> {
         loop {
             // This process's entry, or else a free one (or one whose process died).
@@ -42,9 +46,10 @@ impl Senders {
                 })
             });
             let Some(entry) = entry else {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "more than {SENDER_TABLE} processes hold senders of this queue"
-                ))));
+                return Err(Error::LimitReached {
+                    what: "processes holding senders of one queue",
+                    limit: SENDER_TABLE,
+                });
             };
             let v = entry.load(Ordering::Acquire);
             let next = if pid_of(v) == pid && count_of(v) > 0 {
@@ -52,7 +57,7 @@ impl Senders {
             } else {
                 u64::from(pid) << 32 | 1
             };
-            // AcqRel pairs with the Acquire loads of `any_alive` in consumers.
+            // AcqRel pairs with the Acquire loads of `finished` in consumers.
             if entry
                 .compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -94,5 +99,163 @@ impl Senders {
                     let v = e.load(Ordering::Acquire);
                     count_of(v) > 0 && ipckit_core::is_alive(pid_of(v) as i32)
                 }))
+    }
+}
+
+/// A queue handle that reaches its queue's sender table.
+pub(crate) trait SenderTable {
+    /// The table.
+    fn senders(&self) -> &Senders;
+
+    /// Wakes consumers that sleep on an empty queue, after a sender left (they may be done).
+    fn wake_receivers(&self);
+}
+
+/// One sender handle's count in its queue's table: counted when made, released when
+/// dropped, or left for the child process the handle is handed to, which takes it over.
+///
+/// It holds a queue handle of its own, so that a sender can be taken apart (its queue
+/// handle handed off, this guard disarmed) without a state in which it has no queue.
+#[derive(Debug)]
+pub(crate) struct Registration<Q: SenderTable> {
+    queue: Q,
+    pid: u32,
+    /// False only while [`hand_over`](Registration::hand_over) drops it.
+    armed: bool,
+}
+
+impl<Q: SenderTable> Registration<Q> {
+    /// Counts one more sender of this process in `queue`'s table.
+    ///
+    /// # Errors
+    /// [`Error::LimitReached`] when the table is full.
+    pub(crate) fn new(queue: Q) -> Result<Self> {
+        let pid = std::process::id();
+        queue.senders().register(pid)?;
+        Ok(Registration {
+            queue,
+            pid,
+            armed: true,
+        })
+    }
+
+    /// In a child process that was handed a sender: counts this process, then releases the
+    /// count its parent left for it, so that consumers never see a moment with no sender.
+    ///
+    /// # Errors
+    /// [`Error::LimitReached`] when the table is full (the parent's count is released all
+    /// the same: the handed sender is gone).
+    pub(crate) fn take_over(queue: Q) -> Result<Self> {
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        let pid = std::process::id();
+        let counted = queue.senders().register(pid);
+        // After counting this process, so that the count never touches zero in between.
+        queue.senders().unregister(parent);
+        if counted.is_err() {
+            queue.wake_receivers();
+        }
+        counted?;
+        Ok(Registration {
+            queue,
+            pid,
+            armed: true,
+        })
+    }
+
+    /// Leaves this count in the table for the child process the sender goes to (see
+    /// [`take_over`](Registration::take_over)).
+    pub(crate) fn hand_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<Q: SenderTable> Drop for Registration<Q> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.senders().unregister(self.pid);
+            self.queue.wake_receivers();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    fn fresh() -> Senders {
+        Senders {
+            closed: AtomicU32::new(0),
+            ever: AtomicU32::new(0),
+            table: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Live processes to fill the table with, killed when dropped.
+    struct Sleepers(Vec<Child>);
+
+    impl Sleepers {
+        fn start(n: usize) -> Sleepers {
+            Sleepers(
+                (0..n)
+                    .map(|_| {
+                        Command::new("sleep")
+                            .arg("60")
+                            .stdout(Stdio::null())
+                            .spawn()
+                            .expect("start sleep")
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    impl Drop for Sleepers {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_table_refuses_a_new_process_with_limit_reached() {
+        let senders = fresh();
+        let mut sleepers = Sleepers::start(SENDER_TABLE);
+        for c in &sleepers.0 {
+            senders.register(c.id()).unwrap();
+        }
+        let me = std::process::id();
+        match senders.register(me) {
+            Err(Error::LimitReached { what, limit }) => {
+                assert_eq!(limit, SENDER_TABLE);
+                assert!(what.contains("senders"), "{what}");
+            }
+            other => panic!("expected LimitReached, got {other:?}"),
+        }
+        // A process already in the table counts one more handle all the same.
+        senders.register(sleepers.0[0].id()).unwrap();
+        // A dead process's entry is taken over.
+        let mut dead = sleepers.0.swap_remove(5);
+        dead.kill().unwrap();
+        dead.wait().unwrap();
+        senders.register(me).unwrap();
+        assert!(!senders.finished());
+    }
+
+    #[test]
+    fn finished_once_every_sender_left() {
+        let senders = fresh();
+        // Nothing yet: a sender may still come.
+        assert!(!senders.finished());
+        let me = std::process::id();
+        senders.register(me).unwrap();
+        senders.register(me).unwrap();
+        senders.unregister(me);
+        assert!(!senders.finished());
+        senders.unregister(me);
+        assert!(senders.finished());
     }
 }

@@ -12,12 +12,12 @@ impl Flavour for SharedQueue {
     type Rx = QueueReceiver;
     fn pair() -> Result<(QueueSender, QueueReceiver)> {
         // Room for the suite's 16 MiB messages; pages are only used when written.
-        let q: Queue<()> = Queue::with_options(
-            QueueOptions::with_capacity(64)
+        let q: Queue<Vec<u8>> = Queue::create(
+            QueueOptions::new(64)
                 .max_message(17 << 20)
                 .max_bytes(2 << 30),
         )?;
-        Ok((q.sender()?, q.receiver()?))
+        Ok((q.byte_sender()?, q.byte_receiver()?))
     }
 }
 
@@ -41,8 +41,9 @@ impl Flavour for PosixQueue {
     type Rx = MqReceiver;
     fn pair() -> Result<(MqSender, MqReceiver)> {
         let (messages, size) = Self::limits();
-        let q = MessageQueue::create(MqOptions::with_capacity(messages).max_message(size))?;
-        Ok((q.sender()?, q.receiver()?))
+        let q: MessageQueue<Vec<u8>> =
+            MessageQueue::create(MqOptions::new(messages).max_message(size))?;
+        Ok((q.byte_sender()?, q.byte_receiver()?))
     }
     fn max_message() -> usize {
         Self::limits().1

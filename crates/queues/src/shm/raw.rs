@@ -17,7 +17,11 @@ use std::{
 use ipckit_core::{Deadline, Error, Result};
 use ipckit_shmem::Segment;
 
-use crate::sys::{self, Header, SLOT_HEAD, SLOTS, SlotHead};
+use super::{
+    QueueOptions,
+    sys::{self, Header, SLOT_HEAD, SLOTS, SlotHead},
+};
+use crate::senders::{SenderTable, Senders};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE1");
 const FREE: u64 = 0;
@@ -70,77 +74,7 @@ fn pid_of(s: u64) -> u32 {
     s as u32
 }
 
-/// How a queue is sized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueOptions {
-    /// The most messages it holds (rounded up to a power of two).
-    pub capacity: usize,
-    /// The largest message, in bytes.
-    pub max_message: usize,
-    /// The most shared memory its slots may take, in bytes: the capacity is lowered to fit.
-    pub max_bytes: usize,
-}
-
-impl Default for QueueOptions {
-    fn default() -> Self {
-        QueueOptions {
-            capacity: 1024,
-            max_message: 64 << 10,
-            max_bytes: 256 << 20,
-        }
-    }
-}
-
-impl QueueOptions {
-    /// Options for `capacity` messages of up to the default 64 KiB.
-    pub fn with_capacity(capacity: usize) -> Self {
-        QueueOptions {
-            capacity,
-            ..Self::default()
-        }
-    }
-
-    /// Sets the largest message.
-    #[must_use]
-    pub fn max_message(mut self, bytes: usize) -> Self {
-        self.max_message = bytes;
-        self
-    }
-
-    /// Sets the most shared memory the slots may take.
-    #[must_use]
-    pub fn max_bytes(mut self, bytes: usize) -> Self {
-        self.max_bytes = bytes;
-        self
-    }
-
-    fn slot_size(&self) -> usize {
-        (SLOT_HEAD + self.max_message).next_multiple_of(64)
-    }
-
-    /// The capacity actually used: a power of two, within `max_bytes`.
-    fn slots(&self) -> Result<usize> {
-        let fit = self.max_bytes / self.slot_size();
-        let want = self.capacity.max(1).next_power_of_two();
-        let slots = if want <= fit {
-            want
-        } else {
-            prev_power_of_two(fit)
-        };
-        if slots == 0 || self.max_message > u32::MAX as usize / 2 {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "max_bytes {} cannot hold one message of {} bytes",
-                    self.max_bytes, self.max_message
-                ),
-            )));
-        }
-        Ok(slots)
-    }
-}
-
-fn prev_power_of_two(n: usize) -> usize {
+pub(super) fn prev_power_of_two(n: usize) -> usize {
     if n == 0 {
         0
     } else {
@@ -148,8 +82,9 @@ fn prev_power_of_two(n: usize) -> usize {
     }
 }
 
-fn shm(e: ipckit_shmem::Error) -> Error {
-    e.into()
+/// A failure of the segment underneath, with ipckit-shmem's error as its source.
+pub(super) fn shm(e: ipckit_shmem::Error) -> Error {
+    Error::SharedMemory(Box::new(e))
 }
 
 /// A handle on a queue segment: the shared state plus this process's view of its layout.
@@ -189,11 +124,10 @@ impl RawQueue {
     }
 
     pub(crate) fn from_segment(seg: Segment) -> Result<Self> {
-        let bad = |why: &str| {
-            Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("not an ipckit queue: {why}"),
-            ))
+        let bad = |why: &str| Error::NotA {
+            expected: "an ipckit queue",
+            name: seg.name().unwrap_or("an anonymous segment").to_string(),
+            reason: why.to_string(),
         };
         if seg.len() < SLOTS {
             return Err(bad("too short"));
@@ -516,20 +450,14 @@ impl RawQueue {
     pub(crate) fn is_closed(&self) -> bool {
         self.header().senders.is_closed()
     }
+}
 
-    /// Counts one more sender handle in process `pid`.
-    pub(crate) fn register_sender(&self, pid: u32) -> Result<()> {
-        self.header().senders.register(pid)
+impl SenderTable for RawQueue {
+    fn senders(&self) -> &Senders {
+        &self.header().senders
     }
 
-    /// Counts one sender handle less in process `pid`; wakes consumers, who may now be done.
-    pub(crate) fn unregister_sender(&self, pid: u32) {
-        let h = self.header();
-        h.senders.unregister(pid);
-        h.not_empty.0.notify();
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
+    fn wake_receivers(&self) {
+        self.header().not_empty.0.notify();
     }
 }

@@ -1,20 +1,11 @@
-//! The one unsafe step: seeing the queue's header and slots, which are made of atomics, in
-//! the shared segment.
+//! The one unsafe step of the shared-memory queue: seeing its header and slots, which are
+//! made of atomics, in the shared segment.
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use ipckit_shmem::{Notify, Placeable, Segment};
+use ipckit_shmem::{Notify, Segment};
 
 use crate::senders::Senders;
-
-// SAFETY: made of atomics only (sound to share, no pointers); all zeroes is a fresh table.
-unsafe impl Placeable for Senders {
-    type Init = ();
-
-    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Keeps a value on a cache line of its own.
 #[repr(C, align(64))]

@@ -1,0 +1,541 @@
+//! The queue in shared memory: the public handles (`Queue`, `QueueSender`,
+//! `QueueReceiver`, `QueueOptions`) over the slot protocol of `raw`, whose one unsafe step
+//! (viewing the segment's atomics) is in `sys`.
+
+mod raw;
+#[expect(
+    unsafe_code,
+    reason = "views the queue's header and slots, made of atomics, in its shared segment"
+)]
+mod sys;
+
+use std::{fmt, marker::PhantomData, time::Duration};
+
+use ipckit_core::{
+    Codec, Deadline, Error, Handle, Handoff, Postcard, Receiver, RecvBytes, RecvTimeoutError,
+    Result, SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError,
+};
+use ipckit_shmem::Segment;
+use serde::{Serialize, de::DeserializeOwned};
+
+pub(crate) use raw::RawQueue;
+
+use crate::{
+    scratch::{decode_with, encode_with},
+    senders::Registration,
+};
+
+/// How a [`Queue`] is sized: `QueueOptions::new(capacity)`, then chained setters.
+///
+/// A `usize` converts into options for that capacity, so `Queue::create(16)` and
+/// `Queue::create(QueueOptions::new(16).max_message(4096))` both work.
+///
+/// ```
+/// use ipckit_queues::{Queue, QueueOptions};
+///
+/// let small: Queue<u32> = Queue::create(QueueOptions::new(4).max_message(16))?;
+/// assert_eq!((small.capacity(), small.max_message()), (4, 16));
+/// // The capacity is rounded up to a power of two, and lowered to fit `max_bytes`.
+/// let fit: Queue<u32> = Queue::create(QueueOptions::new(100).max_message(960).max_bytes(32 << 10))?;
+/// assert_eq!(fit.capacity(), 32);
+/// # Ok::<(), ipckit_queues::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOptions {
+    capacity: usize,
+    max_message: usize,
+    max_bytes: usize,
+}
+
+impl Default for QueueOptions {
+    /// 1024 messages of up to 64 KiB, in at most 256 MiB.
+    fn default() -> Self {
+        QueueOptions {
+            capacity: 1024,
+            max_message: 64 << 10,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl From<usize> for QueueOptions {
+    fn from(capacity: usize) -> Self {
+        QueueOptions::new(capacity)
+    }
+}
+
+impl QueueOptions {
+    /// Options for `capacity` messages (rounded up to a power of two) of up to the default
+    /// 64 KiB each.
+    pub fn new(capacity: usize) -> Self {
+        QueueOptions {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the most messages it holds (rounded up to a power of two).
+    #[must_use]
+    pub fn capacity(mut self, messages: usize) -> Self {
+        self.capacity = messages;
+        self
+    }
+
+    /// Sets the largest message, in encoded bytes (at most 2 GiB - 1).
+    #[must_use]
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Sets the most shared memory its slots may take (256 MiB by default): the capacity
+    /// is lowered to the largest power of two that fits. Pages are only used once written.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    fn slot_size(&self) -> usize {
+        (sys::SLOT_HEAD + self.max_message).next_multiple_of(64)
+    }
+
+    /// The capacity actually used: a power of two, within `max_bytes`.
+    fn slots(&self) -> Result<usize> {
+        let fit = self.max_bytes / self.slot_size();
+        let want = self.capacity.max(1).next_power_of_two();
+        let slots = if want <= fit {
+            want
+        } else {
+            raw::prev_power_of_two(fit)
+        };
+        if self.max_message > u32::MAX as usize / 2 {
+            return Err(Error::InvalidOptions(format!(
+                "max_message {} exceeds the largest a queue slot holds ({})",
+                self.max_message,
+                u32::MAX / 2
+            )));
+        }
+        if slots == 0 {
+            return Err(Error::InvalidOptions(format!(
+                "max_bytes {} cannot hold one message of {} bytes",
+                self.max_bytes, self.max_message
+            )));
+        }
+        Ok(slots)
+    }
+}
+
+/// A bounded multi-producer multi-consumer queue of `T` in shared memory, used from any
+/// number of processes and threads: Python's `multiprocessing.Queue`, without its hangs.
+/// Messages are encoded with the codec `C` (postcard by default).
+///
+/// - **Create** it with [`create`](Queue::create) (anonymous memory, for children) or
+///   [`create_named`](Queue::create_named) (a fresh name in `/dev/shm` that unrelated
+///   processes [`open`](Queue::open); the creating handle removes it when dropped).
+/// - **Share** it with a child process by handing a [`try_clone`](Queue::try_clone), a
+///   [`byte_sender`](Queue::byte_sender) or a [`byte_receiver`](Queue::byte_receiver) to
+///   `Command::handle`; the child takes `Queue<T>`, [`QueueSender`] or [`QueueReceiver`]
+///   with `Ctx::handle` (and types a byte end with `into_sender::<T>()` /
+///   `into_receiver::<T>()`). An anonymous queue passes as a descriptor, a named one by
+///   name.
+/// - `put` waits while the queue is full, `get` while it is empty; both have `try_` and
+///   `_timeout` forms, and the non-blocking ones give the message back. Typed ends
+///   ([`sender`](Queue::sender), [`receiver`](Queue::receiver)) have the same forms as
+///   `send`/`recv`, and an iterator.
+/// - **A dead peer**: [`close`](Queue::close) ends it (puts fail, gets drain what was
+///   put, then say `Disconnected`: no `None` sentinel). Consumers also get `Disconnected`
+///   once every [`QueueSender`] is gone, dropped or its process killed, within 50 ms. A
+///   process killed at any moment (mid-put, mid-get, waiting) never corrupts it, never
+///   loses a message whose `put` returned, and never blocks the others: the slot it was
+///   working on carries its pid, and survivors repair it. Producers are not told when
+///   consumers die (a queue has no receiving end to lose): use `put_timeout`.
+/// - An idle waiter sleeps in the kernel after a brief spin; [`spin`](Queue::spin) makes
+///   this handle busy-wait instead, for the lowest latency.
+///
+/// ```
+/// use ipckit_queues::Queue;
+///
+/// let orders: Queue<String> = Queue::create(16)?;
+/// orders.put(&"Margherita Pizza".to_string())?;
+/// orders.close();
+/// assert_eq!(orders.get()?, "Margherita Pizza");
+/// assert!(matches!(orders.get(), Err(ipckit_queues::Error::Disconnected)));
+/// # Ok::<(), ipckit_queues::Error>(())
+/// ```
+///
+/// Its ends are typed by the queue's own `T`: a `Queue<String>`'s sender sends strings
+/// only.
+///
+/// ```compile_fail
+/// use ipckit_queues::Queue;
+///
+/// let names: Queue<String> = Queue::create(4)?;
+/// let mut tx = names.sender()?;
+/// tx.send(&42u32)?; // expected `&String`, found `&u32`
+/// # Ok::<(), ipckit_queues::Error>(())
+/// ```
+pub struct Queue<T, C = Postcard> {
+    raw: RawQueue,
+    spin: bool,
+    codec: C,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T, C: Codec + Default> Queue<T, C> {
+    /// A queue sized by `opts` (a capacity, or [`QueueOptions`]) in anonymous shared
+    /// memory: hand it to children with [`try_clone`](Queue::try_clone) and
+    /// `Command::handle`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if the options cannot be met, [`Error::SharedMemory`] if
+    /// the memory is refused.
+    pub fn create(opts: impl Into<QueueOptions>) -> Result<Self> {
+        Ok(Self::wrap(RawQueue::create(opts.into(), false)?))
+    }
+
+    /// A queue sized by `opts` in a named segment with a fresh unique name
+    /// ([`name`](Queue::name)), which unrelated processes [`open`](Queue::open); this
+    /// handle removes the name when dropped.
+    ///
+    /// # Errors
+    /// As [`create`](Queue::create).
+    pub fn create_named(opts: impl Into<QueueOptions>) -> Result<Self> {
+        Ok(Self::wrap(RawQueue::create(opts.into(), true)?))
+    }
+
+    /// Opens the named queue another process made with
+    /// [`create_named`](Queue::create_named).
+    ///
+    /// # Errors
+    /// [`Error::SharedMemory`] if the name is invalid or there is no such segment (its
+    /// source says which), [`Error::NotA`] if the segment is not an ipckit queue.
+    pub fn open(name: &str) -> Result<Self> {
+        Ok(Self::wrap(RawQueue::open(name)?))
+    }
+
+    fn wrap(raw: RawQueue) -> Self {
+        Queue {
+            raw,
+            spin: false,
+            codec: C::default(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T, C: Codec + Clone> Queue<T, C> {
+    /// Another handle on the same queue (not the owner of its name): the one to hand to a
+    /// child process.
+    ///
+    /// # Errors
+    /// [`Error::SharedMemory`] if the segment cannot be mapped again.
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(Queue {
+            raw: self.raw.try_clone()?,
+            spin: self.spin,
+            codec: self.codec.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Busy-wait instead of sleeping when this handle, and the ends made from it, wait
+    /// (lowest latency, a busy core). A handle handed to a child does not carry it.
+    #[must_use]
+    pub fn spin(mut self, on: bool) -> Self {
+        self.spin = on;
+        self
+    }
+
+    /// The name of a named queue.
+    pub fn name(&self) -> Option<&str> {
+        self.raw.segment().name()
+    }
+
+    /// Messages in the queue now (an estimate while others put and get).
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the queue looks empty now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most messages it holds.
+    pub fn capacity(&self) -> usize {
+        self.raw.capacity()
+    }
+
+    /// The largest message, in encoded bytes.
+    pub fn max_message(&self) -> usize {
+        self.raw.max_message()
+    }
+
+    /// Ends the queue for everyone: puts fail with `Disconnected`; gets drain what was put,
+    /// then say `Disconnected`.
+    pub fn close(&self) {
+        self.raw.close();
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.raw.is_closed()
+    }
+
+    /// A producer at the byte level, counted as a sender: consumers learn `Disconnected`
+    /// once every sender is gone (dropped, or its process dead) and the queue is drained.
+    /// Hand it to a child with `Command::handle`: it keeps counting for this process until
+    /// the child has counted itself.
+    ///
+    /// # Errors
+    /// [`Error::LimitReached`] if 64 other live processes hold senders,
+    /// [`Error::SharedMemory`] if the segment cannot be mapped again.
+    pub fn byte_sender(&self) -> Result<QueueSender> {
+        QueueSender::new(self.raw.try_clone()?, self.spin)
+    }
+
+    /// A consumer at the byte level.
+    ///
+    /// # Errors
+    /// [`Error::SharedMemory`] if the segment cannot be mapped again.
+    pub fn byte_receiver(&self) -> Result<QueueReceiver> {
+        Ok(QueueReceiver {
+            raw: self.raw.try_clone()?,
+            spin: self.spin,
+        })
+    }
+
+    /// The queue's own handle on its memory (for the joinable queue's counters).
+    pub(crate) fn raw(&self) -> &RawQueue {
+        &self.raw
+    }
+}
+
+impl<T: Serialize, C: Codec + Clone> Queue<T, C> {
+    /// A producer of `T`, encoding with this queue's codec, counted as a sender as
+    /// [`byte_sender`](Queue::byte_sender) is.
+    ///
+    /// # Errors
+    /// As [`byte_sender`](Queue::byte_sender).
+    pub fn sender(&self) -> Result<Sender<T, QueueSender, C>> {
+        Ok(Sender::with_codec(self.byte_sender()?, self.codec.clone()))
+    }
+
+    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if there was no room in time, [`Error::Disconnected`] if the
+    /// queue was closed, [`Error::TooLarge`] if the encoded message exceeds
+    /// [`max_message`](Queue::max_message), [`Error::Codec`] if it cannot be encoded.
+    pub fn put_deadline(&self, msg: &T, deadline: Deadline) -> Result<()> {
+        encode_with(&self.codec, msg, |bytes| {
+            self.raw.put(bytes, deadline, self.spin)
+        })
+    }
+
+    /// Puts `msg`, waiting while the queue is full.
+    ///
+    /// # Errors
+    /// As [`put_deadline`](Queue::put_deadline), never `Timeout`.
+    pub fn put(&self, msg: &T) -> Result<()> {
+        self.put_deadline(msg, Deadline::Never)
+    }
+
+    /// Puts `msg` if there is room now; gives it back if not.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] or [`TrySendError::Disconnected`] with the message.
+    pub fn try_put(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.put_deadline(&msg, Deadline::Now)
+            .map_err(|e| TrySendError::from_error(e, msg))
+    }
+
+    /// Puts `msg`, waiting at most `timeout` for room; gives it back if not.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`] with the message.
+    pub fn put_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.put_deadline(&msg, Deadline::after(timeout))
+            .map_err(|e| SendTimeoutError::from_error(e, msg))
+    }
+}
+
+impl<T: DeserializeOwned, C: Codec + Clone> Queue<T, C> {
+    /// A consumer of `T`, decoding with this queue's codec.
+    ///
+    /// # Errors
+    /// As [`byte_receiver`](Queue::byte_receiver).
+    pub fn receiver(&self) -> Result<Receiver<T, QueueReceiver, C>> {
+        Ok(Receiver::with_codec(
+            self.byte_receiver()?,
+            self.codec.clone(),
+        ))
+    }
+
+    /// Gets the next message, waiting for one no later than `deadline`; the form the
+    /// others use.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if none came in time, [`Error::Disconnected`] once the queue is
+    /// closed (or every sender is gone) and drained, [`Error::Codec`] if the bytes are not
+    /// a `T`.
+    pub fn get_deadline(&self, deadline: Deadline) -> Result<T> {
+        decode_with(&self.codec, |buf| self.raw.get(buf, deadline, self.spin))
+    }
+
+    /// Gets the next message, waiting while the queue is empty.
+    ///
+    /// # Errors
+    /// As [`get_deadline`](Queue::get_deadline), never `Timeout`.
+    pub fn get(&self) -> Result<T> {
+        self.get_deadline(Deadline::Never)
+    }
+
+    /// Gets the next message if there is one now.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] if there is none, [`TryRecvError::Disconnected`] once the
+    /// queue is finished and drained.
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        Ok(self.get_deadline(Deadline::Now)?)
+    }
+
+    /// Gets the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`] if none came, [`RecvTimeoutError::Disconnected`] once
+    /// the queue is finished and drained.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        Ok(self.get_deadline(Deadline::after(timeout))?)
+    }
+}
+
+impl<T, C> fmt::Debug for Queue<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.raw.segment().name())
+            .field("capacity", &self.raw.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queue handle passes as its segment: by name if it has one and does not own it,
+/// otherwise as a descriptor.
+impl<T, C: Codec + Default> Handle for Queue<T, C> {
+    fn into_handoff(self) -> Handoff {
+        Handle::into_handoff(self.raw.into_segment())
+    }
+
+    fn from_handoff(h: Handoff) -> Result<Self> {
+        Ok(Self::wrap(RawQueue::from_segment(Segment::from_handoff(
+            h,
+        )?)?))
+    }
+}
+
+/// The producer side of a [`Queue`] at the byte level: implements [`SendBytes`].
+///
+/// Make one with [`Queue::byte_sender`] (or take the typed [`Queue::sender`], which wraps
+/// one). Every live `QueueSender`, in any process, keeps the queue's consumers waiting; when
+/// the last one is dropped or its process dies, they drain the queue and get
+/// `Disconnected`. Handed to a child with `Command::handle` (the child takes it with
+/// `Ctx::handle::<QueueSender>`), it passes with its count: the child counts itself before
+/// it releases this process's count, so consumers never see a moment with no sender. A
+/// send waits while the queue is full; it fails with `Disconnected` only once the queue is
+/// closed.
+pub struct QueueSender {
+    raw: RawQueue,
+    spin: bool,
+    registration: Registration<RawQueue>,
+}
+
+impl QueueSender {
+    fn new(raw: RawQueue, spin: bool) -> Result<Self> {
+        let registration = Registration::new(raw.try_clone()?)?;
+        Ok(QueueSender {
+            raw,
+            spin,
+            registration,
+        })
+    }
+
+    /// The largest message, in bytes.
+    pub fn max_message(&self) -> usize {
+        self.raw.max_message()
+    }
+}
+
+impl SendBytes for QueueSender {
+    fn send_bytes_deadline(&mut self, msg: &[u8], deadline: Deadline) -> Result<()> {
+        self.raw.put(msg, deadline, self.spin)
+    }
+}
+
+/// A sender passes to a child with its count (see [`QueueSender`]).
+impl Handle for QueueSender {
+    fn into_handoff(self) -> Handoff {
+        let QueueSender {
+            raw, registration, ..
+        } = self;
+        registration.hand_over();
+        Handle::into_handoff(raw.into_segment())
+    }
+
+    fn from_handoff(h: Handoff) -> Result<Self> {
+        let raw = RawQueue::from_segment(Segment::from_handoff(h)?)?;
+        let registration = Registration::take_over(raw.try_clone()?)?;
+        Ok(QueueSender {
+            raw,
+            spin: false,
+            registration,
+        })
+    }
+}
+
+impl fmt::Debug for QueueSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueSender")
+            .field("name", &self.raw.segment().name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The consumer side of a [`Queue`] at the byte level: implements [`RecvBytes`].
+///
+/// Make one with [`Queue::byte_receiver`] (or take the typed [`Queue::receiver`]); hand it
+/// to a child with `Command::handle`, which takes it with `Ctx::handle::<QueueReceiver>`.
+/// A receive waits while the queue is empty, and says `Disconnected` once the queue was
+/// closed, or every sender is gone (dropped or killed), and it is drained. A consumer that
+/// starts before any sender exists waits for one.
+pub struct QueueReceiver {
+    raw: RawQueue,
+    spin: bool,
+}
+
+impl RecvBytes for QueueReceiver {
+    fn recv_bytes_into_deadline(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<()> {
+        self.raw.get(buf, deadline, self.spin)
+    }
+}
+
+impl Handle for QueueReceiver {
+    fn into_handoff(self) -> Handoff {
+        Handle::into_handoff(self.raw.into_segment())
+    }
+
+    fn from_handoff(h: Handoff) -> Result<Self> {
+        Ok(QueueReceiver {
+            raw: RawQueue::from_segment(Segment::from_handoff(h)?)?,
+            spin: false,
+        })
+    }
+}
+
+impl fmt::Debug for QueueReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueReceiver")
+            .field("name", &self.raw.segment().name())
+            .finish_non_exhaustive()
+    }
+}
