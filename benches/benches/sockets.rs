@@ -9,7 +9,7 @@
 //!   the system picks), tells the parent its address over a control connection
 //!   (`ipckit_pipes::duplex`), accepts the parent, and serves it until the parent closes
 //!   the socket, upon which the child returns. The `ipckit` rows use `Listener` and
-//!   `Stream` on both sides (framed messages; TCP with `TCP_NODELAY`, as ipckit sets it);
+//!   `Connection` on both sides (framed messages; TCP with `TCP_NODELAY`, as ipckit sets it);
 //!   their floors `raw_uds` and `raw_tcp` use std's `UnixListener`/`UnixStream` and
 //!   `TcpListener`/`TcpStream` (`set_nodelay(true)`) with `write_all` and `read_exact` of
 //!   the bare bytes. The round trips echo a 64-byte message; the streams announce a batch
@@ -31,7 +31,7 @@
 //!   a window's messages to one client after the other. Both write from one thread,
 //!   where the server writes from a thread per client.
 //!
-//! Every wait has a deadline of `PATIENCE` or ends when the socket closes: accepts and the
+//! Every wait has a deadline of `PATIENCE` (the benches library's) or ends when the socket closes: accepts and the
 //! control connection's report are polled, connects time out, and the echo loops end at
 //! the peer's end of stream; a parent giving up kills its children (dropping a `Child`
 //! kills it). Socket files are removed as soon as every client is connected (the
@@ -54,11 +54,11 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
-use ipckit_benches::{BIG, Figure, Framed, Group, Link, Rig, SMALL, Work, mean, spawn};
+use ipckit_benches::{BIG, Figure, Framed, Group, Link, PATIENCE, Rig, SMALL, Work, mean, spawn};
 use ipckit_core::{Child, Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
-use ipckit_pipes::Connection;
 use ipckit_sockets::{
-    Address, ConnectOptions, Event, Events, Listener, Server, ServerOptions, Stream,
+    Address, ConnectOptions, Connection, Event, Events, Listener, Server, ServerOptions,
+    connect_with,
 };
 use nix::{
     errno::Errno,
@@ -69,12 +69,11 @@ use serde::{Deserialize, Serialize};
 /// The clients of `broadcast_8`.
 const CLIENTS: usize = 8;
 /// The most broadcasts sent before every client has acknowledged them: well within the
-/// server's outbox of each client (`ServerOptions::outbox`, with room for the window's
-/// announcement).
+/// server's outbox of each client ([`OUTBOX`], with room for the window's announcement).
 const WINDOW: u64 = 256;
-/// How long anyone waits for anyone: for a connection, a report, an acknowledgement, or a
-/// child's end.
-const PATIENCE: Duration = Duration::from_secs(30);
+/// The server's outbox of each client (`ServerOptions::outbox`; its default).
+const OUTBOX: usize = 1024;
+const _: () = assert!(WINDOW < OUTBOX as u64, "an outbox smaller than a window");
 /// Where the TCP rows listen; the system picks the port.
 const TCP_ANY: &str = "tcp://127.0.0.1:0";
 
@@ -216,12 +215,8 @@ fn window(link: &mut impl Link, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
 /// A client of ipckit's `Server`: acknowledges every window with one byte.
 fn ipckit_client(ctx: &mut Ctx) -> RoleResult {
     let addr: String = ctx.arg()?;
-    let opts = ConnectOptions {
-        timeout: Some(PATIENCE),
-        retry: true,
-        authkey: None,
-    };
-    let mut stream = Framed(Stream::connect_with(&addr.parse()?, &opts)?);
+    let opts = ConnectOptions::new().timeout(PATIENCE).retry(true);
+    let mut stream = Framed(connect_with(&addr.parse()?, &opts)?);
     let mut buf = Vec::new();
     while window(&mut stream, &mut buf)? {
         stream.0.send_bytes(&[1])?;
@@ -336,22 +331,18 @@ impl<L: Link> Rig for Peer<L> {
     }
 }
 
-fn connect_ipckit(addr: &Address) -> anyhow::Result<Framed<Stream>> {
-    let opts = ConnectOptions {
-        timeout: Some(PATIENCE),
-        retry: true,
-        authkey: None,
-    };
-    Ok(Framed(Stream::connect_with(addr, &opts)?))
+fn connect_ipckit(addr: &Address) -> anyhow::Result<Framed<Connection>> {
+    let opts = ConnectOptions::new().timeout(PATIENCE).retry(true);
+    Ok(Framed(connect_with(addr, &opts)?))
 }
 
-fn ipckit_uds(work: Work) -> anyhow::Result<Peer<Framed<Stream>>> {
+fn ipckit_uds(work: Work) -> anyhow::Result<Peer<Framed<Connection>>> {
     let path = SockPath::new();
     let addr = path.address().to_string();
     Peer::start(IPCKIT_SERVE, work, &addr, Some(path), connect_ipckit)
 }
 
-fn ipckit_tcp(work: Work) -> anyhow::Result<Peer<Framed<Stream>>> {
+fn ipckit_tcp(work: Work) -> anyhow::Result<Peer<Framed<Connection>>> {
     Peer::start(IPCKIT_SERVE, work, TCP_ANY, None, connect_ipckit)
 }
 
@@ -377,8 +368,8 @@ fn raw_tcp(work: Work) -> anyhow::Result<Peer<Raw<TcpStream>>> {
 
 /// `broadcast_8` over ipckit's `Server`: the clients' acknowledgements come as events.
 struct Hub {
-    server: Server,
-    events: Events,
+    server: Server<Vec<u8>, ipckit_sockets::Raw>,
+    events: Events<Vec<u8>, ipckit_sockets::Raw>,
     clients: Vec<Child>,
     msg: Vec<u8>,
     _path: SockPath,
@@ -388,12 +379,8 @@ impl Hub {
     fn start() -> anyhow::Result<Self> {
         let path = SockPath::new();
         let addr = path.address();
-        let opts = ServerOptions::default();
-        ensure!(
-            opts.outbox as u64 > WINDOW,
-            "an outbox smaller than a window"
-        );
-        let (server, events) = Server::start_with(Listener::bind(&addr)?, opts)?;
+        let opts = ServerOptions::new().outbox(OUTBOX);
+        let (server, events) = Server::start_raw_with(Listener::bind(&addr)?, &opts)?;
         let clients = (0..CLIENTS)
             .map(|_| spawn(IPCKIT_CLIENT, &addr.to_string(), []))
             .collect::<ipckit_core::Result<_>>()?;
@@ -406,7 +393,7 @@ impl Hub {
         };
         for _ in 0..CLIENTS {
             match hub.next_event()? {
-                Event::Joined(..) => {}
+                Event::Joined { .. } => {}
                 e => bail!("{e:?} before every client joined"),
             }
         }
@@ -415,7 +402,7 @@ impl Hub {
         Ok(hub)
     }
 
-    fn next_event(&self) -> anyhow::Result<Event> {
+    fn next_event(&self) -> anyhow::Result<Event<Vec<u8>>> {
         self.events
             .recv_timeout(PATIENCE)
             .with_context(|| format!("no event in {PATIENCE:?}"))
@@ -423,7 +410,7 @@ impl Hub {
 
     /// Broadcasts a window of `k` messages and waits for every client's acknowledgement.
     fn window(&mut self, k: u64) -> anyhow::Result<()> {
-        let sent = self.server.broadcast(&k.to_le_bytes())?;
+        let sent = self.server.broadcast(&k.to_le_bytes().to_vec())?;
         ensure!(sent == CLIENTS, "{sent} clients left of {CLIENTS}");
         for _ in 0..k {
             let sent = self.server.broadcast(&self.msg)?;
@@ -431,7 +418,7 @@ impl Hub {
         }
         for _ in 0..CLIENTS {
             match self.next_event()? {
-                Event::Message(_, ack) if ack == [1] => {}
+                Event::Message { msg, .. } if msg == [1] => {}
                 e => bail!("{e:?} instead of an acknowledgement"),
             }
         }

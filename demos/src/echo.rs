@@ -1,13 +1,14 @@
 //! The `echo` scenario: the Python tutorial's socket example, an echo server and a client in two
 //! processes. The client sends a few messages and checks that each comes back as it went,
 //! a long one included, which the Python tutorial's single `recv(1024)` would have cut short: here
-//! every message is one frame, delivered whole.
+//! every message is one frame, delivered whole. The messages are text, typed (`String`) at
+//! both ends.
 
 use std::time::Duration;
 
 use anyhow::bail;
-use ipckit_core::{Ctx, RecvTimeoutError, RoleResult};
-use ipckit_sockets::{Address, ConnectOptions, Listener, RecvBytes, SendBytes, Stream};
+use ipckit_core::{Ctx, RoleResult};
+use ipckit_sockets::{Address, ConnectOptions, Listener, RecvBytes, SendBytes, connect_with};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, join_all, role};
@@ -15,22 +16,22 @@ use crate::support::{Pace, join_all, role};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// What the client sends: the Python tutorial's greeting, and more.
-fn messages() -> Vec<Vec<u8>> {
+fn messages() -> Vec<String> {
     vec![
-        b"Hello, world".to_vec(),
-        "How are you? 🌐".as_bytes().to_vec(),
+        "Hello, world".to_string(),
+        "How are you? 🌐".to_string(),
         // Larger than a socket buffer, and than the Python tutorial's recv(1024).
-        "Echo… echo… echo… ".repeat(5000).into_bytes(),
-        b"Bye!".to_vec(),
+        "Echo… echo… echo… ".repeat(5000),
+        "Bye!".to_string(),
     ]
 }
 
 /// A message as the narration shows it.
-fn show(m: &[u8]) -> String {
+fn show(m: &str) -> String {
     if m.len() > 60 {
         format!("<{} bytes>", m.len())
     } else {
-        format!("{:?}", String::from_utf8_lossy(m))
+        format!("{m:?}")
     }
 }
 
@@ -93,24 +94,23 @@ pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
     let addr: Address = addr.parse()?;
     let listener = Listener::bind(&addr)?;
     println!("🖥️ Server: listening at {}", listener.address());
-    let mut conn = listener.accept_timeout(PATIENCE)?;
+    let conn = listener.accept_timeout(PATIENCE)?;
     // Over a Unix socket the kernel names the client's process; over TCP, its address.
     let who = match (&addr, conn.peer_credentials()) {
         (Address::Unix(_) | Address::UnixAbstract(_), Ok(c)) => format!("process {}", c.pid),
         _ => conn.peer().to_string(),
     };
     println!("🖥️ Server: Connected by {who}");
+    // Every message until the client closes (the iteration ends there): the connection
+    // split in a reading half, typed and iterated, and a writing half to answer on.
+    let (reader, writer) = conn.split()?;
+    let mut answer = writer.into_sender::<String>();
     let mut echoed = 0;
-    loop {
-        match conn.recv_bytes_timeout(PATIENCE) {
-            Ok(data) => {
-                println!("🖥️ Server: echoing {}", show(&data));
-                conn.send_bytes(&data)?;
-                echoed += 1;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(e) => return Err(e.into()),
-        }
+    for text in reader.into_receiver::<String>() {
+        let text = text?;
+        println!("🖥️ Server: echoing {}", show(&text));
+        answer.send(&text)?;
+        echoed += 1;
     }
     println!("🖥️ Server: the client closed the connection after {echoed} messages; closing");
     // Dropping the listener removes its socket file.
@@ -121,19 +121,17 @@ pub(crate) fn client(ctx: &mut Ctx) -> RoleResult {
     let Args { addr, pace } = ctx.arg()?;
     let addr: Address = addr.parse()?;
     // The server is another process: it may not be listening yet.
-    let mut conn = Stream::connect_with(
-        &addr,
-        &ConnectOptions {
-            timeout: Some(PATIENCE),
-            retry: true,
-            authkey: None,
-        },
-    )?;
+    let conn = connect_with(&addr, &ConnectOptions::new().timeout(PATIENCE).retry(true))?;
     println!("💻 Client: connected to {addr}");
+    let (reader, writer) = conn.split()?;
+    let (mut send, mut recv) = (
+        writer.into_sender::<String>(),
+        reader.into_receiver::<String>(),
+    );
     for msg in messages() {
         println!("💻 Client: Sending {}", show(&msg));
-        conn.send_bytes(&msg)?;
-        let back = conn.recv_bytes_timeout(PATIENCE)?;
+        send.send(&msg)?;
+        let back = recv.recv_timeout(PATIENCE)?;
         if back != msg {
             return Err(format!("sent {}, got {} back", show(&msg), show(&back)).into());
         }

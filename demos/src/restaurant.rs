@@ -14,7 +14,7 @@ use ipckit_pipes::{Connection, Reader, Writer};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
 };
-use ipckit_sockets::{Address, Listener, Stream};
+use ipckit_sockets::{Address, Listener};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, expect_same, join_all, role};
@@ -118,7 +118,7 @@ impl Mechanism {
             Mechanism::Pipe => Box::new(ctx.handle::<Writer>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
-            Mechanism::Socket => Box::new(ctx.handle::<Stream>(key)?),
+            Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
         })
     }
 
@@ -129,18 +129,18 @@ impl Mechanism {
             Mechanism::Pipe => Box::new(ctx.handle::<Reader>(key)?),
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
-            Mechanism::Socket => Box::new(ctx.handle::<Stream>(key)?),
+            Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
         })
     }
 }
 
 /// Two connected Unix stream sockets, met the way a client meets a server: a listener on a
-/// fresh socket file, a client that connects, the stream it accepts. The listener is
-/// dropped once they have met, and its file with it; the two streams go to the stations as
+/// fresh socket file, a client that connects, the connection it accepts. The listener is
+/// dropped once they have met, and its file with it; the two connections go to the stations as
 /// inherited descriptors.
-fn socket_link() -> anyhow::Result<(Stream, Stream)> {
+fn socket_link() -> anyhow::Result<(Connection, Connection)> {
     let listener = Listener::bind(&Address::Unix(ipckit_core::temp_path("sock")))?;
-    let client = Stream::connect(listener.address())?;
+    let client = ipckit_sockets::connect(listener.address())?;
     let accepted = listener.accept_timeout(Duration::from_secs(10))?;
     Ok((client, accepted))
 }

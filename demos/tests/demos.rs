@@ -637,3 +637,40 @@ fn chat_by_hand_serve_and_two_joins_see_each_other() {
     );
     assert!(!path.exists(), "{} was left behind", path.display());
 }
+
+#[test]
+fn chat_server_drops_a_client_that_does_not_speak_chat_and_serves_on() {
+    use std::io::{Read, Write};
+    let path =
+        std::env::temp_dir().join(format!("ipckit-chat-intruder-{}.sock", std::process::id()));
+    let addr = format!("unix://{}", path.display());
+    let mut server = Live::start(&["chat", "serve", "--addr", &addr]);
+    server.wait_for("📡 Chat server listening at");
+    // A client that frames its message as ipckit does, but whose bytes are no chat message
+    // (variant 9 of the client's messages does not exist).
+    let mut intruder = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    intruder.write_all(&[0, 0, 0, 3, 9, 9, 9]).expect("send");
+    server.wait_for("is not speaking chat: sent a message that does not decode");
+    // The server closed its connection.
+    intruder
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    match intruder.read(&mut [0; 16]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the intruder's connection closed, got {other:?}"),
+    }
+    // And it serves on.
+    let mut alice = Live::start(&["chat", "join", "Alice", "--addr", &addr]);
+    alice.wait_for("👀 Nobody else here yet");
+    drop(alice.child.stdin.take());
+    alice.expect_exit();
+    server.wait_for("👋 Client Alice left the chat!");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal the server");
+    server.expect_exit();
+    assert!(!path.exists(), "{} was left behind", path.display());
+}

@@ -12,6 +12,10 @@ use ipckit_core::Error;
 
 /// Where a socket listens or connects.
 ///
+/// Parsed from text (`"tcp://127.0.0.1:7000".parse()`); text that is not an address is
+/// [`Error::InvalidAddress`], naming it and saying why. An address is plain data: pass it
+/// to a child process as text (its `Display` form parses back to the same address).
+///
 /// ```
 /// use ipckit_sockets::Address;
 ///
@@ -34,10 +38,10 @@ pub enum Address {
 }
 
 fn bad(s: &str, why: &str) -> Error {
-    Error::Io(std::io::Error::new(
-        std::io::ErrorKind::InvalidInput,
-        format!("bad address `{s}`: {why}"),
-    ))
+    Error::InvalidAddress {
+        address: s.to_string(),
+        reason: why.to_string(),
+    }
 }
 
 fn resolve(s: &str, rest: &str) -> Result<SocketAddr, Error> {
@@ -111,7 +115,10 @@ mod tests {
             "tcp://no-such-host.invalid:1",
         ] {
             let e = s.parse::<Address>().unwrap_err();
-            assert!(e.to_string().contains("bad address"), "{s}: {e}");
+            assert!(
+                matches!(&e, Error::InvalidAddress { address, .. } if address == s),
+                "{s}: {e}"
+            );
         }
     }
 }

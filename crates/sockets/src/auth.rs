@@ -16,13 +16,15 @@ use std::{
 };
 
 use hmac::{Hmac, Mac};
-use ipckit_core::{Deadline, Error, Result, SendBytes};
+use ipckit_core::{AuthError, Deadline, Error, Result, SendBytes};
 use nix::{
     errno::Errno,
-    poll::{PollFd, PollFlags, PollTimeout, poll},
+    poll::PollFlags,
     sys::socket::{MsgFlags, recv},
 };
 use sha2::Sha256;
+
+use crate::poll;
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
@@ -33,15 +35,40 @@ const NONCE: usize = 40;
 /// Handshake messages are small: anything longer is refused unread (Python's 256).
 const MAX: usize = 256;
 
-fn mac(key: &[u8]) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
+/// HMAC-SHA256 keyed with `key`.
+fn mac(key: &[u8]) -> Result<Hmac<Sha256>> {
+    // HMAC takes keys of any length: this never fails, but is not assumed not to.
+    Hmac::<Sha256>::new_from_slice(key)
+        .map_err(|e| Error::Auth(AuthError::Protocol(format!("HMAC key: {e}"))))
 }
 
-fn refused(why: impl Into<String>) -> Error {
-    Error::Io(std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!("authentication failed: {}", why.into()),
-    ))
+fn protocol(why: impl Into<String>) -> Error {
+    Error::Auth(AuthError::Protocol(why.into()))
+}
+
+/// The digest a peer names at the front of a challenge or an answer: `{name}…`. Python
+/// 3.11 and older send none (their legacy HMAC-MD5).
+fn digest_name(message: &[u8]) -> String {
+    match message.strip_prefix(b"{").and_then(|rest| {
+        let end = rest.iter().position(|&b| b == b'}')?;
+        std::str::from_utf8(&rest[..end]).ok()
+    }) {
+        Some(name)
+            if (1..=20).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            name.to_string()
+        }
+        _ => "md5 (unprefixed, Python 3.11 and older)".to_string(),
+    }
+}
+
+/// Fills `buf` with random bytes from the kernel.
+fn random(buf: &mut [u8]) -> Result<()> {
+    const SOURCE: &str = "/dev/urandom";
+    std::fs::File::open(SOURCE)
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| Error::os("read", "random source", SOURCE, e))
 }
 
 /// Reads exactly `buf.len()` bytes, waiting at most until `deadline` for all of them.
@@ -51,20 +78,7 @@ fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8], deadline: Deadline) -> Res
             Ok(0) | Err(Errno::ECONNRESET) => return Err(Error::Disconnected),
             Ok(n) => buf = &mut buf[n..],
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                let timeout = match deadline.remaining() {
-                    None => PollTimeout::NONE,
-                    Some(left) if left.is_zero() => return Err(Error::Timeout),
-                    Some(left) => PollTimeout::try_from(
-                        left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
-                    )
-                    .unwrap_or(PollTimeout::MAX),
-                };
-                match poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], timeout) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            Err(Errno::EAGAIN) => poll::wait(fd, PollFlags::POLLIN, deadline)?,
             Err(e) => return Err(e.into()),
         }
     }
@@ -79,37 +93,55 @@ fn recv_small(conn: &(impl AsFd + ?Sized), deadline: Deadline) -> Result<Vec<u8>
     read_exact(fd, &mut header, deadline)?;
     let len = u32::from_be_bytes(header) as usize;
     if len > MAX {
-        return Err(refused(format!("handshake message of {len} bytes")));
+        return Err(protocol(format!(
+            "a handshake message of {len} bytes (at most {MAX})"
+        )));
     }
     let mut buf = vec![0u8; len];
     read_exact(fd, &mut buf, deadline)?;
     Ok(buf)
 }
 
+/// Tells the peer it failed, then gives `e`. The peer may be gone already: `e` is what
+/// matters.
+fn fail(
+    conn: &mut (impl SendBytes + AsFd + ?Sized),
+    deadline: Deadline,
+    e: AuthError,
+) -> Result<()> {
+    let _ = conn.send_bytes_deadline(FAILURE, deadline);
+    Err(Error::Auth(e))
+}
+
 /// Sends a challenge and checks the peer's answer.
 ///
 /// # Errors
-/// An `Io` error of kind `PermissionDenied` when the peer does not know the key.
+/// [`AuthError::WrongKey`] when the peer's digest does not match (it holds another key),
+/// [`AuthError::UnsupportedDigest`] when it answers with another digest than SHA-256,
+/// [`AuthError::Protocol`] for a malformed answer; `Disconnected` or `Timeout` if the peer
+/// leaves or stalls.
 pub(crate) fn deliver_challenge(
     conn: &mut (impl SendBytes + AsFd + ?Sized),
     key: &[u8],
     deadline: Deadline,
 ) -> Result<()> {
     let mut nonce = [0u8; NONCE];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut nonce)?;
+    random(&mut nonce)?;
     let message = [PREFIX, &nonce].concat();
     conn.send_bytes_deadline(&[CHALLENGE, &message].concat(), deadline)?;
     let response = recv_small(conn, deadline)?;
     let Some(digest) = response.strip_prefix(PREFIX) else {
-        conn.send_bytes_deadline(FAILURE, deadline)?;
-        return Err(refused("the peer answered without {sha256}"));
+        return fail(
+            conn,
+            deadline,
+            AuthError::UnsupportedDigest(digest_name(&response)),
+        );
     };
-    let mut m = mac(key);
+    let mut m = mac(key)?;
     m.update(&message);
     // Constant-time comparison.
     if m.verify_slice(digest).is_err() {
-        conn.send_bytes_deadline(FAILURE, deadline)?;
-        return Err(refused("the peer's digest is wrong"));
+        return fail(conn, deadline, AuthError::WrongKey);
     }
     conn.send_bytes_deadline(WELCOME, deadline)
 }
@@ -117,8 +149,10 @@ pub(crate) fn deliver_challenge(
 /// Answers the peer's challenge and waits to be welcomed.
 ///
 /// # Errors
-/// An `Io` error of kind `PermissionDenied` when the peer rejects the key, or speaks
-/// another protocol.
+/// [`AuthError::Refused`] when the peer rejects our answer (it holds another key),
+/// [`AuthError::UnsupportedDigest`] for a challenge in another digest than SHA-256,
+/// [`AuthError::Protocol`] when the peer speaks another protocol; `Disconnected` or
+/// `Timeout` if it leaves or stalls.
 pub(crate) fn answer_challenge(
     conn: &mut (impl SendBytes + AsFd + ?Sized),
     key: &[u8],
@@ -126,16 +160,35 @@ pub(crate) fn answer_challenge(
 ) -> Result<()> {
     let challenge = recv_small(conn, deadline)?;
     let Some(message) = challenge.strip_prefix(CHALLENGE) else {
-        return Err(refused("expected a challenge"));
+        return Err(protocol("expected a #CHALLENGE#"));
     };
     if !message.starts_with(PREFIX) {
-        return Err(refused("only {sha256} challenges are supported"));
+        return Err(Error::Auth(AuthError::UnsupportedDigest(digest_name(
+            message,
+        ))));
     }
-    let mut m = mac(key);
+    let mut m = mac(key)?;
     m.update(message);
     conn.send_bytes_deadline(&[PREFIX, &m.finalize().into_bytes()].concat(), deadline)?;
-    if recv_small(conn, deadline)? != WELCOME {
-        return Err(refused("the peer rejected our key"));
+    match recv_small(conn, deadline)? {
+        reply if reply == WELCOME => Ok(()),
+        reply if reply == FAILURE => Err(Error::Auth(AuthError::Refused)),
+        reply => Err(protocol(format!(
+            "expected #WELCOME# or #FAILURE#, got {} bytes",
+            reply.len()
+        ))),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_names_are_read_from_the_prefix() {
+        assert_eq!(digest_name(b"{sha256}abc"), "sha256");
+        assert_eq!(digest_name(b"{md5}abc"), "md5");
+        assert!(digest_name(&[7; 16]).starts_with("md5"));
+        assert!(digest_name(b"{never closed").starts_with("md5"));
+    }
 }

@@ -1,25 +1,45 @@
 //! UDP: datagrams keep their boundaries; one larger than a datagram can be is refused.
 
-use std::{net::UdpSocket, time::Duration};
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsFd,
+    time::Duration,
+};
 
-use ipckit_core::{Error, Result};
+use ipckit_core::{Deadline, Error, RecvTimeoutError, Result, TryRecvError};
+use nix::poll::PollFlags;
 
-use crate::Address;
+use crate::{Address, poll};
 
 /// The largest UDP payload over IPv4 (65 535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
 
 /// Room for the largest datagram anyone can send us: over IPv6 a payload reaches
-/// 65 535 − 8 bytes, more than [`MAX_DATAGRAM`], and `recv` must not cut it.
+/// 65 535 − 8 bytes, more than [`MAX_DATAGRAM`], and a receive must not cut it.
 const RECV_BUFFER: usize = 1 << 16;
 
-/// A UDP socket: each `send` is one datagram and each `recv` gets one, whole.
+/// A UDP socket: each send is one datagram and each receive gets one, whole, with its
+/// sender.
+///
+/// Made with [`Datagram::bind`]. It is connectionless: there is no peer to lose, so a
+/// receive never says `Disconnected`; a peer that died simply sends nothing more, and a
+/// receive waits (use [`recv_from_timeout`](Datagram::recv_from_timeout)). A child process
+/// binds its own socket and is told the parent's [`address`](Datagram::address) (as
+/// text). UDP may lose, duplicate or reorder datagrams between hosts; nothing here fixes
+/// that.
+///
+/// The receives have the three forms of every ipckit receiver: blocking
+/// ([`recv_from`](Datagram::recv_from)), [`try_recv_from`](Datagram::try_recv_from) and
+/// [`recv_from_timeout`](Datagram::recv_from_timeout), with the same error enums.
 #[derive(Debug)]
 pub struct Datagram {
+    /// Non-blocking: every wait is a `poll(2)` with its deadline, so that threads sharing
+    /// the socket never block in a receive another one has taken the datagram of.
     socket: UdpSocket,
 }
 
-fn udp(addr: &Address) -> Result<std::net::SocketAddr> {
+fn udp(addr: &Address) -> Result<SocketAddr> {
     match addr {
         Address::Udp(a) => Ok(*a),
         _ => Err(Error::Unsupported(
@@ -32,11 +52,16 @@ impl Datagram {
     /// Binds to `addr` (`udp://127.0.0.1:0` picks a free port).
     ///
     /// # Errors
-    /// [`Error::Io`] if the address is taken; [`Error::Unsupported`] for a non-UDP address.
+    /// [`Error::Os`] with action `bind` naming the address if it is taken or not allowed;
+    /// [`Error::Unsupported`] for a non-UDP address.
     pub fn bind(addr: &Address) -> Result<Datagram> {
-        Ok(Datagram {
-            socket: UdpSocket::bind(udp(addr)?)?,
-        })
+        let socket = UdpSocket::bind(udp(addr)?)
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .map_err(|e| Error::os("bind", "socket", addr, e))?;
+        Ok(Datagram { socket })
     }
 
     /// The bound address.
@@ -47,10 +72,12 @@ impl Datagram {
         Ok(Address::Udp(self.socket.local_addr()?))
     }
 
-    /// Sends `msg` as one datagram to `to`.
+    /// Sends `msg` as one datagram to `to`, waiting while the socket's buffer is full.
     ///
     /// # Errors
-    /// [`Error::TooLarge`] above [`MAX_DATAGRAM`] bytes (no fragmenting into several).
+    /// [`Error::TooLarge`] above [`MAX_DATAGRAM`] bytes (no fragmenting into several);
+    /// [`Error::Unsupported`] for a non-UDP address; [`Error::Io`] if the system refuses
+    /// (no route to the host).
     pub fn send_to(&self, msg: &[u8], to: &Address) -> Result<()> {
         if msg.len() > MAX_DATAGRAM {
             return Err(Error::TooLarge {
@@ -58,33 +85,66 @@ impl Datagram {
                 max: MAX_DATAGRAM,
             });
         }
-        self.socket.send_to(msg, udp(to)?)?;
-        Ok(())
+        let to = udp(to)?;
+        loop {
+            match self.socket.send_to(msg, to) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll::wait(self.socket.as_fd(), PollFlags::POLLOUT, Deadline::Never)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Receives one datagram, waiting at most `timeout`; gives its bytes and its sender.
+    /// Receives one datagram, waiting no later than `deadline`; the form the others use.
     ///
     /// # Errors
-    /// [`Error::Timeout`] if none came.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<(Vec<u8>, Address)> {
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    /// [`Error::Timeout`] if none came in time; [`Error::Io`] if the socket fails.
+    pub fn recv_from_deadline(&self, deadline: Deadline) -> Result<(Vec<u8>, Address)> {
         let mut buf = vec![0u8; RECV_BUFFER];
-        match self.socket.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                buf.truncate(n);
-                buf.shrink_to_fit();
-                Ok((buf, Address::Udp(from)))
+        loop {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    buf.truncate(n);
+                    buf.shrink_to_fit();
+                    return Ok((buf, Address::Udp(from)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll::wait(self.socket.as_fd(), PollFlags::POLLIN, deadline)?;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(Error::Timeout)
-            }
-            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Receives one datagram, whole, and its sender; waits as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the socket fails.
+    pub fn recv_from(&self) -> Result<(Vec<u8>, Address)> {
+        self.recv_from_deadline(Deadline::Never)
+    }
+
+    /// Receives one datagram if one is waiting now.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] if none is; [`TryRecvError::Failed`] if the socket fails.
+    pub fn try_recv_from(&self) -> Result<(Vec<u8>, Address), TryRecvError> {
+        Ok(self.recv_from_deadline(Deadline::Now)?)
+    }
+
+    /// Receives one datagram, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`] if none came; [`RecvTimeoutError::Failed`] if the
+    /// socket fails.
+    pub fn recv_from_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Address), RecvTimeoutError> {
+        Ok(self.recv_from_deadline(Deadline::after(timeout))?)
     }
 }

@@ -3,15 +3,23 @@
 
 mod address;
 mod auth;
+mod connect;
 mod datagram;
+mod listener;
+mod poll;
 mod server;
-mod stream;
+mod unix;
 
 ipckit_core::reexport_core!();
 
 pub use {
     address::Address,
+    connect::{ConnectOptions, connect, connect_with},
     datagram::{Datagram, MAX_DATAGRAM},
-    server::{ClientId, Event, Events, LeaveReason, Peer, Server, ServerOptions},
-    stream::{ConnectOptions, Listener, PeerCredentials, Stream},
+    ipckit_core::{Connection, Framing, PeerCredentials, Reader, Writer},
+    listener::Listener,
+    server::{
+        ClientId, Event, Events, EventsIntoIter, EventsIter, Format, LeaveReason, Peer, Raw,
+        Server, ServerOptions,
+    },
 };

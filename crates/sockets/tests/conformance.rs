@@ -1,39 +1,34 @@
 //! The conformance suite, run over TCP, Unix-file and abstract Unix stream sockets.
 //!
 //! Each pair is made the way two real programs meet: a listener, a client that connects,
-//! and the stream the listener accepts. The listener is gone before the test starts (a Unix
+//! and the connection the listener accepts. The listener is gone before the test starts (a Unix
 //! socket file with it).
 
-use std::time::Duration;
-
 use ipckit_conformance::{Flavour, conformance};
-use ipckit_sockets::{Address, Listener, Result, Stream};
+use ipckit_sockets::{Address, Connection, Listener, Result, connect};
 
-/// How long making a pair may wait for the accept.
-const ACCEPT: Duration = Duration::from_secs(10);
-
-/// Listens at `addr`, connects to it and accepts: (the client, the accepted stream).
-fn connected(addr: &Address) -> Result<(Stream, Stream)> {
+/// Listens at `addr`, connects to it and accepts: (the client, the accepted connection).
+fn connected(addr: &Address) -> Result<(Connection, Connection)> {
     let listener = Listener::bind(addr)?;
-    let client = Stream::connect(listener.address())?;
-    let accepted = listener.accept_timeout(ACCEPT)?;
+    let client = connect(listener.address())?;
+    let accepted = listener.accept_timeout(ipckit_testkit::PATIENCE)?;
     Ok((client, accepted))
 }
 
 struct Tcp;
 impl Flavour for Tcp {
-    type Tx = Stream;
-    type Rx = Stream;
-    fn pair() -> Result<(Stream, Stream)> {
+    type Tx = Connection;
+    type Rx = Connection;
+    fn pair() -> Result<(Connection, Connection)> {
         connected(&"tcp://127.0.0.1:0".parse()?)
     }
 }
 
 struct Unix;
 impl Flavour for Unix {
-    type Tx = Stream;
-    type Rx = Stream;
-    fn pair() -> Result<(Stream, Stream)> {
+    type Tx = Connection;
+    type Rx = Connection;
+    fn pair() -> Result<(Connection, Connection)> {
         let path = ipckit_core::temp_path("sock");
         let pair = connected(&Address::Unix(path.clone()));
         // The listener is dropped: its file must be gone, whatever happened.
@@ -44,9 +39,9 @@ impl Flavour for Unix {
 
 struct Abstract;
 impl Flavour for Abstract {
-    type Tx = Stream;
-    type Rx = Stream;
-    fn pair() -> Result<(Stream, Stream)> {
+    type Tx = Connection;
+    type Rx = Connection;
+    fn pair() -> Result<(Connection, Connection)> {
         connected(&Address::UnixAbstract(ipckit_core::unique_name("sock")))
     }
 }

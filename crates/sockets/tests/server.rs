@@ -13,17 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipckit_core::{
-    Command, Connection, Ctx, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes, enter,
-    temp_path,
-};
+use ipckit_core::temp_path;
 use ipckit_sockets::{
-    Address, ClientId, ConnectOptions, Error, Event, Events, LeaveReason, Listener, Server,
-    ServerOptions, Stream,
+    Address, ClientId, Command, ConnectOptions, Connection, Ctx, Error, Event, Events, LeaveReason,
+    Listener, Reader, Receiver, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes, Sender,
+    Server, ServerOptions, TryRecvError, Writer, connect, connect_with, enter,
 };
-
-/// The longest any single wait in these tests may take.
-const PATIENCE: Duration = Duration::from_secs(30);
+use ipckit_testkit::{PATIENCE, join_ok, wait_until};
+use serde::{Deserialize, Serialize};
 
 const ROLES: &[Role] = &[
     Role::new("chatter", chatter),
@@ -47,44 +44,84 @@ fn tcp_any() -> Address {
 }
 
 fn patient() -> ConnectOptions {
-    ConnectOptions {
-        timeout: Some(PATIENCE),
-        retry: true,
-        authkey: None,
-    }
+    ConnectOptions::new().timeout(PATIENCE).retry(true)
 }
 
 /// The next event, failing the test if none comes in time.
-fn next(events: &Events) -> Event {
+fn next<T, C>(events: &Events<T, C>) -> Event<T> {
     events
         .recv_timeout(PATIENCE)
         .unwrap_or_else(|e| panic!("no event in {PATIENCE:?}: {e}"))
 }
 
-fn joined(events: &Events) -> ClientId {
+fn joined<T: std::fmt::Debug, C>(events: &Events<T, C>) -> ClientId {
     match next(events) {
-        Event::Joined(id, _) => id,
+        Event::Joined { client, .. } => client,
         e => panic!("expected a join, got {e:?}"),
     }
 }
 
-fn left(events: &Events) -> (ClientId, LeaveReason) {
+fn left<T: std::fmt::Debug, C>(events: &Events<T, C>) -> (ClientId, LeaveReason) {
     match next(events) {
-        Event::Left(id, why) => (id, why),
+        Event::Left { client, reason } => (client, reason),
         e => panic!("expected a leave, got {e:?}"),
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// A message of a text server.
+fn said(from: ClientId, text: &str) -> Event<String> {
+    Event::Message {
+        from,
+        msg: text.to_string(),
+    }
 }
 
-fn recv_text(s: &mut Stream) -> String {
-    text(&s.recv_bytes_timeout(PATIENCE).expect("a message in time"))
+/// A message of a byte server.
+fn sent(from: ClientId, bytes: &[u8]) -> Event<Vec<u8>> {
+    Event::Message {
+        from,
+        msg: bytes.to_vec(),
+    }
+}
+
+/// A client of a text server (`Server<String>`): its connection split, each half typed.
+struct Talker {
+    tx: Sender<String, Writer>,
+    rx: Receiver<String, Reader>,
+}
+
+impl Talker {
+    fn new(conn: Connection) -> Talker {
+        let (reader, writer) = conn.split().unwrap();
+        Talker {
+            tx: writer.into_sender(),
+            rx: reader.into_receiver(),
+        }
+    }
+
+    fn connect(addr: &Address) -> Talker {
+        Talker::new(connect(addr).unwrap())
+    }
+
+    fn say(&mut self, text: &str) {
+        self.tx.send(&text.to_string()).unwrap();
+    }
+
+    fn hear(&mut self) -> String {
+        self.rx.recv_timeout(PATIENCE).expect("a message in time")
+    }
+
+    /// The stream ends (the server closed it) within `PATIENCE`.
+    fn expect_closed(&mut self) {
+        match self.rx.recv_timeout(PATIENCE) {
+            Err(RecvTimeoutError::Disconnected) => {}
+            other => panic!("expected the server to close, got {other:?}"),
+        }
+    }
 }
 
 /// The stream ends (the server closed it) within `PATIENCE`.
-fn expect_closed(s: &mut Stream) {
+fn expect_closed(s: &mut Connection) {
     match s.recv_bytes_timeout(PATIENCE) {
         Err(RecvTimeoutError::Disconnected) => {}
         other => panic!("expected the server to close, got {other:?}"),
@@ -109,14 +146,18 @@ fn count_entries(dir: &str) -> usize {
 // ---------------------------------------------------------------------------------------
 
 /// Says hello, expects "to all", then one "from j" from every other chatter, then "end";
-/// answers "ok" and leaves.
+/// answers "ok" and leaves. Every message is a `String`, postcard-encoded both ways.
 fn chatter(ctx: &mut Ctx) -> RoleResult {
     let (addr, me, n): (String, u32, u32) = ctx.arg()?;
-    let mut s = Stream::connect_with(&addr.parse()?, &patient())?;
-    s.send_bytes(format!("hello from {me}").as_bytes())?;
+    let (reader, writer) = connect_with(&addr.parse()?, &patient())?.split()?;
+    let (mut tx, mut rx) = (
+        writer.into_sender::<String>(),
+        reader.into_receiver::<String>(),
+    );
+    tx.send(&format!("hello from {me}"))?;
     let mut got = Vec::new();
     loop {
-        let m = text(&s.recv_bytes_timeout(PATIENCE)?);
+        let m = rx.recv_timeout(PATIENCE)?;
         if m == "end" {
             break;
         }
@@ -129,7 +170,7 @@ fn chatter(ctx: &mut Ctx) -> RoleResult {
     if got != want {
         return fail(format!("chatter {me}: expected {want:?}, got {got:?}"));
     }
-    s.send_bytes(format!("ok {me}").as_bytes())?;
+    tx.send(&format!("ok {me}"))?;
     Ok(())
 }
 
@@ -147,7 +188,7 @@ fn number(m: &[u8]) -> Option<u32> {
 /// Reads `n` numbered messages in order, acknowledging each.
 fn lockstep_reader(ctx: &mut Ctx) -> RoleResult {
     let (addr, n): (String, u32) = ctx.arg()?;
-    let mut s = Stream::connect_with(&addr.parse()?, &patient())?;
+    let mut s = connect_with(&addr.parse()?, &patient())?;
     s.send_bytes(b"ready")?;
     for i in 0..n {
         let m = s.recv_bytes_timeout(PATIENCE)?;
@@ -164,7 +205,7 @@ fn lockstep_reader(ctx: &mut Ctx) -> RoleResult {
 fn lagger(ctx: &mut Ctx) -> RoleResult {
     let addr: String = ctx.arg()?;
     let mut ctl: Connection = ctx.handle("ctl")?;
-    let mut s = Stream::connect_with(&addr.parse()?, &patient())?;
+    let mut s = connect_with(&addr.parse()?, &patient())?;
     s.send_bytes(b"ready")?;
     if ctl.recv_bytes_timeout(PATIENCE)? != b"go" {
         return fail("expected go".into());
@@ -183,37 +224,55 @@ fn lagger(ctx: &mut Ctx) -> RoleResult {
     Ok(())
 }
 
+/// Counts a byte server's events; anything but a join, a message or a clean leave fails.
+#[derive(Default)]
+struct Tally {
+    joins: u32,
+    messages: u32,
+    leaves: u32,
+}
+
+impl Tally {
+    fn take(&mut self, e: Event<Vec<u8>>) -> RoleResult {
+        match e {
+            Event::Joined { .. } => self.joins += 1,
+            Event::Message { .. } => self.messages += 1,
+            Event::Left {
+                reason: LeaveReason::Closed,
+                ..
+            } => self.leaves += 1,
+            e => return fail(format!("unexpected {e:?}")),
+        }
+        Ok(())
+    }
+}
+
 /// A thousand clients connect and go, one after the other; no descriptor or thread stays.
 fn thousand_cycles(_: &mut Ctx) -> RoleResult {
     let (addr, path) = unix_address();
-    let (server, events) = Server::start(Listener::bind(&addr)?)?;
+    let (server, events) = Server::start_raw(Listener::bind(&addr)?)?;
     let threads_before = count_entries("/proc/self/task");
     let fds_before = count_entries("/proc/self/fd");
-    let (mut joins, mut messages, mut leaves) = (0, 0, 0);
+    let mut tally = Tally::default();
     for i in 0..1000u32 {
-        let mut s = Stream::connect_with(&addr, &patient())?;
+        let mut s = connect_with(&addr, &patient())?;
         if i % 2 == 0 {
             s.send_bytes(&i.to_be_bytes())?;
         }
         drop(s);
         // Take events as they come, so the server never waits for room.
         while let Ok(e) = events.try_recv() {
-            match e {
-                Event::Joined(..) => joins += 1,
-                Event::Message(..) => messages += 1,
-                Event::Left(_, LeaveReason::Closed) => leaves += 1,
-                e => return fail(format!("unexpected {e:?}")),
-            }
+            tally.take(e)?;
         }
     }
-    while leaves < 1000 {
-        match events.recv_timeout(PATIENCE)? {
-            Event::Joined(..) => joins += 1,
-            Event::Message(..) => messages += 1,
-            Event::Left(_, LeaveReason::Closed) => leaves += 1,
-            e => return fail(format!("unexpected {e:?}")),
-        }
+    while tally.leaves < 1000 {
+        tally.take(events.recv_timeout(PATIENCE)?)?;
     }
+    let Tally {
+        joins,
+        messages,
+        leaves,
+    } = tally;
     if (joins, messages) != (1000, 500) || !server.clients().is_empty() {
         return fail(format!(
             "{joins} joins, {messages} messages, {leaves} leaves, {:?} still in",
@@ -261,11 +320,12 @@ fn thousand_cycles(_: &mut Ctx) -> RoleResult {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn many_client_processes_hear_broadcasts_to_all_and_to_all_but_the_sender() {
+fn many_client_processes_hear_typed_broadcasts_to_all_and_to_all_but_the_sender() {
     enter(ROLES);
     const N: u32 = 6;
     let (addr, path) = unix_address();
-    let (server, events) = Server::start(Listener::bind(&addr).unwrap()).unwrap();
+    let (server, events): (Server<String>, Events<String>) =
+        Server::start(Listener::bind(&addr).unwrap()).unwrap();
     let mut children: Vec<_> = (0..N)
         .map(|i| {
             Command::new("chatter")
@@ -281,48 +341,46 @@ fn many_client_processes_hear_broadcasts_to_all_and_to_all_but_the_sender() {
     let mut joined_pids = BTreeSet::new();
     while who.len() < N as usize {
         match next(&events) {
-            Event::Joined(_, peer) => {
+            Event::Joined { peer, .. } => {
                 joined_pids.insert(peer.credentials.expect("a Unix peer has credentials").pid);
             }
-            Event::Message(id, m) => {
-                let i: u32 = text(&m)
-                    .strip_prefix("hello from ")
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                who.insert(id, i);
+            Event::Message { from, msg } => {
+                let i: u32 = msg.strip_prefix("hello from ").unwrap().parse().unwrap();
+                who.insert(from, i);
             }
             e => panic!("unexpected {e:?}"),
         }
     }
     assert_eq!(joined_pids, pids);
     assert_eq!(server.clients(), who.keys().copied().collect::<Vec<_>>());
-    assert_eq!(server.broadcast(b"to all").unwrap(), N as usize);
+    assert_eq!(server.broadcast(&"to all".into()).unwrap(), N as usize);
     for (&id, i) in &who {
-        let relayed = format!("from {i}");
         assert_eq!(
-            server.broadcast_except(id, relayed.as_bytes()).unwrap(),
+            server.broadcast_except(id, &format!("from {i}")).unwrap(),
             N as usize - 1
         );
     }
-    assert_eq!(server.broadcast(b"end").unwrap(), N as usize);
+    assert_eq!(server.broadcast(&"end".into()).unwrap(), N as usize);
     // Each answers "ok" (it checked what it got) and leaves.
     let (mut oks, mut gone) = (BTreeSet::new(), BTreeSet::new());
     while gone.len() < N as usize {
         match next(&events) {
-            Event::Message(id, m) => {
-                assert_eq!(text(&m), format!("ok {}", who[&id]));
-                oks.insert(id);
+            Event::Message { from, msg } => {
+                assert_eq!(msg, format!("ok {}", who[&from]));
+                oks.insert(from);
             }
-            Event::Left(id, LeaveReason::Closed) => {
-                assert!(oks.contains(&id), "{id} left before its ok");
-                gone.insert(id);
+            Event::Left {
+                client,
+                reason: LeaveReason::Closed,
+            } => {
+                assert!(oks.contains(&client), "{client} left before its ok");
+                gone.insert(client);
             }
             e => panic!("unexpected {e:?}"),
         }
     }
     for child in &mut children {
-        assert!(child.join_timeout(PATIENCE).unwrap().success());
+        join_ok(child);
     }
     assert!(server.clients().is_empty());
     drop(server);
@@ -337,11 +395,12 @@ fn many_client_processes_hear_broadcasts_to_all_and_to_all_but_the_sender() {
 fn joins_leaves_and_disconnects_over_unix_and_tcp() {
     let (unix, path) = unix_address();
     for addr in [unix, tcp_any()] {
-        let (server, events) = Server::start(Listener::bind(&addr).unwrap()).unwrap();
+        let (server, events): (Server<String>, Events<String>) =
+            Server::start(Listener::bind(&addr).unwrap()).unwrap();
         let addr = server.address().clone();
-        let mut a = Stream::connect(&addr).unwrap();
+        let mut a = Talker::connect(&addr);
         let a_id = joined(&events);
-        let mut b = Stream::connect(&addr).unwrap();
+        let mut b = Talker::connect(&addr);
         let b_id = joined(&events);
         assert_eq!(server.clients(), vec![a_id, b_id]);
         assert!(a_id < b_id);
@@ -357,10 +416,10 @@ fn joins_leaves_and_disconnects_over_unix_and_tcp() {
         }
 
         // What was queued for a client goes out before it is sent away.
-        server.send_to(b_id, b"you are leaving").unwrap();
+        server.send_to(b_id, &"you are leaving".into()).unwrap();
         assert!(server.disconnect(b_id, "kicked by the test"));
-        assert_eq!(recv_text(&mut b), "you are leaving");
-        expect_closed(&mut b);
+        assert_eq!(b.hear(), "you are leaving");
+        b.expect_closed();
         drop(b);
         assert_eq!(
             left(&events),
@@ -368,33 +427,94 @@ fn joins_leaves_and_disconnects_over_unix_and_tcp() {
         );
         assert_eq!(server.clients(), vec![a_id]);
         assert!(matches!(
-            server.send_to(b_id, b"too late"),
+            server.send_to(b_id, &"too late".into()),
             Err(Error::Disconnected)
         ));
         assert!(!server.disconnect(b_id, "again"));
 
         // Messages come in order, tagged with their sender.
         for m in ["one", "two", "three"] {
-            a.send_bytes(m.as_bytes()).unwrap();
+            a.say(m);
         }
         for m in ["one", "two", "three"] {
-            assert_eq!(next(&events), Event::Message(a_id, m.as_bytes().to_vec()));
+            assert_eq!(next(&events), said(a_id, m));
         }
-        assert_eq!(server.broadcast_except(a_id, b"nobody").unwrap(), 0);
-        assert_eq!(server.broadcast(b"just a").unwrap(), 1);
-        assert_eq!(recv_text(&mut a), "just a");
+        assert_eq!(server.broadcast_except(a_id, &"nobody".into()).unwrap(), 0);
+        assert_eq!(server.broadcast(&"just a".into()).unwrap(), 1);
+        assert_eq!(a.hear(), "just a");
         // A message sent just before closing still arrives, before the leave.
-        a.send_bytes(b"last words").unwrap();
+        a.say("last words");
         drop(a);
-        assert_eq!(next(&events), Event::Message(a_id, b"last words".to_vec()));
+        assert_eq!(next(&events), said(a_id, "last words"));
         assert_eq!(left(&events), (a_id, LeaveReason::Closed));
         assert!(server.clients().is_empty());
         assert_eq!(LeaveReason::Closed.to_string(), "closed the connection");
         server.shutdown();
-        assert!(matches!(
-            events.try_recv(),
-            Err(ipckit_core::TryRecvError::Disconnected)
-        ));
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Disconnected)));
+        assert!(matches!(events.recv(), Err(Error::Disconnected)));
+    }
+    assert_gone(&path);
+}
+
+/// What the clients of the undecodable test speak.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Msg {
+    Ping(u32),
+    Text(String),
+}
+
+#[test]
+fn a_message_that_does_not_decode_gets_its_sender_dropped_and_nobody_else() {
+    let (unix, path) = unix_address();
+    for addr in [unix, tcp_any()] {
+        let (server, events): (Server<Msg>, Events<Msg>) =
+            Server::start(Listener::bind(&addr).unwrap()).unwrap();
+        let addr = server.address().clone();
+        let (reader, writer) = connect(&addr).unwrap().split().unwrap();
+        let (mut good, mut good_rx) = (writer.into_sender::<Msg>(), reader.into_receiver::<Msg>());
+        let good_id = joined(&events);
+        // A client that frames correctly but does not speak `Msg`.
+        let mut bad = connect(&addr).unwrap();
+        let bad_id = joined(&events);
+        let mut ok = Vec::new();
+        ipckit_sockets::Codec::encode(&ipckit_sockets::Postcard, &Msg::Ping(7), &mut ok).unwrap();
+        bad.send_bytes(&ok).unwrap();
+        // Variant 9 of `Msg` does not exist; then more that must not arrive.
+        bad.send_bytes(&[9, 1, 2]).unwrap();
+        bad.send_bytes(&ok).unwrap();
+        assert_eq!(
+            next(&events),
+            Event::Message {
+                from: bad_id,
+                msg: Msg::Ping(7)
+            }
+        );
+        match left(&events) {
+            (id, LeaveReason::Undecodable(e)) if id == bad_id => {
+                assert!(!e.is_empty());
+                assert!(
+                    LeaveReason::Undecodable(e)
+                        .to_string()
+                        .contains("does not decode")
+                );
+            }
+            other => panic!("expected {bad_id} dropped as undecodable, got {other:?}"),
+        }
+        expect_closed(&mut bad);
+        // The server serves on.
+        good.send(&Msg::Text("still here".into())).unwrap();
+        assert_eq!(
+            next(&events),
+            Event::Message {
+                from: good_id,
+                msg: Msg::Text("still here".into())
+            }
+        );
+        assert_eq!(server.broadcast(&Msg::Ping(1)).unwrap(), 1);
+        assert_eq!(good_rx.recv_timeout(PATIENCE).unwrap(), Msg::Ping(1));
+        assert_eq!(server.clients(), vec![good_id]);
+        drop((good, good_rx));
+        assert_eq!(left(&events), (good_id, LeaveReason::Closed));
     }
     assert_gone(&path);
 }
@@ -405,11 +525,8 @@ fn a_client_that_stops_reading_is_dropped_for_outbox_overflow_and_the_others_get
     const N: u32 = 100;
     const READERS: usize = 3;
     let (addr, path) = unix_address();
-    let opts = ServerOptions {
-        outbox: 16,
-        ..ServerOptions::default()
-    };
-    let (server, events) = Server::start_with(Listener::bind(&addr).unwrap(), opts).unwrap();
+    let opts = ServerOptions::new().outbox(16);
+    let (server, events) = Server::start_raw_with(Listener::bind(&addr).unwrap(), &opts).unwrap();
     let (ctl, theirs) = UnixStream::pair().unwrap();
     let mut ctl = Connection::from_fd(OwnedFd::from(ctl)).unwrap();
     let mut lagger = Command::new("lagger")
@@ -432,12 +549,12 @@ fn a_client_that_stops_reading_is_dropped_for_outbox_overflow_and_the_others_get
     let mut ready = 0;
     while ready < READERS + 1 {
         match next(&events) {
-            Event::Joined(id, peer) if peer.credentials.unwrap().pid == lagger_pid => {
-                lagger_id = Some(id);
+            Event::Joined { client, peer } if peer.credentials.unwrap().pid == lagger_pid => {
+                lagger_id = Some(client);
             }
-            Event::Joined(..) => {}
-            Event::Message(_, m) => {
-                assert_eq!(m, b"ready");
+            Event::Joined { .. } => {}
+            Event::Message { msg, .. } => {
+                assert_eq!(msg, b"ready");
                 ready += 1;
             }
             e => panic!("unexpected {e:?}"),
@@ -459,18 +576,21 @@ fn a_client_that_stops_reading_is_dropped_for_outbox_overflow_and_the_others_get
         let mut acks = 0;
         while acks < READERS {
             match next(&events) {
-                Event::Message(_, m) => {
-                    assert_eq!(text(&m), format!("ack {i}"));
+                Event::Message { msg, .. } => {
+                    assert_eq!(msg, format!("ack {i}").as_bytes());
                     acks += 1;
                 }
                 // A reader that took everything goes.
-                Event::Left(id, LeaveReason::Closed) if id != lagger_id && i == N - 1 => {
+                Event::Left {
+                    client,
+                    reason: LeaveReason::Closed,
+                } if client != lagger_id && i == N - 1 => {
                     readers_gone += 1;
                 }
-                Event::Left(id, why) => {
+                Event::Left { client, reason } => {
                     assert!(!lagger_in && dropped_at.is_none(), "message {i}");
-                    assert_eq!((id, &why), (lagger_id, &LeaveReason::OutboxOverflow));
-                    assert_eq!(why.to_string(), "outbox overflow");
+                    assert_eq!((client, &reason), (lagger_id, &LeaveReason::OutboxOverflow));
+                    assert_eq!(reason.to_string(), "outbox overflow");
                     dropped_at = Some(i);
                 }
                 e => panic!("unexpected {e:?}"),
@@ -489,9 +609,9 @@ fn a_client_that_stops_reading_is_dropped_for_outbox_overflow_and_the_others_get
         got > 0 && got <= dropped_at,
         "it got {got}, dropped at {dropped_at}"
     );
-    assert!(lagger.join_timeout(PATIENCE).unwrap().success());
+    join_ok(&mut lagger);
     for r in &mut readers {
-        assert!(r.join_timeout(PATIENCE).unwrap().success());
+        join_ok(r);
     }
     for _ in readers_gone..READERS {
         assert_eq!(left(&events).1, LeaveReason::Closed);
@@ -507,9 +627,9 @@ const MESSAGE: usize = 64 << 10;
 fn garbage_and_giant_headers_get_a_client_dropped_and_nobody_else() {
     let (unix, path) = unix_address();
     for addr in [unix, tcp_any()] {
-        let (server, events) = Server::start(Listener::bind(&addr).unwrap()).unwrap();
+        let (server, events) = Server::start_raw(Listener::bind(&addr).unwrap()).unwrap();
         let addr = server.address().clone();
-        let mut good = Stream::connect(&addr).unwrap();
+        let mut good = connect(&addr).unwrap();
         let good_id = joined(&events);
         // Plain sockets, no framing; reads give up rather than hang.
         let raw = || -> Box<dyn ReadWrite> {
@@ -562,12 +682,9 @@ fn garbage_and_giant_headers_get_a_client_dropped_and_nobody_else() {
             }
             // The good client was not disturbed.
             good.send_bytes(b"still here").unwrap();
-            assert_eq!(
-                next(&events),
-                Event::Message(good_id, b"still here".to_vec())
-            );
-            assert_eq!(server.broadcast(b"all good").unwrap(), 1);
-            assert_eq!(recv_text(&mut good), "all good");
+            assert_eq!(next(&events), sent(good_id, b"still here"));
+            assert_eq!(server.broadcast(&b"all good".to_vec()).unwrap(), 1);
+            assert_eq!(good.recv_bytes_timeout(PATIENCE).unwrap(), b"all good");
         }
         assert_eq!(server.clients(), vec![good_id]);
         drop(good);
@@ -581,22 +698,20 @@ impl<T: Read + Write> ReadWrite for T {}
 
 #[test]
 fn messages_above_the_maximum_are_refused_both_ways() {
-    let opts = ServerOptions {
-        max_message: 1024,
-        ..ServerOptions::default()
-    };
-    let (server, events) = Server::start_with(Listener::bind(&tcp_any()).unwrap(), opts).unwrap();
-    let mut c = Stream::connect(server.address()).unwrap();
+    let opts = ServerOptions::new().max_message(1024);
+    let (server, events) =
+        Server::start_raw_with(Listener::bind(&tcp_any()).unwrap(), &opts).unwrap();
+    let mut c = connect(server.address()).unwrap();
     let id = joined(&events);
     assert!(matches!(
-        server.broadcast(&[0; 1025]),
+        server.broadcast(&vec![0; 1025]),
         Err(Error::TooLarge { len: 1025, .. })
     ));
     assert!(matches!(
-        server.send_to(id, &[0; 1025]),
+        server.send_to(id, &vec![0; 1025]),
         Err(Error::TooLarge { .. })
     ));
-    server.send_to(id, &[7; 1024]).unwrap();
+    server.send_to(id, &vec![7; 1024]).unwrap();
     assert_eq!(c.recv_bytes_timeout(PATIENCE).unwrap(), vec![7; 1024]);
     c.send_bytes(&[0; 1025]).unwrap();
     assert!(matches!(left(&events), (i, LeaveReason::Protocol(_)) if i == id));
@@ -607,23 +722,24 @@ fn a_thousand_clients_come_and_go_leaving_no_descriptor_or_thread() {
     enter(ROLES);
     // In a process of its own: the other tests' descriptors and threads stay out of the count.
     let mut child = Command::new("thousand-cycles").spawn().unwrap();
-    child.join_timeout(Duration::from_secs(120)).unwrap();
+    match child.join_timeout(Duration::from_secs(120)) {
+        Ok(status) => assert!(status.success(), "{status}"),
+        Err(e) => panic!("thousand-cycles: {e}"),
+    }
 }
 
 #[test]
 fn shutdown_delivers_what_was_queued_closes_everyone_and_ends_in_time() {
     let (addr, path) = unix_address();
-    let opts = ServerOptions {
-        linger: Duration::from_millis(300),
-        ..ServerOptions::default()
-    };
-    let (server, events) = Server::start_with(Listener::bind(&addr).unwrap(), opts).unwrap();
-    let mut clients: Vec<Stream> = (0..3).map(|_| Stream::connect(&addr).unwrap()).collect();
+    let opts = ServerOptions::new().linger(Duration::from_millis(300));
+    let (server, events): (Server<String>, Events<String>) =
+        Server::start_with(Listener::bind(&addr).unwrap(), &opts).unwrap();
+    let mut clients: Vec<Talker> = (0..3).map(|_| Talker::connect(&addr)).collect();
     let ids: Vec<ClientId> = (0..3).map(|_| joined(&events)).collect();
     // One client sends a message that is never taken in time; one never reads.
-    clients[2].send_bytes(b"unheard").unwrap();
-    assert_eq!(next(&events), Event::Message(ids[2], b"unheard".to_vec()));
-    assert_eq!(server.broadcast(b"closing time").unwrap(), 3);
+    clients[2].say("unheard");
+    assert_eq!(next(&events), said(ids[2], "unheard"));
+    assert_eq!(server.broadcast(&"closing time".into()).unwrap(), 3);
     let started = Instant::now();
     server.shutdown();
     // Nobody closed their end: the linger ran out and the server closed for them.
@@ -631,8 +747,8 @@ fn shutdown_delivers_what_was_queued_closes_everyone_and_ends_in_time() {
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     assert_gone(&path);
     for c in &mut clients[..2] {
-        assert_eq!(recv_text(c), "closing time");
-        expect_closed(c);
+        assert_eq!(c.hear(), "closing time");
+        c.expect_closed();
     }
     let mut gone: Vec<_> = (0..3).map(|_| left(&events)).collect();
     gone.sort_by_key(|(id, _)| *id);
@@ -646,26 +762,49 @@ fn shutdown_delivers_what_was_queued_closes_everyone_and_ends_in_time() {
         events.recv_timeout(PATIENCE),
         Err(RecvTimeoutError::Disconnected)
     ));
-    assert!(events.recv().is_none());
+    assert!(matches!(events.recv(), Err(Error::Disconnected)));
+    assert!(events.iter().next().is_none());
     assert!(server.clients().is_empty());
     // Once is enough.
     server.shutdown();
-    assert!(Stream::connect(&addr).is_err());
+    assert!(connect(&addr).is_err());
+}
+
+#[test]
+fn the_events_iterator_yields_every_event_and_ends_when_the_server_stops() {
+    let addr = Address::UnixAbstract(ipckit_core::unique_name("iter"));
+    let (server, events): (Server<u32>, Events<u32>) =
+        Server::start(Listener::bind(&addr).unwrap()).unwrap();
+    let mut c = connect(&addr).unwrap().into_sender::<u32>();
+    let id = joined(&events);
+    for i in 0..5 {
+        c.send(&i).unwrap();
+    }
+    drop(c);
+    let reader = std::thread::spawn(move || events.into_iter().collect::<Result<Vec<_>, _>>());
+    // Out of the server: its `Left` is on its way, and shutdown waits for it.
+    wait_until("the client is gone", || server.clients().is_empty());
+    server.shutdown();
+    let all = reader.join().unwrap().unwrap();
+    let mut want: Vec<Event<u32>> = (0..5).map(|msg| Event::Message { from: id, msg }).collect();
+    want.push(Event::Left {
+        client: id,
+        reason: LeaveReason::Closed,
+    });
+    assert_eq!(all, want);
 }
 
 #[test]
 fn an_application_slow_to_take_events_holds_clients_back_but_not_shutdown() {
-    let opts = ServerOptions {
-        events: 4,
-        linger: Duration::from_millis(200),
-        ..ServerOptions::default()
-    };
+    let opts = ServerOptions::new()
+        .events(4)
+        .linger(Duration::from_millis(200));
     // Unix socket buffers are small: a few messages fill them.
     let addr: Address = format!("unix-abstract://{}", ipckit_core::unique_name("slow"))
         .parse()
         .unwrap();
-    let (server, events) = Server::start_with(Listener::bind(&addr).unwrap(), opts).unwrap();
-    let mut c = Stream::connect(server.address()).unwrap();
+    let (server, events) = Server::start_raw_with(Listener::bind(&addr).unwrap(), &opts).unwrap();
+    let mut c = connect(server.address()).unwrap();
     let id = joined(&events);
     // More than fit in the events, and in the socket buffers too: the client waits.
     let sender = std::thread::spawn(move || {
@@ -680,7 +819,7 @@ fn an_application_slow_to_take_events_holds_clients_back_but_not_shutdown() {
     assert!(!sender.is_finished(), "the client was never held back");
     for i in 0..200u32 {
         match next(&events) {
-            Event::Message(from, m) => assert_eq!((from, number(&m)), (id, Some(i))),
+            Event::Message { from, msg } => assert_eq!((from, number(&msg)), (id, Some(i))),
             e => panic!("unexpected {e:?}"),
         }
     }
@@ -701,34 +840,36 @@ fn an_application_slow_to_take_events_holds_clients_back_but_not_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // The messages already taken in stay; the leave comes last.
     let mut rest = 0;
-    loop {
-        match events.recv_timeout(PATIENCE) {
-            Ok(Event::Message(..)) => rest += 1,
-            Ok(Event::Left(i, why)) => {
-                assert_eq!((i, why), (id, LeaveReason::Shutdown));
+    for event in &events {
+        match event.unwrap() {
+            Event::Message { .. } => rest += 1,
+            Event::Left { client, reason } => {
+                assert_eq!((client, reason), (id, LeaveReason::Shutdown));
                 break;
             }
             other => panic!("unexpected {other:?}"),
         }
     }
     assert!(rest <= 4, "{rest} messages for room for 4");
-    assert!(events.recv().is_none());
+    assert!(matches!(events.recv(), Err(Error::Disconnected)));
 }
 
 #[test]
 fn a_listener_with_an_authkey_admits_only_clients_that_know_it() {
-    let (server, events) =
+    let (server, events): (Server<String>, Events<String>) =
         Server::start(Listener::bind(&tcp_any()).unwrap().authkey(b"open sesame")).unwrap();
-    let keyed = |key: &[u8]| ConnectOptions {
-        timeout: Some(PATIENCE),
-        retry: false,
-        authkey: Some(key.to_vec()),
-    };
-    let intruder = Stream::connect_with(server.address(), &keyed(b"guess"));
-    assert!(intruder.is_err());
-    let mut friend = Stream::connect_with(server.address(), &keyed(b"open sesame")).unwrap();
+    let keyed = |key: &[u8]| ConnectOptions::new().timeout(PATIENCE).authkey(key);
+    let intruder = connect_with(server.address(), &keyed(b"guess"));
+    assert!(
+        matches!(
+            intruder,
+            Err(Error::Auth(ipckit_sockets::AuthError::Refused))
+        ),
+        "{intruder:?}"
+    );
+    let mut friend = Talker::new(connect_with(server.address(), &keyed(b"open sesame")).unwrap());
     let id = joined(&events);
-    friend.send_bytes(b"hi").unwrap();
-    assert_eq!(next(&events), Event::Message(id, b"hi".to_vec()));
+    friend.say("hi");
+    assert_eq!(next(&events), said(id, "hi"));
     assert_eq!(server.clients(), vec![id]);
 }
