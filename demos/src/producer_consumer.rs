@@ -4,8 +4,9 @@
 //! producer is gone and the queue is empty (no sentinel), then checks it got every item
 //! exactly once, each producer's in the order made.
 
-use ipckit_core::{Ctx, RecvBytes, RoleResult, SendBytes, TrySendError};
-use ipckit_queues::{Queue, QueueReceiver, QueueSender};
+use ipckit_queues::{
+    Ctx, Queue, QueueReceiver, QueueSender, Receiver, RoleResult, Sender, TrySendError,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, expect_same, join_all, role};
@@ -38,7 +39,7 @@ pub(crate) fn producer_consumer(pace: Pace) -> anyhow::Result<()> {
     let mut children = vec![
         role("pc-consumer")
             .arg(&pace)?
-            .handle("items", queue.byte_receiver()?)
+            .handle("items", queue.receiver()?)
             .spawn()?,
     ];
     // Each producer holds a sender: the consumer knows more may come while any of them
@@ -48,7 +49,7 @@ pub(crate) fn producer_consumer(pace: Pace) -> anyhow::Result<()> {
     for id in 1..=PRODUCERS {
         let child = role("pc-producer")
             .arg(&Args { id, pace })?
-            .handle("items", queue.byte_sender()?)
+            .handle("items", queue.sender()?)
             .spawn()?;
         children.push(child);
     }
@@ -65,7 +66,7 @@ pub(crate) fn producer_consumer(pace: Pace) -> anyhow::Result<()> {
 
 pub(crate) fn producer(ctx: &mut Ctx) -> RoleResult {
     let Args { id, pace } = ctx.arg()?;
-    let mut items = ctx.handle::<QueueSender>("items")?.into_sender::<Item>();
+    let mut items: Sender<Item, QueueSender> = ctx.handle("items")?;
     for n in 1..=ITEMS {
         let item = Item { producer: id, n };
         println!("🏭 Producer {id}: made item {id}-{n}");
@@ -86,9 +87,7 @@ pub(crate) fn producer(ctx: &mut Ctx) -> RoleResult {
 
 pub(crate) fn consumer(ctx: &mut Ctx) -> RoleResult {
     let pace: Pace = ctx.arg()?;
-    let mut items = ctx
-        .handle::<QueueReceiver>("items")?
-        .into_receiver::<Item>();
+    let mut items: Receiver<Item, QueueReceiver> = ctx.handle("items")?;
     println!("🛒 Consumer: waiting for items");
     let mut got = Vec::new();
     // Until every producer went home and the queue is empty.

@@ -5,8 +5,8 @@ use std::{fmt, marker::PhantomData, time::Duration};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    Deadline, Error, RecvBytes, RecvTimeoutError, Result, SendBytes, SendTimeoutError,
-    TryRecvError, TrySendError,
+    Deadline, Error, Handle, Handoff, RecvBytes, RecvTimeoutError, Result, SendBytes,
+    SendTimeoutError, TryRecvError, TrySendError,
     codec::{Codec, Postcard},
 };
 
@@ -261,6 +261,29 @@ impl<T: DeserializeOwned, R: RecvBytes, C: Codec> Iterator for IntoIter<T, R, C>
 }
 
 impl<T: DeserializeOwned, R: RecvBytes, C: Codec> std::iter::FusedIterator for IntoIter<T, R, C> {}
+
+/// A typed end passes to a child process as its byte end does; the child gets it typed,
+/// with a fresh codec of the same type: `ctx.handle::<Sender<Order, _>>("orders")`.
+impl<T: Serialize, S: SendBytes + Handle, C: Codec + Default> Handle for Sender<T, S, C> {
+    fn into_handoff(self) -> Handoff {
+        self.inner.into_handoff()
+    }
+
+    fn from_handoff(h: Handoff) -> Result<Self> {
+        Ok(Sender::with_codec(S::from_handoff(h)?, C::default()))
+    }
+}
+
+/// A typed end passes to a child process as its byte end does; see [`Sender`]'s.
+impl<T: DeserializeOwned, R: RecvBytes + Handle, C: Codec + Default> Handle for Receiver<T, R, C> {
+    fn into_handoff(self) -> Handoff {
+        self.inner.into_handoff()
+    }
+
+    fn from_handoff(h: Handoff) -> Result<Self> {
+        Ok(Receiver::with_codec(R::from_handoff(h)?, C::default()))
+    }
+}
 
 impl<T, S: fmt::Debug, C> fmt::Debug for Sender<T, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
