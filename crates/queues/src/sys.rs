@@ -11,7 +11,7 @@ use crate::senders::Senders;
 unsafe impl Placeable for Senders {
     type Init = ();
 
-    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
+    unsafe fn init(_: *mut Self, (): ()) -> ipckit_shmem::Result<()> {
         Ok(())
     }
 }

@@ -2,7 +2,6 @@
 //! of readings that many readers follow at their own pace (`Ring`).
 
 use std::{
-    cell::UnsafeCell,
     fmt,
     sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
     time::Duration,
@@ -13,7 +12,7 @@ use ipckit_core::Deadline;
 
 use crate::{
     Error, Placeable, Result,
-    sys::{copy_in, copy_out, futex_wake, sleep_counted, wake_sleepers},
+    sys::{RacyCell, futex_wake, sleep_counted, wake_sleepers},
 };
 
 /// A value that one writer publishes and any number of readers, in any process, read
@@ -27,20 +26,17 @@ pub struct SeqLock<T> {
     seq: AtomicU32,
     /// Readers asleep in `wait_newer`: `publish` makes no system call when there are none.
     sleepers: AtomicU32,
-    value: UnsafeCell<T>,
+    value: RacyCell<T>,
 }
 
-// SAFETY: the value is reached only through atomic copies, validated by the sequence.
-unsafe impl<T: Pod + Send> Sync for SeqLock<T> {}
-
-// SAFETY: Sync (above), atomics and plain data; `init` writes the first value.
+// SAFETY: atomics and a racy cell, each keeping the contract (the cell's copies are
+// validated by the sequence); `init` writes the first value.
 unsafe impl<T: Pod + Send> Placeable for SeqLock<T> {
     type Init = T;
 
-    unsafe fn init(this: *mut Self, init: T) -> std::io::Result<()> {
-        // SAFETY: the caller gives aligned, writable, unshared memory.
-        unsafe { (&raw mut (*this).value).cast::<T>().write(init) };
-        Ok(())
+    unsafe fn init(this: *mut Self, init: T) -> Result<()> {
+        // SAFETY: the caller's promise, for the field within its memory.
+        unsafe { RacyCell::init(&raw mut (*this).value, init) }
     }
 }
 
@@ -65,10 +61,9 @@ impl<T: Pod> SeqLock<T> {
                 Err(s) => seq = s,
             }
         }
-        // SAFETY: the cell is valid for T; readers only copy it with atomic loads and
-        // discard what they read while the sequence is odd. `copy_out` starts with a
+        // Readers discard what they copy while the sequence is odd. `copy_in` starts with a
         // Release fence, ordering the odd sequence before the data.
-        unsafe { copy_out(self.value.get().cast(), bytemuck::bytes_of(value)) };
+        self.value.copy_in(value);
         // Pairs with the Acquire load of `read`: a reader that sees the new even sequence
         // sees the whole value.
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
@@ -84,10 +79,9 @@ impl<T: Pod> SeqLock<T> {
                 std::hint::spin_loop();
                 continue;
             }
-            let mut out = T::zeroed();
-            // SAFETY: the cell is valid for T; a concurrent write is detected below.
-            unsafe { copy_in(bytemuck::bytes_of_mut(&mut out), self.value.get().cast()) };
-            // `copy_in` ends with an Acquire fence: the data loads happen before this load.
+            // A concurrent write is detected below.
+            let out = self.value.copy_out();
+            // `copy_out` ends with an Acquire fence: the data loads happen before this load.
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == before {
                 return (out, before);
@@ -159,7 +153,7 @@ impl<T> fmt::Debug for SeqLock<T> {
 struct Slot<T> {
     /// `2 * (index + 1)` once item `index` is complete here; odd while it is written.
     stamp: AtomicU64,
-    value: UnsafeCell<T>,
+    value: RacyCell<T>,
 }
 
 /// A ring of the last `N` readings from one writer process, which any number of reader
@@ -182,14 +176,12 @@ pub struct Ring<T, const N: usize> {
     slots: [Slot<T>; N],
 }
 
-// SAFETY: slots are reached only through atomic copies validated by their stamps.
-unsafe impl<T: Pod + Send, const N: usize> Sync for Ring<T, N> {}
-
-// SAFETY: Sync (above), atomics and plain data; all zeroes is the empty ring.
+// SAFETY: atomics and racy cells (whose copies are validated by their stamps), each keeping
+// the contract; all zeroes is the empty ring.
 unsafe impl<T: Pod + Send, const N: usize> Placeable for Ring<T, N> {
     type Init = ();
 
-    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
+    unsafe fn init(_: *mut Self, (): ()) -> Result<()> {
         const { assert!(N > 0, "a ring needs at least one slot") };
         Ok(())
     }
@@ -202,9 +194,9 @@ impl<T: Pod, const N: usize> Ring<T, N> {
         let index = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[(index % N as u64) as usize];
         slot.stamp.store(2 * index + 1, Ordering::Relaxed);
-        // SAFETY: the slot is valid for T; readers copy it atomically and check the stamp
-        // around their copy. `copy_out` begins with a Release fence after the odd stamp.
-        unsafe { copy_out(slot.value.get().cast(), bytemuck::bytes_of(value)) };
+        // Readers copy it atomically and check the stamp around their copy. `copy_in` begins
+        // with a Release fence after the odd stamp.
+        slot.value.copy_in(value);
         // Pairs with the Acquire load of the stamp in `RingReader::try_next`.
         slot.stamp.store(2 * (index + 1), Ordering::Release);
         // Pairs with the Acquire load of `head` by readers.
@@ -283,9 +275,8 @@ impl<T: Pod, const N: usize> RingReader<'_, T, N> {
         let want = 2 * (self.next + 1);
         // Pairs with the Release store of the stamp in `push`.
         let before = slot.stamp.load(Ordering::Acquire);
-        let mut out = T::zeroed();
-        // SAFETY: the slot is valid for T; a concurrent overwrite is detected below.
-        unsafe { copy_in(bytemuck::bytes_of_mut(&mut out), slot.value.get().cast()) };
+        // A concurrent overwrite is detected below.
+        let out = slot.value.copy_out();
         fence(Ordering::Acquire);
         let after = slot.stamp.load(Ordering::Relaxed);
         if before == want && after == want {
