@@ -31,6 +31,16 @@ const MEMFD: &str = "memfd segment";
 /// The bytes are reached through copies ([`read`](Segment::read),
 /// [`write`](Segment::write)) made of atomic accesses, or through the typed objects of this
 /// crate, never as a `&[u8]` another process could change underneath.
+///
+/// - **Create** with [`create`](Segment::create) (anonymous), [`create_named`](Segment::create_named)
+///   (a fresh unique name) or [`create_at`](Segment::create_at) (yours);
+///   [`open`](Segment::open) by name.
+/// - **Share with a child**: `Command::new(..).handle("seg", seg.try_clone()?)`; the child
+///   takes it with `ctx.handle::<Segment>("seg")?`.
+/// - **A dead peer**: the memory lives while any process maps it. An owner killed before
+///   it drops a named segment leaves the name in `/dev/shm`:
+///   [`stale_segments`](crate::stale_segments) finds it,
+///   [`remove_stale_segments`](crate::remove_stale_segments) removes it.
 #[derive(Debug)]
 pub struct Segment {
     m: Mapping,

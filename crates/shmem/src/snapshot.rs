@@ -12,6 +12,7 @@ use ipckit_core::Deadline;
 
 use crate::{
     Error, Placeable, Result,
+    shared::constructors,
     sys::{RacyCell, futex_wake, sleep_counted, wake_sleepers},
 };
 
@@ -21,6 +22,24 @@ use crate::{
 /// Readers do not block the writer (a sequence lock): a read that overlaps a write is
 /// retried, so a writer that publishes back to back, faster than a reader can copy the
 /// value, starves that reader. Writers are serialised among themselves.
+///
+/// ```
+/// use ipckit_shmem::SeqLock;
+///
+/// let position = SeqLock::create([0.0f64; 3])?; // a Shared<SeqLock<[f64; 3]>>
+/// position.publish(&[1.0, 2.0, 3.0]);
+/// assert_eq!(position.load(), [1.0, 2.0, 3.0]);
+/// # Ok::<(), ipckit_shmem::Error>(())
+/// ```
+///
+/// - **Create** with [`SeqLock::create`], `create_named`, `create_at`; `open` by name.
+/// - **Share with a child**: `Command::new(..).handle("position", position.try_clone()?)`;
+///   the child takes it with `ctx.handle::<Shared<SeqLock<T>>>("position")?`.
+/// - **A dead peer**: a reader that dies leaves nothing behind. A writer that dies between
+///   publishes leaves the last value whole. One killed in the middle of a publish (a copy's
+///   time) leaves the sequence odd: later `read`s and `publish`es spin, and
+///   [`wait_newer`](SeqLock::wait_newer) times out. Where writers may be killed, use a
+///   [`Ring`], which notices a dead writer.
 #[repr(C)]
 pub struct SeqLock<T> {
     seq: AtomicU32,
@@ -39,6 +58,11 @@ unsafe impl<T: Pod + Send> Placeable for SeqLock<T> {
         unsafe { RacyCell::init(&raw mut (*this).value, init) }
     }
 }
+
+constructors!(
+    /// A sequence lock holding `value`, in an anonymous segment.
+    [T: Pod + Send] SeqLock<T>, T, |value| value
+);
 
 impl<T: Pod> SeqLock<T> {
     /// Publishes a new value and wakes readers waiting for one.
@@ -163,6 +187,25 @@ struct Slot<T> {
 /// told how many it missed ([`Error::Lagged`]) and goes on from the oldest item still there.
 /// The writer ends the stream with [`close`](Ring::close) (or by dying), and readers get
 /// [`Error::Disconnected`] after the last item: no end marker, no "0.0 means empty" guess.
+///
+/// ```
+/// use ipckit_shmem::{Ring, Shared};
+/// use std::time::Duration;
+///
+/// let readings: Shared<Ring<f64, 64>> = Ring::create()?;
+/// let mut monitor = readings.reader();
+/// readings.push(&21.5);
+/// readings.close();
+/// assert_eq!(monitor.recv_timeout(Duration::from_secs(1))?, 21.5);
+/// # Ok::<(), ipckit_shmem::Error>(())
+/// ```
+///
+/// - **Create** with [`Ring::create`], `create_named`, `create_at`; `open` by name.
+/// - **Share with a child**: `Command::new(..).handle("ring", ring.try_clone()?)`; the child
+///   takes it with `ctx.handle::<Shared<Ring<T, N>>>("ring")?`.
+/// - **A dead peer**: a writer that dies (SIGKILL included) ends the stream as `close`
+///   does: readers drain what is there, then get `Disconnected` (within 100 ms). A reader
+///   that dies leaves nothing behind.
 #[repr(C)]
 pub struct Ring<T, const N: usize> {
     /// Items published so far.
@@ -186,6 +229,12 @@ unsafe impl<T: Pod + Send, const N: usize> Placeable for Ring<T, N> {
         Ok(())
     }
 }
+
+constructors!(
+    /// An empty ring in an anonymous segment: `let ring: Shared<Ring<f64, 64>> =
+    /// Ring::create()?`.
+    [T: Pod + Send, const N: usize] Ring<T, N>
+);
 
 impl<T: Pod, const N: usize> Ring<T, N> {
     /// Publishes the next item (one writer at a time) and wakes waiting readers.
