@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(unsafe_code)]
 
+#[forbid(unsafe_code)]
 mod error;
 #[forbid(unsafe_code)]
 mod mapped;

@@ -118,8 +118,9 @@ unsafe impl<T: Plain> Placeable for RawCell<T> {
 }
 
 /// The value, or the error saying its bytes are not a `T`.
+#[inline]
 fn valid<T>(v: Option<T>) -> Result<T> {
-    v.ok_or(Error::InvalidValue(type_name::<T>()))
+    v.ok_or_else(|| Error::InvalidValue(type_name::<T>()))
 }
 
 impl<T: Plain> ValueCell<T> {
@@ -161,6 +162,7 @@ impl<T: Plain> ValueCell<T> {
     /// # Errors
     /// [`Error::InvalidValue`] if another process left bytes that are no `T` (a `bool`
     /// holding 2); for larger types, what [`lock`](ValueCell::lock) fails with.
+    #[inline]
     pub fn load(&self) -> Result<T> {
         if is_atomic::<T>() {
             valid(self.value.load())
@@ -175,6 +177,7 @@ impl<T: Plain> ValueCell<T> {
     /// # Errors
     /// Never for types of 1, 2, 4 or 8 bytes; for larger ones what
     /// [`lock`](ValueCell::lock) fails with.
+    #[inline]
     pub fn store(&self, value: T) -> Result<()> {
         if is_atomic::<T>() {
             self.value.store(&value);

@@ -50,6 +50,7 @@ unsafe impl<T: Plain> Placeable for PlainCell<T> {
 impl<T: Plain> PlainCell<T> {
     /// Reads the value; `None` if the bytes are not a valid `T` (a `bool` that another
     /// process set to 2). Never `None` for a `Pod` type.
+    #[inline]
     pub(crate) fn load(&self) -> Option<T> {
         let mut bits = MaybeUninit::<T::Bits>::zeroed();
         let dst = bits.as_mut_ptr().cast::<u8>();
@@ -76,6 +77,7 @@ impl<T: Plain> PlainCell<T> {
     }
 
     /// Writes the value.
+    #[inline]
     pub(crate) fn store(&self, value: &T) {
         let bytes = bytemuck::bytes_of(value);
         let dst = self.0.get().cast::<u8>();
@@ -131,6 +133,7 @@ impl<T: Pod> RacyCell<T> {
 ///
 /// # Safety
 /// `p` is valid for reads of `size` bytes and aligned to `size`.
+#[inline(always)]
 unsafe fn load_word(p: *const u8, size: usize) -> [u8; 8] {
     let mut out = [0u8; 8];
     let p = p.cast_mut();
@@ -166,6 +169,7 @@ unsafe fn load_word(p: *const u8, size: usize) -> [u8; 8] {
 ///
 /// # Safety
 /// `p` is valid for writes of `bytes.len()` bytes and aligned to that length.
+#[inline(always)]
 unsafe fn store_word(p: *mut u8, bytes: &[u8]) {
     let mut w = [0u8; 8];
     w[..bytes.len()].copy_from_slice(bytes);

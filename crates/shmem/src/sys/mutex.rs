@@ -87,6 +87,7 @@ impl RawMutex {
 
     /// Locks, waiting until `deadline`; a holder that died hands the lock over (the guard
     /// says so).
+    #[inline]
     pub(crate) fn lock(&self, deadline: Deadline) -> Result<RawGuard<'_>> {
         let rc = match deadline {
             // SAFETY: the mutex was initialised by `init` before anyone could reach it.
@@ -144,6 +145,7 @@ impl RawGuard<'_> {
 }
 
 impl Drop for RawGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: this guard exists only while this thread holds the lock (once per lock
         // taken, for a recursive mutex).
