@@ -906,8 +906,10 @@ impl<T: fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
 /// `notify` makes no system call when nobody sleeps, so a busy producer pays only a fence
 /// and a load per notification.
 ///
-/// - **Create** with [`Notify::create`] or place it in a larger object (it is what the
-///   queues of ipckit-queues sleep on).
+/// - **Create** with [`Notify::create`] (or `create_named`, `create_at`, `open`), or place
+///   it in a larger object (it is what the queues of ipckit-queues sleep on).
+/// - **Share with a child** as any [`Shared`](crate::Shared): `try_clone` and
+///   `Command::handle`.
 /// - **A dead peer**: a sleeper that dies leaves its count behind, which only costs the
 ///   notifier a system call per notification; a notifier that dies leaves the sleepers to
 ///   their timeouts.

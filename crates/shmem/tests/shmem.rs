@@ -96,6 +96,17 @@ fn answer_condition(ctx: &mut Ctx) -> RoleResult {
     Ok(())
 }
 
+/// Locks a `Condition<u32>`, sets its data, says so, and waits to be killed.
+fn hold_condition(ctx: &mut Ctx) -> RoleResult {
+    let c: Shared<Condition<u32>> = ctx.handle("condition")?;
+    let held: Shared<Event> = ctx.handle("held")?;
+    let mut guard = c.lock()?;
+    *guard = 5;
+    held.set();
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
 /// Opens a semaphore by name and holds one unit until told.
 fn take_semaphore(ctx: &mut Ctx) -> RoleResult {
     let name: String = ctx.arg()?;
@@ -231,6 +242,7 @@ const ROLES: &[Role] = &[
     Role::new("hold-rlock-twice", hold_rlock_twice),
     Role::new("contend-rlock", contend_rlock),
     Role::new("answer-condition", answer_condition),
+    Role::new("hold-condition", hold_condition),
     Role::new("take-semaphore", take_semaphore),
     Role::new("raise-flag", raise_flag),
     Role::new("meet", meet),
@@ -590,6 +602,29 @@ mod waits {
             .unwrap();
         assert!(timed_out);
         drop(g);
+    }
+
+    /// A condition's lock is robust: its holder SIGKILLed, the next locker gets it, and
+    /// waits on it work as before.
+    #[test]
+    fn a_killed_condition_holder_hands_the_lock_over() {
+        ipckit_core::enter(ROLES);
+        let c = Condition::create(0u32).unwrap();
+        let held = Event::create().unwrap();
+        let mut child = Command::new("hold-condition")
+            .handle("condition", c.try_clone().unwrap())
+            .handle("held", held.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        held.wait_timeout(PATIENCE).unwrap();
+        child.kill().unwrap();
+        let _ = child.join_timeout(PATIENCE);
+        let guard = c.lock_timeout(PATIENCE).expect("recovered, not hung");
+        assert!(guard.previous_holder_died());
+        assert_eq!(*guard, 5);
+        let (guard, timed_out) = c.wait_timeout(guard, Duration::from_millis(10)).unwrap();
+        assert!(timed_out);
+        assert!(!guard.previous_holder_died());
     }
 
     #[test]
