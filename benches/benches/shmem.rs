@@ -56,8 +56,6 @@ use ipckit_shmem::{Mutex, Segment, SeqLock, Shared};
 const WORKERS: u64 = 4;
 /// The bytes of the bandwidth workload.
 const BIG: usize = 64 << 20;
-/// How long anyone waits for anyone: a worker for a lock or a peer's write, the parent for
-/// a report or a worker's end.
 /// An error unless the pthread call `what` returned 0.
 fn check(rc: libc::c_int, what: &str) -> anyhow::Result<()> {
     ensure!(rc == 0, "{what}: {}", std::io::Error::from_raw_os_error(rc));

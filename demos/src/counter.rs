@@ -61,12 +61,12 @@ pub(crate) fn counter(variant: Variant, pace: Pace) -> anyhow::Result<()> {
         ),
     }
     // A start line, so that the workers run together rather than one after the other.
-    let start: Shared<Barrier> = Shared::create(WORKERS)?;
+    let start = Barrier::create(WORKERS)?;
     let got = match variant {
         Variant::Locked | Variant::Unlocked => {
             let counter: Value<u64> = Value::create(0)?;
             run_workers(variant, pace, &start, || counter.try_clone())?;
-            counter.load()
+            counter.load()?
         }
         Variant::Atomic => {
             let counter: Shared<AtomicU64> = Shared::create(0)?;
@@ -133,11 +133,11 @@ pub(crate) fn worker(ctx: &mut Ctx) -> RoleResult {
             let counter = ctx.handle::<Value<u64>>("counter")?;
             start.wait_timeout(PATIENCE)?;
             for _ in 0..INCREMENTS {
-                let mut value = counter.lock()?;
+                let value = counter.lock()?; // `with counter.get_lock():`
                 pace.pause(0.01); // some work, under the lock, as the Python tutorials do
-                *value += 1;
+                let now = value.update(|v| v + 1)?; // `counter.value += 1`
                 // Printed under the lock, so the lines come out in the counter's order.
-                println!("Worker {id}: counter = {}", *value);
+                println!("Worker {id}: counter = {now}");
                 drop(value);
                 pace.pause(0.05);
             }
@@ -155,10 +155,10 @@ pub(crate) fn worker(ctx: &mut Ctx) -> RoleResult {
             let counter = ctx.handle::<Value<u64>>("counter")?;
             start.wait_timeout(PATIENCE)?;
             for _ in 0..INCREMENTS {
-                let seen = counter.load();
+                let seen = counter.load()?;
                 // The gap between read and write, where another worker gets in.
                 std::thread::sleep(RACE_WINDOW);
-                counter.store(seen + 1);
+                counter.store(seen + 1)?;
                 println!("Worker {id}: read {seen}, wrote {}", seen + 1);
                 pace.pause(0.05);
             }

@@ -18,6 +18,7 @@ mod producer_consumer;
 mod restaurant;
 mod sensor;
 mod support;
+mod sync;
 mod workers;
 
 /// Classic IPC scenarios with ipckit: real processes, checked outcomes.
@@ -52,6 +53,9 @@ enum Scenario {
         #[arg(long = "unsafe", id = "unsafe")]
         unlocked: bool,
     },
+    /// The synchronisation primitives across processes: a lock, a re-entrant lock (and its
+    /// holder killed), a semaphore letting 2 of 5 in, an event, a barrier, a condition.
+    Sync,
     /// A sensor process publishes 20 temperatures into a ring in shared memory; a monitor
     /// process prints them with a moving average, until the sensor closes the ring.
     Sensor,
@@ -95,6 +99,13 @@ const ROLES: &[Role] = &[
     Role::new("fifo-writer", fifo::writer),
     Role::new("fifo-reader", fifo::reader),
     Role::new("counter-worker", counter::worker),
+    Role::new("sync-lock", sync::lock_worker),
+    Role::new("sync-rlock", sync::rlock_worker),
+    Role::new("sync-rlock-die", sync::rlock_die),
+    Role::new("sync-semaphore", sync::semaphore_worker),
+    Role::new("sync-event", sync::event_worker),
+    Role::new("sync-barrier", sync::barrier_worker),
+    Role::new("sync-condition", sync::condition_worker),
     Role::new("sensor-writer", sensor::writer),
     Role::new("sensor-monitor", sensor::monitor),
     Role::new("restaurant-order-taker", restaurant::order_taker),
@@ -129,6 +140,7 @@ fn main() -> ExitCode {
             };
             counter::counter(variant, pace)
         }
+        Scenario::Sync => sync::sync(pace),
         Scenario::Sensor => sensor::sensor(pace),
         Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),

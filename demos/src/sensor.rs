@@ -30,7 +30,7 @@ pub(crate) fn sensor(pace: Pace) -> anyhow::Result<()> {
         "📡 A sensor process publishes {READINGS} temperatures into a ring in shared memory; \
          a monitor process follows them"
     );
-    let ring: Readings = Shared::create(())?;
+    let ring: Readings = Ring::create()?;
     // The monitor first: it may well start waiting before the first reading is there.
     let monitor = role("sensor-monitor")
         .handle("ring", ring.try_clone()?)

@@ -173,6 +173,42 @@ fn sensor_monitor_sees_every_reading() {
     assert_eq!(out.matches("📊 Monitor: reading ").count(), 20, "{out}");
 }
 
+#[test]
+fn sync_primitives_each_do_their_job() {
+    let out = demo(&["sync", "--fast"]);
+    assert_in_order(
+        &out,
+        &[
+            "✅ Lock: 3 entries, never more than 1 inside",
+            "Process 1 has the lock again (inner)",
+            "Parent: took the lock; it says its previous holder died",
+            "✅ RLock",
+            "✅ Semaphore: 5 processes served",
+            "Parent: setting the event",
+            "✅ Event: all 3 waiters went on",
+            "✅ Barrier: nobody started before all 3 were ready",
+            "✅ Condition: each item went to exactly one consumer",
+            "🎉 Every primitive did its job",
+        ],
+    );
+    assert_eq!(out.matches(" got a slot (").count(), 5, "{out}");
+    let most = out
+        .lines()
+        .filter_map(|l| l.split_once(" got a slot ("))
+        .map(|(_, rest)| rest.split(' ').next().unwrap().parse::<u32>().unwrap())
+        .max();
+    assert!(most.is_some_and(|m| m <= 2), "{out}");
+    for line in out.lines().filter(|l| l.contains("passed the barrier")) {
+        let at = out.find(line).unwrap();
+        assert_eq!(
+            out[..at].matches("waiting at the barrier").count(),
+            3,
+            "{line} before all arrived:\n{out}"
+        );
+    }
+    assert_eq!(out.matches(" took an item").count(), 2, "{out}");
+}
+
 /// The Python tutorial's four orders: (id, item, table).
 const ORDERS: [(u32, &str, u32); 4] = [
     (1, "Margherita Pizza 🍕", 5),
@@ -348,6 +384,7 @@ fn every_scenario_has_help() {
         "parent-child",
         "fifo",
         "counter",
+        "sync",
         "sensor",
         "restaurant",
         "producer-consumer",

@@ -40,6 +40,31 @@ pub enum Error {
         /// The alignment the type needs.
         align: usize,
     },
+    /// An operating-system call on a named object failed: "cannot open shared-memory
+    /// segment `x`: No such file or directory".
+    #[error("cannot {action} {object} `{name}`: {source}")]
+    Os {
+        /// What was attempted: `create`, `open`, `resize`, `map`.
+        action: &'static str,
+        /// What it was attempted on: `shared-memory segment`, `memfd segment`, `mapped file`.
+        object: &'static str,
+        /// The object's name or path.
+        name: String,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Options or an initial value that make no valid object (a barrier for no party).
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// A value whose bytes are not a valid value of its type (a `bool` that another process
+    /// set to 2).
+    #[error("the shared bytes are not a valid `{0}`")]
+    InvalidValue(&'static str),
+    /// An object placed in a segment that others may already use (a segment opened, or
+    /// already holding a published object).
+    #[error("objects are placed only in a segment this process just created")]
+    AlreadyPublished,
     /// A name that POSIX shared memory cannot take.
     #[error("invalid shared-memory name `{0}`: 1 to 250 characters, no `/` but a leading one")]
     InvalidName(String),
@@ -66,9 +91,28 @@ pub enum Error {
     Io(#[from] io::Error),
 }
 
-impl From<nix::Error> for Error {
-    fn from(e: nix::Error) -> Self {
-        Error::Io(io::Error::from(e))
+impl Error {
+    /// An OS failure on a named object: `Error::os("open", "shared-memory segment", name, e)`.
+    pub fn os(
+        action: &'static str,
+        object: &'static str,
+        name: impl std::fmt::Display,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        Error::Os {
+            action,
+            object,
+            name: name.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// The system's error, under [`Io`](Error::Io) or [`Os`](Error::Os).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::Io(e) | Error::Os { source: e, .. } => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -78,7 +122,7 @@ impl From<Error> for ipckit_core::Error {
             Error::Io(e) => ipckit_core::Error::Io(e),
             Error::Timeout => ipckit_core::Error::Timeout,
             Error::Disconnected => ipckit_core::Error::Disconnected,
-            e => ipckit_core::Error::RoleInput(e.to_string()),
+            e => ipckit_core::Error::SharedMemory(Box::new(e)),
         }
     }
 }

@@ -1,31 +1,46 @@
 #![doc = include_str!("../README.md")]
 #![deny(unsafe_code)]
 
+#[forbid(unsafe_code)]
 mod error;
-#[allow(unsafe_code)] // reason: maps shared memory; every block states why it is sound
+#[forbid(unsafe_code)]
 mod mapped;
-#[allow(unsafe_code)] // reason: raw copies in and out of shared memory, each justified
+#[forbid(unsafe_code)]
 mod segment;
-#[allow(unsafe_code)] // reason: places objects in shared memory (the `Placeable` contract)
+#[forbid(unsafe_code)]
 mod shared;
-#[allow(unsafe_code)] // reason: sequence locks over cells in shared memory
+#[expect(
+    unsafe_code,
+    reason = "implements the unsafe Placeable contract for SeqLock and Ring"
+)]
 mod snapshot;
-#[allow(unsafe_code)] // reason: lock guards hand out the data they protect
+#[expect(
+    unsafe_code,
+    reason = "implements the unsafe Placeable contract for the locks and waits"
+)]
 mod sync;
-#[allow(unsafe_code)] // reason: the futex and pthread calls and atomic copies
+#[expect(
+    unsafe_code,
+    reason = "futex and pthread calls, atomic copies, typed views of shared memory"
+)]
 mod sys;
-#[allow(unsafe_code)] // reason: value cells and array guards over shared memory
+#[expect(
+    unsafe_code,
+    reason = "implements the unsafe Placeable contract for Value's and RawValue's cells"
+)]
 mod value;
 
 pub use {
+    bytemuck::{self, Pod, Zeroable},
     error::{Error, Result},
     mapped::MappedFile,
     segment::{Segment, remove_stale_segments, stale_segments},
-    shared::{Placeable, Shared},
+    shared::Shared,
     snapshot::{Ring, RingReader, SeqLock},
     sync::{
-        Barrier, Condvar, Event, Mutex, MutexGuard, Notify, RwLock, RwLockReadGuard,
-        RwLockWriteGuard, Semaphore, SemaphoreInit,
+        Barrier, Condition, Condvar, Event, Mutex, MutexGuard, Notify, RLock, RLockGuard, RwLock,
+        RwLockReadGuard, RwLockWriteGuard, Semaphore, SemaphoreOptions,
     },
+    sys::{Placeable, Plain},
     value::{Array, ArrayGuard, RawCell, RawValue, Value, ValueCell, ValueGuard},
 };

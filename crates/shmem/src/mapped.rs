@@ -8,13 +8,20 @@ use std::{
 
 use bytemuck::Pod;
 
-use crate::{Result, segment::Mapping};
+use crate::{Error, Result, sys::Mapping};
+
+const FILE: &str = "mapped file";
 
 /// A file mapped into memory, shared with every process that maps it.
 ///
 /// Records are read and written at byte offsets as plain-old-data values (atomically for
 /// 1-, 2-, 4- and 8-byte types), and [`flush`](MappedFile::flush) writes them to disk. The
 /// file stays where it is when the mapping is dropped: it is the user's.
+///
+/// Create it with [`create`](MappedFile::create) (a new file) or [`open`](MappedFile::open)
+/// (an existing one); a child process opens the same path (pass the path as a role
+/// argument). A process that dies leaves its writes in the file: the kernel writes the
+/// mapped pages back whether or not anyone calls `flush`.
 ///
 /// ```
 /// use ipckit_shmem::MappedFile;
@@ -38,7 +45,8 @@ impl MappedFile {
     /// Creates a file of `len` zero bytes at `path` (mode 0600; it must not exist) and maps it.
     ///
     /// # Errors
-    /// [`Error::Io`](crate::Error::Io) with kind `AlreadyExists` if something is there.
+    /// [`Error::Os`] (kind `AlreadyExists`) if something is there, or if the file cannot be
+    /// sized or mapped.
     pub fn create(path: impl AsRef<Path>, len: u64) -> Result<Self> {
         let path = path.as_ref();
         let file = OpenOptions::new()
@@ -46,23 +54,30 @@ impl MappedFile {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)?;
-        file.set_len(len)?;
+            .open(path)
+            .map_err(|e| Error::os("create", FILE, path.display(), e))?;
+        file.set_len(len)
+            .map_err(|e| Error::os("resize", FILE, path.display(), e))?;
         Self::map(file, path)
     }
 
     /// Maps an existing file, at its current size.
     ///
     /// # Errors
-    /// [`Error::Io`](crate::Error::Io) if it cannot be opened for reading and writing.
+    /// [`Error::Os`] if it cannot be opened for reading and writing, or mapped.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Self::map(OpenOptions::new().read(true).write(true).open(path)?, path)
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::os("open", FILE, path.display(), e))?;
+        Self::map(file, path)
     }
 
     fn map(file: File, path: &Path) -> Result<Self> {
         Ok(MappedFile {
-            m: Mapping::new(file)?,
+            m: Mapping::new(file, false).map_err(|e| Error::os("map", FILE, path.display(), e))?,
             path: path.to_owned(),
         })
     }
@@ -85,8 +100,8 @@ impl MappedFile {
     /// Reads a record at `offset` (aligned for `T`).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`](crate::Error::OutOfBounds) or
-    /// [`Error::Misaligned`](crate::Error::Misaligned).
+    /// [`Error::OutOfBounds`] or
+    /// [`Error::Misaligned`].
     pub fn read_at<T: Pod>(&self, offset: usize) -> Result<T> {
         self.m.read_at(offset)
     }
@@ -102,7 +117,7 @@ impl MappedFile {
     /// Copies bytes out at `offset`.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`](crate::Error::OutOfBounds) if the range does not fit.
+    /// [`Error::OutOfBounds`] if the range does not fit.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.m.read(offset, buf)
     }
@@ -110,7 +125,7 @@ impl MappedFile {
     /// Copies bytes in at `offset`.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`](crate::Error::OutOfBounds) if the range does not fit.
+    /// [`Error::OutOfBounds`] if the range does not fit.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.m.write(offset, data)
     }
@@ -118,8 +133,10 @@ impl MappedFile {
     /// Writes the mapped pages to the file on disk (`msync`).
     ///
     /// # Errors
-    /// [`Error::Io`](crate::Error::Io) if the kernel reports a write error.
+    /// [`Error::Os`] if the kernel reports a write error.
     pub fn flush(&self) -> Result<()> {
-        self.m.flush()
+        self.m
+            .flush()
+            .map_err(|e| Error::os("flush", FILE, self.path.display(), e))
     }
 }

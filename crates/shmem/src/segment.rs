@@ -3,7 +3,6 @@
 use std::{fs::File, os::fd::OwnedFd, path::Path};
 
 use ipckit_core::{Handle, Handoff};
-use memmap2::MmapRaw;
 use nix::{
     fcntl::OFlag,
     sys::{
@@ -13,10 +12,12 @@ use nix::{
     },
 };
 
-use crate::{Error, Result, sys};
+use crate::{Error, Placeable, Result, sys::Mapping};
 
 /// Where POSIX shared memory lives on Linux.
 const SHM_DIR: &str = "/dev/shm";
+const SEGMENT: &str = "shared-memory segment";
+const MEMFD: &str = "memfd segment";
 
 /// A block of memory shared between processes.
 ///
@@ -30,19 +31,21 @@ const SHM_DIR: &str = "/dev/shm";
 /// The bytes are reached through copies ([`read`](Segment::read),
 /// [`write`](Segment::write)) made of atomic accesses, or through the typed objects of this
 /// crate, never as a `&[u8]` another process could change underneath.
+///
+/// - **Create** with [`create`](Segment::create) (anonymous), [`create_named`](Segment::create_named)
+///   (a fresh unique name) or [`create_at`](Segment::create_at) (yours);
+///   [`open`](Segment::open) by name.
+/// - **Share with a child**: `Command::new(..).handle("seg", seg.try_clone()?)`; the child
+///   takes it with `ctx.handle::<Segment>("seg")?`.
+/// - **A dead peer**: the memory lives while any process maps it. An owner killed before
+///   it drops a named segment leaves the name in `/dev/shm`:
+///   [`stale_segments`](crate::stale_segments) finds it,
+///   [`remove_stale_segments`](crate::remove_stale_segments) removes it.
 #[derive(Debug)]
 pub struct Segment {
     m: Mapping,
     name: Option<String>,
     owner: bool,
-}
-
-/// A shared mapping of a file (a memfd, a POSIX shared-memory object, a regular file), with
-/// bounds-checked copies made of atomic accesses.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    map: MmapRaw,
-    pub(crate) file: File,
 }
 
 fn shm_path(name: &str) -> Result<String> {
@@ -54,35 +57,41 @@ fn shm_path(name: &str) -> Result<String> {
 }
 
 impl Segment {
-    /// An anonymous segment of `len` bytes (a memfd).
+    /// An anonymous segment of `len` bytes (a memfd), shared with a child process as an
+    /// inherited descriptor ([`ipckit_core::Command::handle`] with a
+    /// [`try_clone`](Segment::try_clone)).
     ///
     /// # Errors
-    /// [`Error::Io`] if the system refuses the memory.
+    /// [`Error::Os`] if the system refuses the memory.
     pub fn create(len: usize) -> Result<Segment> {
-        let fd = memfd_create("ipckit-segment", MFdFlags::MFD_CLOEXEC)?;
+        const NAME: &str = "ipckit-segment";
+        let fd = memfd_create(NAME, MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| Error::os("create", MEMFD, NAME, e))?;
         Self::map_new(fd, len, None)
     }
 
-    /// A named segment of `len` bytes, with a fresh unique name.
+    /// A named segment of `len` bytes, with a fresh unique name ([`name`](Segment::name))
+    /// that other processes [`open`](Segment::open).
     ///
     /// # Errors
-    /// [`Error::Io`] if the system refuses it.
+    /// [`Error::Os`] if the system refuses it.
     pub fn create_named(len: usize) -> Result<Segment> {
-        Self::create_with_name(&ipckit_core::unique_name("shm"), len)
+        Self::create_at(&ipckit_core::unique_name("shm"), len)
     }
 
     /// A named segment of `len` bytes called `name` (with or without the leading `/`).
     ///
     /// # Errors
-    /// [`Error::InvalidName`] for a name POSIX refuses; [`Error::Io`] with kind
-    /// `AlreadyExists` if the name is taken.
-    pub fn create_with_name(name: &str, len: usize) -> Result<Segment> {
+    /// [`Error::InvalidName`] for a name POSIX refuses; [`Error::Os`] (kind
+    /// `AlreadyExists`) if the name is taken.
+    pub fn create_at(name: &str, len: usize) -> Result<Segment> {
         let path = shm_path(name)?;
         let fd = shm_open(
             path.as_str(),
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
             Mode::S_IRUSR | Mode::S_IWUSR,
-        )?;
+        )
+        .map_err(|e| Error::os("create", SEGMENT, &path[1..], e))?;
         let seg = Self::map_new(fd, len, Some(path[1..].to_string()));
         if seg.is_err() {
             let _ = shm_unlink(path.as_str());
@@ -92,37 +101,52 @@ impl Segment {
 
     fn map_new(fd: OwnedFd, len: usize, name: Option<String>) -> Result<Segment> {
         let file = File::from(fd);
-        file.set_len(len as u64)?;
+        let (object, shown) = Self::described(name.as_deref());
+        file.set_len(len as u64)
+            .map_err(|e| Error::os("resize", object, shown, e))?;
         if let Some(n) = &name {
             tracing::debug!(name = %n, len, "segment created");
         }
         Ok(Segment {
-            m: Mapping::new(file)?,
+            m: Mapping::new(file, true).map_err(|e| Error::os("map", object, shown, e))?,
             name,
             owner: true,
         })
+    }
+
+    /// What to call a segment in an error.
+    fn described(name: Option<&str>) -> (&'static str, &str) {
+        match name {
+            Some(n) => (SEGMENT, n),
+            None => (MEMFD, "anonymous"),
+        }
     }
 
     /// Opens the named segment `name` that another process created; its size is the size
     /// it was created with.
     ///
     /// # Errors
-    /// [`Error::Io`] with kind `NotFound` if there is no such segment.
+    /// [`Error::InvalidName`] for a name POSIX refuses; [`Error::Os`] (kind `NotFound`) if
+    /// there is no such segment.
     pub fn open(name: &str) -> Result<Segment> {
         let path = shm_path(name)?;
         let fd = shm_open(
             path.as_str(),
             OFlag::O_RDWR | OFlag::O_CLOEXEC,
             Mode::empty(),
-        )?;
+        )
+        .map_err(|e| Error::os("open", SEGMENT, &path[1..], e))?;
         let seg = Self::map_existing(fd, Some(path[1..].to_string()))?;
         tracing::debug!(name = %&path[1..], len = seg.len(), "segment opened");
         Ok(seg)
     }
 
     fn map_existing(fd: OwnedFd, name: Option<String>) -> Result<Segment> {
+        let (object, shown) = Self::described(name.as_deref());
+        let m =
+            Mapping::new(File::from(fd), false).map_err(|e| Error::os("map", object, shown, e))?;
         Ok(Segment {
-            m: Mapping::new(File::from(fd))?,
+            m,
             name,
             owner: false,
         })
@@ -132,9 +156,15 @@ impl Segment {
     /// name when dropped). Hand this one to a child process.
     ///
     /// # Errors
-    /// [`Error::Io`] if the descriptor cannot be duplicated or mapped.
+    /// [`Error::Os`] if the descriptor cannot be duplicated or mapped.
     pub fn try_clone(&self) -> Result<Segment> {
-        Self::map_existing(OwnedFd::from(self.m.file.try_clone()?), self.name.clone())
+        let (object, shown) = Self::described(self.name.as_deref());
+        let fd = self
+            .m
+            .file
+            .try_clone()
+            .map_err(|e| Error::os("duplicate", object, shown, e))?;
+        Self::map_existing(OwnedFd::from(fd), self.name.clone())
     }
 
     /// The size in bytes.
@@ -196,75 +226,26 @@ impl Segment {
     pub fn write_at<T: bytemuck::Pod>(&self, offset: usize, value: &T) -> Result<()> {
         self.m.write_at(offset, value)
     }
-}
 
-impl Mapping {
-    pub(crate) fn new(file: File) -> Result<Self> {
-        Ok(Mapping {
-            map: MmapRaw::map_raw(&file)?,
-            file,
-        })
+    /// The [`Placeable`] object at `offset` (atomics, locks, cells, or a type of yours
+    /// built of them), seen in place: the way to lay several objects out in one segment.
+    /// Memory nobody initialised is all zeroes, a valid state of every `Placeable` type
+    /// made of atomics.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] or [`Error::Misaligned`].
+    pub fn view<T: Placeable>(&self, offset: usize) -> Result<&T> {
+        self.m.object(offset)
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
+    /// The mapping, for placing objects in it.
+    pub(crate) fn mapping_mut(&mut self) -> &mut Mapping {
+        &mut self.m
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.map.as_mut_ptr()
-    }
-
-    pub(crate) fn flush(&self) -> Result<()> {
-        Ok(self.map.flush()?)
-    }
-
-    fn range(&self, offset: usize, len: usize) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len() => Ok(()),
-            end => Err(Error::OutOfBounds {
-                offset,
-                end: end.unwrap_or(usize::MAX),
-                len: self.len(),
-            }),
-        }
-    }
-
-    pub(crate) fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.range(offset, buf.len())?;
-        // SAFETY: the range was checked to lie within the mapping, which lives as long as `self`.
-        unsafe { sys::copy_in(buf, self.as_ptr().add(offset)) };
-        Ok(())
-    }
-
-    pub(crate) fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.range(offset, data.len())?;
-        // SAFETY: the range was checked to lie within the mapping, which lives as long as `self`.
-        unsafe { sys::copy_out(self.as_ptr().add(offset), data) };
-        Ok(())
-    }
-
-    pub(crate) fn read_at<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
-        let p = self.typed_ptr::<T>(offset)?;
-        // SAFETY: `typed_ptr` checked bounds and alignment.
-        Ok(unsafe { sys::read_pod(p) })
-    }
-
-    pub(crate) fn write_at<T: bytemuck::Pod>(&self, offset: usize, value: &T) -> Result<()> {
-        let p = self.typed_ptr::<T>(offset)?;
-        // SAFETY: `typed_ptr` checked bounds and alignment.
-        unsafe { sys::write_pod(p, value) };
-        Ok(())
-    }
-
-    fn typed_ptr<T>(&self, offset: usize) -> Result<*mut T> {
-        self.range(offset, std::mem::size_of::<T>())?;
-        // SAFETY: in bounds, checked above.
-        let p = unsafe { self.as_ptr().add(offset) };
-        let align = std::mem::align_of::<T>();
-        if (p as usize) % align != 0 {
-            return Err(Error::Misaligned { offset, align });
-        }
-        Ok(p.cast())
+    /// The mapping.
+    pub(crate) fn mapping(&self) -> &Mapping {
+        &self.m
     }
 }
 
@@ -304,10 +285,13 @@ impl Handle for Segment {
 /// was killed before it could remove them).
 ///
 /// # Errors
-/// [`Error::Io`] if `/dev/shm` cannot be read.
+/// [`Error::Os`] if `/dev/shm` cannot be read.
 pub fn stale_segments() -> Result<Vec<String>> {
     Ok(ipckit_core::find_stale(Path::new(SHM_DIR))
-        .map_err(ipckit_io)?
+        .map_err(|e| match e {
+            ipckit_core::Error::Io(e) => Error::os("list", "directory", SHM_DIR, e),
+            e => Error::Io(std::io::Error::other(e)),
+        })?
         .into_iter()
         .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .collect())
@@ -316,7 +300,7 @@ pub fn stale_segments() -> Result<Vec<String>> {
 /// Removes what [`stale_segments`] finds; returns their names.
 ///
 /// # Errors
-/// [`Error::Io`] if `/dev/shm` cannot be read.
+/// [`Error::Os`] if `/dev/shm` cannot be read.
 pub fn remove_stale_segments() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for name in stale_segments()? {
@@ -326,11 +310,4 @@ pub fn remove_stale_segments() -> Result<Vec<String>> {
         }
     }
     Ok(removed)
-}
-
-fn ipckit_io(e: ipckit_core::Error) -> Error {
-    match e {
-        ipckit_core::Error::Io(e) => Error::Io(e),
-        e => Error::Io(std::io::Error::other(e.to_string())),
-    }
 }

@@ -3,55 +3,26 @@
 use std::{
     any::type_name,
     fmt,
-    marker::PhantomData,
     mem::{align_of, size_of},
     ops::Deref,
-    sync::atomic::{
-        AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-    },
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use ipckit_core::{Handle, Handoff};
 
-use crate::{Error, Result, Segment};
-
-/// A type that can live in shared memory and be used from several processes at once.
-///
-/// # Safety
-/// An implementor promises that:
-/// - every access through `&Self` stays sound while other processes access the same bytes
-///   (all mutation goes through atomics, or through cells only touched under a
-///   process-shared lock of `Self`);
-/// - it holds no pointers, references or handles (they mean nothing in another process);
-/// - after [`init`](Placeable::init) on zero-filled memory, the bytes are a valid `Self`.
-pub unsafe trait Placeable: Sync {
-    /// What the creator gives to initialise it.
-    type Init;
-
-    /// Initialises `Self` in place.
-    ///
-    /// # Safety
-    /// `this` is aligned, valid for writes of `size_of::<Self>()` zero-filled bytes, and no
-    /// other thread or process can reach it yet.
-    ///
-    /// # Errors
-    /// What the system's initialisation calls fail with.
-    unsafe fn init(this: *mut Self, init: Self::Init) -> std::io::Result<()>;
-}
+use crate::{Error, Placeable, Result, Segment, sys::ObjectRef};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"IPCKSHM1");
 /// Where the object starts: after the header, aligned for anything up to a cache line.
 pub(crate) const DATA: usize = 64;
 const READY: u32 = 2;
 
-#[repr(C)]
-struct Header {
-    magic: AtomicU64,
-    fingerprint: AtomicU64,
-    size: AtomicU64,
-    state: AtomicU32,
-}
+/// The header at the start of every segment holding an ipckit object: where each word is.
+const MAGIC_AT: usize = 0;
+const FINGERPRINT_AT: usize = 8;
+const SIZE_AT: usize = 16;
+const STATE_AT: usize = 24;
 
 /// A stable fingerprint of `T`: its name, size and alignment (FNV-1a).
 pub(crate) fn fingerprint<T>() -> u64 {
@@ -75,26 +46,35 @@ pub(crate) fn fingerprint<T>() -> u64 {
 ///
 /// let hits: Shared<AtomicU64> = Shared::create(0)?;
 /// hits.fetch_add(1, Ordering::Relaxed);
-/// let total: Shared<Mutex<u64>> = Shared::create(10)?;
+/// let total: Shared<Mutex<u64>> = Mutex::create(10)?;
 /// *total.lock()? += 5;
 /// assert_eq!(*total.lock()?, 15);
 /// # Ok::<(), ipckit_shmem::Error>(())
 /// ```
 ///
-/// [`create`](Shared::create) makes an anonymous segment, passed to children as a
-/// descriptor; [`create_named`](Shared::create_named) a named one that unrelated processes
-/// [`open`](Shared::open). Hand a [`try_clone`](Shared::try_clone) to a child with
-/// `ipckit_core::Command::handle`.
+/// - **Create** with [`create`](Shared::create) (an anonymous segment, a memfd),
+///   [`create_named`](Shared::create_named) (a fresh unique name) or
+///   [`create_at`](Shared::create_at) (your name); every primitive of this crate has the
+///   same four constructors of its own (`Mutex::create(0)`, `Semaphore::create(2)`, …),
+///   returning a `Shared` of itself.
+/// - **Share with a child**: hand it a [`try_clone`](Shared::try_clone) with
+///   `Command::handle` (an anonymous object passes as a descriptor, a named one by name);
+///   the child takes it with `ctx.handle::<Shared<T>>(..)`. An unrelated process
+///   [`open`](Shared::open)s a named one.
+/// - **A dead peer**: the object stays valid for the others (the segment lives while any
+///   process maps it). What a holder's death does to a lock is said by each lock's type. A
+///   named segment is removed by the handle that created it, when dropped; if that process
+///   is killed first, [`stale_segments`](crate::stale_segments) finds the name.
 pub struct Shared<T: Placeable> {
     seg: Segment,
-    _t: PhantomData<T>,
+    obj: ObjectRef<T>,
 }
 
 impl<T: Placeable> Shared<T> {
     /// A new `T` in an anonymous segment.
     ///
     /// # Errors
-    /// [`Error::Io`] if the memory or the object's initialisation is refused.
+    /// [`Error::Os`] if the memory is refused, or what `T`'s initialisation fails with.
     pub fn create(init: T::Init) -> Result<Self> {
         Self::init_in(Segment::create(DATA + size_of::<T>())?, init)
     }
@@ -102,36 +82,39 @@ impl<T: Placeable> Shared<T> {
     /// A new `T` in a named segment with a fresh unique name.
     ///
     /// # Errors
-    /// [`Error::Io`] if the memory or the object's initialisation is refused.
+    /// As [`create`](Shared::create).
     pub fn create_named(init: T::Init) -> Result<Self> {
         Self::init_in(Segment::create_named(DATA + size_of::<T>())?, init)
     }
 
-    fn init_in(seg: Segment, init: T::Init) -> Result<Self> {
+    /// A new `T` in a named segment called `name`.
+    ///
+    /// # Errors
+    /// As [`Segment::create_at`], or what `T`'s initialisation fails with.
+    pub fn create_at(name: &str, init: T::Init) -> Result<Self> {
+        Self::init_in(Segment::create_at(name, DATA + size_of::<T>())?, init)
+    }
+
+    fn init_in(mut seg: Segment, init: T::Init) -> Result<Self> {
         const {
             assert!(
                 align_of::<T>() <= DATA,
                 "alignment above 64 bytes is not supported"
             )
         };
-        // SAFETY: the segment was just created, zero-filled, at least DATA + size_of::<T>()
-        // long; its start is page-aligned so DATA is aligned for T; nobody else has it yet
-        // (an opener waits for READY, which `publish` sets last).
-        unsafe { T::init(seg.as_ptr().add(DATA).cast(), init)? };
-        publish(&seg, fingerprint::<T>(), size_of::<T>());
-        Ok(Shared {
-            seg,
-            _t: PhantomData,
-        })
+        seg.mapping_mut().place::<T>(DATA, init)?;
+        publish(&mut seg, fingerprint::<T>(), size_of::<T>())?;
+        Self::check(seg)
     }
 
-    /// Opens the `T` that another process created with [`create_named`](Shared::create_named).
+    /// Opens the `T` that another process created with [`create_named`](Shared::create_named)
+    /// or [`create_at`](Shared::create_at).
     ///
     /// Waits up to a second for its creator to finish initialising it.
     ///
     /// # Errors
-    /// [`Error::Io`] (`NotFound`) if there is no such segment, [`Error::Mismatch`] if it
-    /// holds something else, [`Error::NotReady`] if it was never initialised.
+    /// [`Error::Os`] (kind `NotFound`) if there is no such segment, [`Error::Mismatch`] if
+    /// it holds something else, [`Error::NotReady`] if it was never initialised.
     pub fn open(name: &str) -> Result<Self> {
         let patience = Instant::now() + Duration::from_secs(1);
         loop {
@@ -146,21 +129,16 @@ impl<T: Placeable> Shared<T> {
 
     fn check(seg: Segment) -> Result<Self> {
         validate(&seg, fingerprint::<T>(), size_of::<T>(), type_name::<T>())?;
-        Ok(Shared {
-            seg,
-            _t: PhantomData,
-        })
+        let obj = seg.mapping().object_ref(DATA)?;
+        Ok(Shared { seg, obj })
     }
 
     /// Another handle on the same object, not the owner of its name; hand it to a child.
     ///
     /// # Errors
-    /// [`Error::Io`] if the descriptor cannot be duplicated or mapped.
+    /// [`Error::Os`] if the descriptor cannot be duplicated or mapped.
     pub fn try_clone(&self) -> Result<Self> {
-        Ok(Shared {
-            seg: self.seg.try_clone()?,
-            _t: PhantomData,
-        })
+        Self::check(self.seg.try_clone()?)
     }
 
     /// The name, for a named object.
@@ -174,21 +152,19 @@ impl<T: Placeable> Shared<T> {
     }
 }
 
-fn header(seg: &Segment) -> &Header {
-    // SAFETY: every segment handled here is at least DATA bytes (checked or created so),
-    // page-aligned, and the header is made of atomics only; the reference lives as long as
-    // the segment's mapping.
-    unsafe { &*seg.as_ptr().cast::<Header>() }
+fn word<A: Placeable>(seg: &Segment, at: usize) -> Result<&A> {
+    seg.view::<A>(at)
 }
 
 /// Marks an initialised object of `size` bytes with fingerprint `fp` as ready to open.
-pub(crate) fn publish(seg: &Segment, fp: u64, size: usize) {
-    let header = header(seg);
-    header.fingerprint.store(fp, Ordering::Relaxed);
-    header.size.store(size as u64, Ordering::Relaxed);
-    header.magic.store(MAGIC, Ordering::Relaxed);
+pub(crate) fn publish(seg: &mut Segment, fp: u64, size: usize) -> Result<()> {
+    seg.mapping_mut().publish();
+    word::<AtomicU64>(seg, FINGERPRINT_AT)?.store(fp, Ordering::Relaxed);
+    word::<AtomicU64>(seg, SIZE_AT)?.store(size as u64, Ordering::Relaxed);
+    word::<AtomicU64>(seg, MAGIC_AT)?.store(MAGIC, Ordering::Relaxed);
     // Pairs with the Acquire load in `validate`: an opener that sees READY sees it all.
-    header.state.store(READY, Ordering::Release);
+    word::<AtomicU32>(seg, STATE_AT)?.store(READY, Ordering::Release);
+    Ok(())
 }
 
 /// Checks that `seg` holds a published object of `size` bytes with fingerprint `fp`.
@@ -197,15 +173,14 @@ pub(crate) fn validate(seg: &Segment, fp: u64, size: usize, expected: &'static s
     if seg.len() < DATA {
         return Err(Error::NotReady(name));
     }
-    let header = header(seg);
     // Pairs with the Release store in `publish`.
-    if header.state.load(Ordering::Acquire) != READY {
+    if word::<AtomicU32>(seg, STATE_AT)?.load(Ordering::Acquire) != READY {
         return Err(Error::NotReady(name));
     }
-    let reason = if header.magic.load(Ordering::Relaxed) != MAGIC {
+    let reason = if word::<AtomicU64>(seg, MAGIC_AT)?.load(Ordering::Relaxed) != MAGIC {
         "not an ipckit object"
-    } else if header.fingerprint.load(Ordering::Relaxed) != fp
-        || header.size.load(Ordering::Relaxed) != size as u64
+    } else if word::<AtomicU64>(seg, FINGERPRINT_AT)?.load(Ordering::Relaxed) != fp
+        || word::<AtomicU64>(seg, SIZE_AT)?.load(Ordering::Relaxed) != size as u64
         || seg.len() < DATA + size
     {
         "another type, or another build of it"
@@ -223,9 +198,7 @@ impl<T: Placeable> Deref for Shared<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        // SAFETY: `init_in` or `check` established that a valid, initialised T lives at
-        // DATA, and `Placeable` promises that `&T` is sound while other processes use it.
-        unsafe { &*self.seg.as_ptr().add(DATA).cast::<T>() }
+        &self.obj
     }
 }
 
@@ -248,37 +221,86 @@ impl<T: Placeable> Handle for Shared<T> {
     }
 }
 
-macro_rules! atomics {
-    ($($a:ty => $v:ty),*) => {$(
-        // SAFETY: an atomic is sound to share; it holds no pointers; `init` stores its value.
-        unsafe impl Placeable for $a {
-            type Init = $v;
+/// The four constructors every process-shared type of this crate has, each returning a
+/// [`Shared`] of it: `create`, `create_named`, `create_at(name)`, `open(name)`, with the
+/// initial value as their argument, or none for types that start from zero.
+macro_rules! constructors {
+    ($(#[$doc:meta])* [$($gen:tt)*] $ty:ty) => {
+        impl<$($gen)*> $ty {
+            $(#[$doc])*
+            ///
+            /// # Errors
+            /// [`Error::Os`](crate::Error::Os) if the system refuses the memory.
+            pub fn create() -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::create(())
+            }
 
-            unsafe fn init(this: *mut Self, init: $v) -> std::io::Result<()> {
-                // SAFETY: the caller gives aligned, writable, unshared memory.
-                unsafe { this.write(<$a>::new(init)) };
-                Ok(())
+            /// As [`create`](Self::create), in a named segment with a fresh unique name
+            /// ([`Shared::name`](crate::Shared::name)) that unrelated processes
+            /// [`open`](Self::open).
+            ///
+            /// # Errors
+            /// As [`create`](Self::create).
+            pub fn create_named() -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::create_named(())
+            }
+
+            /// As [`create`](Self::create), in a named segment called `name`.
+            ///
+            /// # Errors
+            /// As [`Segment::create_at`](crate::Segment::create_at).
+            pub fn create_at(name: &str) -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::create_at(name, ())
+            }
+
+            /// Opens the one another process created by name.
+            ///
+            /// # Errors
+            /// As [`Shared::open`](crate::Shared::open).
+            pub fn open(name: &str) -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::open(name)
             }
         }
-    )*};
-}
+    };
+    ($(#[$doc:meta])* [$($gen:tt)*] $ty:ty, $init:ty, |$arg:ident| $conv:expr) => {
+        impl<$($gen)*> $ty {
+            $(#[$doc])*
+            ///
+            /// # Errors
+            /// [`Error::Os`](crate::Error::Os) if the system refuses the memory, or
+            /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) for an initial value
+            /// that makes no valid object.
+            pub fn create($arg: $init) -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::create($conv)
+            }
 
-atomics!(AtomicBool => bool, AtomicU8 => u8, AtomicU32 => u32, AtomicU64 => u64, AtomicUsize => usize, AtomicI32 => i32, AtomicI64 => i64);
+            /// As [`create`](Self::create), in a named segment with a fresh unique name
+            /// ([`Shared::name`](crate::Shared::name)) that unrelated processes
+            /// [`open`](Self::open).
+            ///
+            /// # Errors
+            /// As [`create`](Self::create).
+            pub fn create_named($arg: $init) -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::create_named($conv)
+            }
 
-macro_rules! tuples {
-    ($(($($t:ident $i:tt),*)),*) => {$(
-        // SAFETY: a tuple of placeable parts is placeable: each part keeps its promise and
-        // is initialised in its own place.
-        unsafe impl<$($t: Placeable),*> Placeable for ($($t,)*) {
-            type Init = ($($t::Init,)*);
+            /// As [`create`](Self::create), in a named segment called `name`.
+            ///
+            /// # Errors
+            /// As [`Segment::create_at`](crate::Segment::create_at).
+            pub fn create_at(name: &str, $arg: $init) -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::create_at(name, $conv)
+            }
 
-            unsafe fn init(this: *mut Self, init: Self::Init) -> std::io::Result<()> {
-                // SAFETY: each field lies within the caller's memory, aligned for itself.
-                $(unsafe { $t::init(&raw mut (*this).$i, init.$i)? };)*
-                Ok(())
+            /// Opens the one another process created by name.
+            ///
+            /// # Errors
+            /// As [`Shared::open`](crate::Shared::open).
+            pub fn open(name: &str) -> crate::Result<crate::Shared<Self>> {
+                crate::Shared::open(name)
             }
         }
-    )*};
+    };
 }
 
-tuples!((A 0, B 1), (A 0, B 1, C 2), (A 0, B 1, C 2, D 3));
+pub(crate) use constructors;

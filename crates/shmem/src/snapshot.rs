@@ -2,7 +2,6 @@
 //! of readings that many readers follow at their own pace (`Ring`).
 
 use std::{
-    cell::UnsafeCell,
     fmt,
     sync::atomic::{AtomicU32, AtomicU64, Ordering, fence},
     time::Duration,
@@ -13,7 +12,8 @@ use ipckit_core::Deadline;
 
 use crate::{
     Error, Placeable, Result,
-    sys::{copy_in, copy_out, futex_wake, sleep_counted, wake_sleepers},
+    shared::constructors,
+    sys::{RacyCell, futex_wake, sleep_counted, wake_sleepers},
 };
 
 /// A value that one writer publishes and any number of readers, in any process, read
@@ -22,27 +22,47 @@ use crate::{
 /// Readers do not block the writer (a sequence lock): a read that overlaps a write is
 /// retried, so a writer that publishes back to back, faster than a reader can copy the
 /// value, starves that reader. Writers are serialised among themselves.
+///
+/// ```
+/// use ipckit_shmem::SeqLock;
+///
+/// let position = SeqLock::create([0.0f64; 3])?; // a Shared<SeqLock<[f64; 3]>>
+/// position.publish(&[1.0, 2.0, 3.0]);
+/// assert_eq!(position.load(), [1.0, 2.0, 3.0]);
+/// # Ok::<(), ipckit_shmem::Error>(())
+/// ```
+///
+/// - **Create** with [`SeqLock::create`], `create_named`, `create_at`; `open` by name.
+/// - **Share with a child**: `Command::new(..).handle("position", position.try_clone()?)`;
+///   the child takes it with `ctx.handle::<Shared<SeqLock<T>>>("position")?`.
+/// - **A dead peer**: a reader that dies leaves nothing behind. A writer that dies between
+///   publishes leaves the last value whole. One killed in the middle of a publish (a copy's
+///   time) leaves the sequence odd: later `read`s and `publish`es spin, and
+///   [`wait_newer`](SeqLock::wait_newer) times out. Where writers may be killed, use a
+///   [`Ring`], which notices a dead writer.
 #[repr(C)]
 pub struct SeqLock<T> {
     seq: AtomicU32,
     /// Readers asleep in `wait_newer`: `publish` makes no system call when there are none.
     sleepers: AtomicU32,
-    value: UnsafeCell<T>,
+    value: RacyCell<T>,
 }
 
-// SAFETY: the value is reached only through atomic copies, validated by the sequence.
-unsafe impl<T: Pod + Send> Sync for SeqLock<T> {}
-
-// SAFETY: Sync (above), atomics and plain data; `init` writes the first value.
+// SAFETY: atomics and a racy cell, each keeping the contract (the cell's copies are
+// validated by the sequence); `init` writes the first value.
 unsafe impl<T: Pod + Send> Placeable for SeqLock<T> {
     type Init = T;
 
-    unsafe fn init(this: *mut Self, init: T) -> std::io::Result<()> {
-        // SAFETY: the caller gives aligned, writable, unshared memory.
-        unsafe { (&raw mut (*this).value).cast::<T>().write(init) };
-        Ok(())
+    unsafe fn init(this: *mut Self, init: T) -> Result<()> {
+        // SAFETY: the caller's promise, for the field within its memory.
+        unsafe { RacyCell::init(&raw mut (*this).value, init) }
     }
 }
+
+constructors!(
+    /// A sequence lock holding `value`, in an anonymous segment.
+    [T: Pod + Send] SeqLock<T>, T, |value| value
+);
 
 impl<T: Pod> SeqLock<T> {
     /// Publishes a new value and wakes readers waiting for one.
@@ -65,10 +85,9 @@ impl<T: Pod> SeqLock<T> {
                 Err(s) => seq = s,
             }
         }
-        // SAFETY: the cell is valid for T; readers only copy it with atomic loads and
-        // discard what they read while the sequence is odd. `copy_out` starts with a
+        // Readers discard what they copy while the sequence is odd. `copy_in` starts with a
         // Release fence, ordering the odd sequence before the data.
-        unsafe { copy_out(self.value.get().cast(), bytemuck::bytes_of(value)) };
+        self.value.copy_in(value);
         // Pairs with the Acquire load of `read`: a reader that sees the new even sequence
         // sees the whole value.
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
@@ -84,10 +103,9 @@ impl<T: Pod> SeqLock<T> {
                 std::hint::spin_loop();
                 continue;
             }
-            let mut out = T::zeroed();
-            // SAFETY: the cell is valid for T; a concurrent write is detected below.
-            unsafe { copy_in(bytemuck::bytes_of_mut(&mut out), self.value.get().cast()) };
-            // `copy_in` ends with an Acquire fence: the data loads happen before this load.
+            // A concurrent write is detected below.
+            let out = self.value.copy_out();
+            // `copy_out` ends with an Acquire fence: the data loads happen before this load.
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == before {
                 return (out, before);
@@ -159,7 +177,7 @@ impl<T> fmt::Debug for SeqLock<T> {
 struct Slot<T> {
     /// `2 * (index + 1)` once item `index` is complete here; odd while it is written.
     stamp: AtomicU64,
-    value: UnsafeCell<T>,
+    value: RacyCell<T>,
 }
 
 /// A ring of the last `N` readings from one writer process, which any number of reader
@@ -169,6 +187,25 @@ struct Slot<T> {
 /// told how many it missed ([`Error::Lagged`]) and goes on from the oldest item still there.
 /// The writer ends the stream with [`close`](Ring::close) (or by dying), and readers get
 /// [`Error::Disconnected`] after the last item: no end marker, no "0.0 means empty" guess.
+///
+/// ```
+/// use ipckit_shmem::{Ring, Shared};
+/// use std::time::Duration;
+///
+/// let readings: Shared<Ring<f64, 64>> = Ring::create()?;
+/// let mut monitor = readings.reader();
+/// readings.push(&21.5);
+/// readings.close();
+/// assert_eq!(monitor.recv_timeout(Duration::from_secs(1))?, 21.5);
+/// # Ok::<(), ipckit_shmem::Error>(())
+/// ```
+///
+/// - **Create** with [`Ring::create`], `create_named`, `create_at`; `open` by name.
+/// - **Share with a child**: `Command::new(..).handle("ring", ring.try_clone()?)`; the child
+///   takes it with `ctx.handle::<Shared<Ring<T, N>>>("ring")?`.
+/// - **A dead peer**: a writer that dies (SIGKILL included) ends the stream as `close`
+///   does: readers drain what is there, then get `Disconnected` (within 100 ms). A reader
+///   that dies leaves nothing behind.
 #[repr(C)]
 pub struct Ring<T, const N: usize> {
     /// Items published so far.
@@ -182,18 +219,22 @@ pub struct Ring<T, const N: usize> {
     slots: [Slot<T>; N],
 }
 
-// SAFETY: slots are reached only through atomic copies validated by their stamps.
-unsafe impl<T: Pod + Send, const N: usize> Sync for Ring<T, N> {}
-
-// SAFETY: Sync (above), atomics and plain data; all zeroes is the empty ring.
+// SAFETY: atomics and racy cells (whose copies are validated by their stamps), each keeping
+// the contract; all zeroes is the empty ring.
 unsafe impl<T: Pod + Send, const N: usize> Placeable for Ring<T, N> {
     type Init = ();
 
-    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
+    unsafe fn init(_: *mut Self, (): ()) -> Result<()> {
         const { assert!(N > 0, "a ring needs at least one slot") };
         Ok(())
     }
 }
+
+constructors!(
+    /// An empty ring in an anonymous segment: `let ring: Shared<Ring<f64, 64>> =
+    /// Ring::create()?`.
+    [T: Pod + Send, const N: usize] Ring<T, N>
+);
 
 impl<T: Pod, const N: usize> Ring<T, N> {
     /// Publishes the next item (one writer at a time) and wakes waiting readers.
@@ -202,9 +243,9 @@ impl<T: Pod, const N: usize> Ring<T, N> {
         let index = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[(index % N as u64) as usize];
         slot.stamp.store(2 * index + 1, Ordering::Relaxed);
-        // SAFETY: the slot is valid for T; readers copy it atomically and check the stamp
-        // around their copy. `copy_out` begins with a Release fence after the odd stamp.
-        unsafe { copy_out(slot.value.get().cast(), bytemuck::bytes_of(value)) };
+        // Readers copy it atomically and check the stamp around their copy. `copy_in` begins
+        // with a Release fence after the odd stamp.
+        slot.value.copy_in(value);
         // Pairs with the Acquire load of the stamp in `RingReader::try_next`.
         slot.stamp.store(2 * (index + 1), Ordering::Release);
         // Pairs with the Acquire load of `head` by readers.
@@ -283,9 +324,8 @@ impl<T: Pod, const N: usize> RingReader<'_, T, N> {
         let want = 2 * (self.next + 1);
         // Pairs with the Release store of the stamp in `push`.
         let before = slot.stamp.load(Ordering::Acquire);
-        let mut out = T::zeroed();
-        // SAFETY: the slot is valid for T; a concurrent overwrite is detected below.
-        unsafe { copy_in(bytemuck::bytes_of_mut(&mut out), slot.value.get().cast()) };
+        // A concurrent overwrite is detected below.
+        let out = slot.value.copy_out();
         fence(Ordering::Acquire);
         let after = slot.stamp.load(Ordering::Relaxed);
         if before == want && after == want {

@@ -9,16 +9,10 @@ use std::{
 
 use ipckit_core::{Child, Command, Ctx, Role, RoleResult};
 use ipckit_shmem::{
-    Array, Barrier, Condvar, Error, Event, MappedFile, Mutex, RawValue, Ring, RwLock, Segment,
-    Semaphore, SemaphoreInit, SeqLock, Shared, Value,
+    Array, Barrier, Condition, Condvar, Error, Event, MappedFile, Mutex, RLock, RawValue, Ring,
+    RwLock, Segment, Semaphore, SemaphoreOptions, SeqLock, Shared, Value,
 };
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-fn join_ok(child: &mut Child) {
-    let status = child.join_timeout(PATIENCE).expect("child joined");
-    assert!(status.success(), "{} ended with {status}", child.role());
-}
+use ipckit_testkit::{Bounded, PATIENCE, join_ok};
 
 type Locked = Shared<(Mutex<[u64; 2]>, Event)>;
 
@@ -37,10 +31,97 @@ fn hold_lock(ctx: &mut Ctx) -> RoleResult {
 fn hold_value_lock(ctx: &mut Ctx) -> RoleResult {
     let value: Value<u64> = ctx.handle("value")?;
     let flag: Shared<Event> = ctx.handle("flag")?;
-    let mut guard = value.lock()?;
-    *guard = 99;
+    let guard = value.lock()?;
+    guard.set(99);
     flag.set();
     std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+/// Two events: the child says "about to", does its part, says "done".
+type Steps = Shared<(Event, Event)>;
+
+/// Stores into a `Value<u64>` without its lock, between two signals.
+fn store_value(ctx: &mut Ctx) -> RoleResult {
+    let value: Value<u64> = ctx.handle("value")?;
+    let steps: Steps = ctx.handle("steps")?;
+    steps.0.set();
+    value.store(7)?;
+    steps.1.set();
+    Ok(())
+}
+
+/// Stores into a `Value<[u64; 4]>` (which takes the lock), between two signals.
+fn store_big_value(ctx: &mut Ctx) -> RoleResult {
+    let value: Value<[u64; 4]> = ctx.handle("value")?;
+    let steps: Steps = ctx.handle("steps")?;
+    steps.0.set();
+    value.store([7; 4])?;
+    steps.1.set();
+    Ok(())
+}
+
+/// Takes an `RLock` twice, says so, and waits to be killed.
+fn hold_rlock_twice(ctx: &mut Ctx) -> RoleResult {
+    let lock: Shared<RLock> = ctx.handle("lock")?;
+    let held: Shared<Event> = ctx.handle("held")?;
+    let _outer = lock.lock()?;
+    let _inner = lock.lock()?;
+    held.set();
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+/// Tries an `RLock` held by the parent (it must fail), then waits for it.
+fn contend_rlock(ctx: &mut Ctx) -> RoleResult {
+    let lock: Shared<RLock> = ctx.handle("lock")?;
+    let steps: Steps = ctx.handle("steps")?;
+    if lock.try_lock().is_ok() {
+        return Err("took an RLock another process holds".into());
+    }
+    steps.0.set();
+    let guard = lock.lock_timeout(PATIENCE)?;
+    steps.1.set();
+    drop(guard);
+    Ok(())
+}
+
+/// Waits on a `Condition<u32>` until the parent sets 1, then answers 2.
+fn answer_condition(ctx: &mut Ctx) -> RoleResult {
+    let c: Shared<Condition<u32>> = ctx.handle("condition")?;
+    let guard = c.wait_while(c.lock()?, PATIENCE, |v| *v != 1)?;
+    drop(guard);
+    *c.lock()? = 2;
+    c.notify_all();
+    Ok(())
+}
+
+/// Locks a `Condition<u32>`, sets its data, says so, and waits to be killed.
+fn hold_condition(ctx: &mut Ctx) -> RoleResult {
+    let c: Shared<Condition<u32>> = ctx.handle("condition")?;
+    let held: Shared<Event> = ctx.handle("held")?;
+    let mut guard = c.lock()?;
+    *guard = 5;
+    held.set();
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+/// Opens a semaphore by name and holds one unit until told.
+fn take_semaphore(ctx: &mut Ctx) -> RoleResult {
+    let name: String = ctx.arg()?;
+    let sem = Semaphore::open(&name)?;
+    let go: Shared<Event> = ctx.handle("go")?;
+    sem.acquire_timeout(PATIENCE)?;
+    go.wait_timeout(PATIENCE)?;
+    sem.release()?;
+    Ok(())
+}
+
+/// Sets a shared `bool` flag.
+fn raise_flag(ctx: &mut Ctx) -> RoleResult {
+    let flag: Value<bool> = ctx.handle("flag")?;
+    flag.store(true)?;
     Ok(())
 }
 
@@ -156,6 +237,14 @@ fn write_record(ctx: &mut Ctx) -> RoleResult {
 const ROLES: &[Role] = &[
     Role::new("hold-lock", hold_lock),
     Role::new("hold-value-lock", hold_value_lock),
+    Role::new("store-value", store_value),
+    Role::new("store-big-value", store_big_value),
+    Role::new("hold-rlock-twice", hold_rlock_twice),
+    Role::new("contend-rlock", contend_rlock),
+    Role::new("answer-condition", answer_condition),
+    Role::new("hold-condition", hold_condition),
+    Role::new("take-semaphore", take_semaphore),
+    Role::new("raise-flag", raise_flag),
     Role::new("meet", meet),
     Role::new("answer", answer),
     Role::new("ping-event", ping_event),
@@ -198,10 +287,10 @@ mod locks {
     }
 
     #[test]
-    fn a_killed_holder_hands_a_value_over() {
+    fn a_killed_holder_hands_a_value_over_with_its_writes() {
         ipckit_core::enter(ROLES);
         let value: Value<u64> = Value::create(0).unwrap();
-        let flag: Shared<Event> = Shared::create(()).unwrap();
+        let flag = Event::create().unwrap();
         let mut child = Command::new("hold-value-lock")
             .handle("value", value.try_clone().unwrap())
             .handle("flag", flag.try_clone().unwrap())
@@ -212,8 +301,8 @@ mod locks {
         let _ = child.join_timeout(PATIENCE);
         let guard = value.lock_timeout(PATIENCE).unwrap();
         assert!(guard.previous_holder_died());
-        // The dead holder's write never reached the value: updates land when a guard drops.
-        assert_eq!(*guard, 0);
+        // The guard is no copy: the dead holder's write is in the value.
+        assert_eq!(guard.get().unwrap(), 99);
     }
 
     #[test]
@@ -254,11 +343,7 @@ mod locks {
 
     #[test]
     fn semaphores_count_and_bound() {
-        let s: Shared<Semaphore> = Shared::create(SemaphoreInit {
-            value: 2,
-            bounded: true,
-        })
-        .unwrap();
+        let s = Semaphore::create(SemaphoreOptions::new(2).bounded(true)).unwrap();
         s.acquire().unwrap();
         s.try_acquire().unwrap();
         assert!(matches!(
@@ -268,9 +353,193 @@ mod locks {
         s.release().unwrap();
         s.release().unwrap();
         assert!(matches!(s.release(), Err(Error::SemaphoreOverflow(2))));
-        let free: Shared<Semaphore> = Shared::create(0.into()).unwrap();
+        let free = Semaphore::create(0).unwrap();
         free.release().unwrap();
         assert_eq!(free.value(), 1);
+    }
+
+    /// Another process opens the semaphore by name and holds one of its two units.
+    #[test]
+    fn a_named_semaphore_is_opened_by_another_process() {
+        ipckit_core::enter(ROLES);
+        let sem = Semaphore::create_named(2).unwrap();
+        let go = Event::create().unwrap();
+        let mut child = Command::new("take-semaphore")
+            .arg(&sem.name().unwrap().to_string())
+            .unwrap()
+            .handle("go", go.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        ipckit_testkit::wait_until("the child took a unit", || sem.value() == 1);
+        sem.acquire_timeout(PATIENCE).unwrap();
+        assert!(matches!(sem.try_acquire(), Err(Error::Timeout)));
+        go.set();
+        sem.acquire_timeout(PATIENCE).unwrap();
+        join_ok(&mut child);
+    }
+
+    #[test]
+    fn an_rlock_is_reentrant_and_excludes_other_processes() {
+        ipckit_core::enter(ROLES);
+        let lock = RLock::create().unwrap();
+        let steps: Steps = Shared::create(((), ())).unwrap();
+        let outer = lock.lock().unwrap();
+        let inner = lock.try_lock().expect("the holder takes it again");
+        let mut child = Command::new("contend-rlock")
+            .handle("lock", lock.try_clone().unwrap())
+            .handle("steps", steps.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        steps.0.wait_timeout(PATIENCE).unwrap();
+        drop(inner);
+        assert!(
+            matches!(
+                steps.1.wait_timeout(Duration::from_millis(100)),
+                Err(Error::Timeout)
+            ),
+            "still held once"
+        );
+        drop(outer);
+        steps.1.wait_timeout(PATIENCE).unwrap();
+        join_ok(&mut child);
+        assert!(!lock.lock().unwrap().previous_holder_died());
+    }
+
+    /// A holder that locked twice is SIGKILLed: the lock passes on whole.
+    #[test]
+    fn a_killed_rlock_holder_that_locked_twice_hands_it_over() {
+        ipckit_core::enter(ROLES);
+        let lock = RLock::create().unwrap();
+        let held = Event::create().unwrap();
+        let mut child = Command::new("hold-rlock-twice")
+            .handle("lock", lock.try_clone().unwrap())
+            .handle("held", held.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        held.wait_timeout(PATIENCE).unwrap();
+        assert!(matches!(lock.try_lock(), Err(Error::Timeout)));
+        child.kill().unwrap();
+        let _ = child.join_timeout(PATIENCE);
+        let guard = lock.lock_timeout(PATIENCE).expect("recovered, not hung");
+        assert!(guard.previous_holder_died());
+        let again = lock.lock().unwrap();
+        assert!(!again.previous_holder_died());
+        drop((again, guard));
+        // Free for another thread: the dead holder's two holds are gone.
+        let other = lock.try_clone().unwrap();
+        let taken = std::thread::spawn(move || other.lock_timeout(PATIENCE).map(|_| ()))
+            .join()
+            .unwrap();
+        assert!(taken.is_ok());
+    }
+}
+
+/// `Value` as a Python user expects it: the guard is a lock, not a copy.
+mod values {
+    use super::*;
+
+    #[test]
+    fn a_store_by_the_holder_under_the_lock_is_kept() {
+        let v: Value<u64> = Value::create(1).unwrap();
+        let guard = v.lock().unwrap();
+        v.store(5).unwrap();
+        assert_eq!(guard.get().unwrap(), 5, "the guard sees the store");
+        assert_eq!(v.load().unwrap(), 5);
+        drop(guard);
+        assert_eq!(v.load().unwrap(), 5, "the guard's drop wrote nothing back");
+    }
+
+    #[test]
+    fn a_large_value_is_read_and_written_under_its_reentrant_lock() {
+        let v: Value<[u64; 4]> = Value::create([1, 2, 3, 4]).unwrap();
+        let guard = v.lock().unwrap();
+        v.store([5; 4])
+            .expect("the holder stores again, no deadlock");
+        assert_eq!(v.load().unwrap(), [5; 4]);
+        guard
+            .update(|mut a| {
+                a[0] = 9;
+                a
+            })
+            .unwrap();
+        drop(guard);
+        assert_eq!(v.load().unwrap(), [9, 5, 5, 5]);
+    }
+
+    /// A child stores while the parent holds the guard: the parent's next read under the
+    /// lock sees it, and dropping the guard keeps it.
+    #[test]
+    fn a_childs_store_while_the_parent_holds_the_lock_is_seen_and_kept() {
+        ipckit_core::enter(ROLES);
+        let v: Value<u64> = Value::create(1).unwrap();
+        let steps: Steps = Shared::create(((), ())).unwrap();
+        let guard = v.lock().unwrap();
+        assert_eq!(guard.get().unwrap(), 1);
+        let mut child = Command::new("store-value")
+            .handle("value", v.try_clone().unwrap())
+            .handle("steps", steps.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        steps.1.wait_timeout(PATIENCE).unwrap();
+        assert_eq!(
+            guard.get().unwrap(),
+            7,
+            "a read under the lock sees the latest"
+        );
+        assert_eq!(v.load().unwrap(), 7);
+        drop(guard);
+        assert_eq!(v.load().unwrap(), 7, "not overwritten by the guard");
+        join_ok(&mut child);
+    }
+
+    /// A value too large for one atomic: the child's store waits for the parent's lock,
+    /// then lands whole.
+    #[test]
+    fn a_childs_store_of_a_large_value_waits_for_the_lock_then_lands() {
+        ipckit_core::enter(ROLES);
+        let v: Value<[u64; 4]> = Value::create([1; 4]).unwrap();
+        let steps: Steps = Shared::create(((), ())).unwrap();
+        let guard = v.lock().unwrap();
+        let mut child = Command::new("store-big-value")
+            .handle("value", v.try_clone().unwrap())
+            .handle("steps", steps.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        steps.0.wait_timeout(PATIENCE).unwrap();
+        assert!(
+            matches!(
+                steps.1.wait_timeout(Duration::from_millis(100)),
+                Err(Error::Timeout)
+            ),
+            "the store waits for the lock"
+        );
+        guard.set([2; 4]);
+        drop(guard);
+        steps.1.wait_timeout(PATIENCE).unwrap();
+        assert_eq!(v.load().unwrap(), [7; 4]);
+        join_ok(&mut child);
+    }
+
+    #[test]
+    fn a_bool_value_is_a_flag_across_processes() {
+        ipckit_core::enter(ROLES);
+        let flag: Value<bool> = Value::create(false).unwrap();
+        let mut child = Command::new("raise-flag")
+            .handle("flag", flag.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        join_ok(&mut child);
+        assert!(flag.load().unwrap());
+    }
+
+    #[test]
+    fn bytes_that_are_no_bool_are_an_error_not_undefined_behaviour() {
+        let flag: RawValue<bool> = RawValue::create(true).unwrap();
+        // Another process writes 2 where the bool lives (just after the 64-byte header).
+        flag.segment().write(64, &[2]).unwrap();
+        assert!(matches!(flag.load(), Err(Error::InvalidValue("bool"))));
+        flag.store(false);
+        assert!(!flag.load().unwrap());
     }
 }
 
@@ -296,7 +565,7 @@ mod waits {
 
     #[test]
     fn a_barrier_breaks_instead_of_hanging() {
-        let b: Shared<Barrier> = Shared::create(2).unwrap();
+        let b = Barrier::create(2).unwrap();
         assert!(matches!(
             b.wait_timeout(Duration::from_millis(50)),
             Err(Error::Timeout)
@@ -305,6 +574,57 @@ mod waits {
             b.wait_timeout(PATIENCE),
             Err(Error::BrokenBarrier)
         ));
+    }
+
+    #[test]
+    fn a_barrier_for_nobody_is_refused() {
+        assert!(matches!(Barrier::create(0), Err(Error::InvalidOptions(_))));
+    }
+
+    #[test]
+    fn a_condition_wakes_another_process() {
+        ipckit_core::enter(ROLES);
+        let c = Condition::create(0u32).unwrap();
+        let mut child = Command::new("answer-condition")
+            .handle("condition", c.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        *c.lock().unwrap() = 1;
+        c.notify_all();
+        let g = c
+            .wait_while(c.lock().unwrap(), PATIENCE, |v| *v != 2)
+            .unwrap();
+        assert_eq!(*g, 2);
+        drop(g);
+        join_ok(&mut child);
+        let (g, timed_out) = c
+            .wait_timeout(c.lock().unwrap(), Duration::from_millis(20))
+            .unwrap();
+        assert!(timed_out);
+        drop(g);
+    }
+
+    /// A condition's lock is robust: its holder SIGKILLed, the next locker gets it, and
+    /// waits on it work as before.
+    #[test]
+    fn a_killed_condition_holder_hands_the_lock_over() {
+        ipckit_core::enter(ROLES);
+        let c = Condition::create(0u32).unwrap();
+        let held = Event::create().unwrap();
+        let mut child = Command::new("hold-condition")
+            .handle("condition", c.try_clone().unwrap())
+            .handle("held", held.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        held.wait_timeout(PATIENCE).unwrap();
+        child.kill().unwrap();
+        let _ = child.join_timeout(PATIENCE);
+        let guard = c.lock_timeout(PATIENCE).expect("recovered, not hung");
+        assert!(guard.previous_holder_died());
+        assert_eq!(*guard, 5);
+        let (guard, timed_out) = c.wait_timeout(guard, Duration::from_millis(10)).unwrap();
+        assert!(timed_out);
+        assert!(!guard.previous_holder_died());
     }
 
     #[test]
@@ -346,7 +666,7 @@ mod waits {
     #[test]
     fn events_cross_processes_and_time_out() {
         ipckit_core::enter(ROLES);
-        let ev: Shared<(Event, Event)> = Shared::create(((), ())).unwrap();
+        let ev: Steps = Shared::create(((), ())).unwrap();
         assert!(matches!(
             ev.1.wait_timeout(Duration::from_millis(20)),
             Err(Error::Timeout)
@@ -436,11 +756,25 @@ mod segments {
             Shared::<Mutex<u32>>::open(&name),
             Err(Error::Mismatch { .. })
         ));
-        assert!(matches!(
-            Shared::<Event>::open("ipckit-no-such-segment"),
-            Err(Error::Io(_))
-        ));
+        let missing = Event::open("ipckit-no-such-segment").unwrap_err();
+        assert!(matches!(missing, Error::Os { action: "open", .. }));
+        assert_eq!(
+            missing.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert!(
+            missing.to_string().contains("ipckit-no-such-segment"),
+            "{missing}"
+        );
         assert!(matches!(Segment::open("a/b"), Err(Error::InvalidName(_))));
+        // Under another crate's error, the original is the source, not a text.
+        let core = ipckit_core::Error::from(Segment::open("a/b").unwrap_err());
+        assert!(matches!(core, ipckit_core::Error::SharedMemory(_)));
+        let source = std::error::Error::source(&core).expect("a source");
+        assert!(matches!(
+            source.downcast_ref::<Error>(),
+            Some(Error::InvalidName(_))
+        ));
         let seg = Segment::create(16).unwrap();
         assert!(matches!(
             seg.write(10, &[0; 7]),
@@ -455,16 +789,16 @@ mod segments {
     #[test]
     fn values_and_arrays() {
         let v: Value<f64> = Value::create(1.5).unwrap();
-        v.store(2.5);
-        assert_eq!(v.load(), 2.5);
-        *v.lock().unwrap() *= 2.0;
-        assert_eq!(v.load(), 5.0);
-        let big: Value<[u64; 4]> = Value::create([1, 2, 3, 4]).unwrap();
-        big.store([5; 4]);
-        assert_eq!(big.load(), [5; 4]);
+        v.store(2.5).unwrap();
+        assert_eq!(v.load().unwrap(), 2.5);
+        v.lock().unwrap().update(|x| x * 2.0).unwrap();
+        assert_eq!(v.load().unwrap(), 5.0);
+        let named: Value<f64> = Value::create_named(0.5).unwrap();
+        let opened: Value<f64> = Value::open(named.name().unwrap()).unwrap();
+        assert_eq!(opened.load().unwrap(), 0.5);
         let raw: RawValue<u32> = RawValue::create(3).unwrap();
         raw.store(4);
-        assert_eq!(raw.load(), 4);
+        assert_eq!(raw.load().unwrap(), 4);
         let a: Array<i32> = Array::create_named(5).unwrap();
         a.set(4, -1).unwrap();
         assert!(matches!(a.get(5), Err(Error::OutOfBounds { .. })));
@@ -511,7 +845,7 @@ mod snapshots {
     fn a_seqlock_never_shows_a_torn_value() {
         ipckit_core::enter(ROLES);
         let cell: Shared<SeqLock<[u64; 32]>> = Shared::create([0; 32]).unwrap();
-        let stop: Shared<Event> = Shared::create(()).unwrap();
+        let stop = Event::create().unwrap();
         let mut child = Command::new("publish-runs")
             .handle("cell", cell.try_clone().unwrap())
             .handle("stop", stop.try_clone().unwrap())
@@ -602,52 +936,36 @@ mod snapshots {
 }
 
 mod python {
-    use std::{
-        io::{BufRead, BufReader, Write},
-        process::{Command, Stdio},
-    };
+    use std::io::{BufRead, BufReader};
 
     use super::*;
 
-    fn python() -> Option<String> {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.version_info[1])"])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    /// Python creates the block; ipckit opens it, reads Python's bytes and writes its own.
+    /// Python creates the block; ipckit opens it, reads Python's bytes and writes its own,
+    /// which Python waits for before it removes the block.
     #[test]
     fn ipckit_opens_a_block_python_made() {
-        if python().is_none() {
-            eprintln!("skipped: python3 is not installed");
+        let Some(py) = ipckit_testkit::python(12..=99) else {
             return;
-        }
+        };
         let name = ipckit_core::unique_name("py");
         let script = format!(
             "from multiprocessing import shared_memory\n\
-             import sys\n\
+             import sys, time\n\
              shm = shared_memory.SharedMemory(create=True, name='{name}', size=64)\n\
              shm.buf[:5] = b'hello'\n\
              print('ready', flush=True)\n\
-             sys.stdin.readline()\n\
+             deadline = time.monotonic() + {patience}\n\
+             while bytes(shm.buf[10:16]) != b'ipckit' and time.monotonic() < deadline:\n\
+             \x20   time.sleep(0.01)\n\
              ok = bytes(shm.buf[10:16]) == b'ipckit'\n\
              shm.close(); shm.unlink()\n\
-             sys.exit(0 if ok else 3)\n"
+             sys.exit(0 if ok else 3)\n",
+            patience = PATIENCE.as_secs()
         );
-        let mut py = Command::new("python3")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut python = Bounded::python(&py, &script, &[]).unwrap();
+        let stdout = python.child().stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(py.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready");
         let seg = Segment::open(&name).unwrap();
         assert_eq!(seg.len(), 64);
@@ -656,8 +974,7 @@ mod python {
         assert_eq!(&buf, b"hello");
         seg.write(10, b"ipckit").unwrap();
         drop(seg);
-        py.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        assert!(py.wait().unwrap().success());
+        python.wait_ok("the Python side");
         assert!(!std::path::Path::new("/dev/shm").join(&name).exists());
     }
 
@@ -665,33 +982,27 @@ mod python {
     /// would unlink an attached block at exit (its resource tracker): the script opts out.
     #[test]
     fn python_opens_a_block_ipckit_made() {
-        let Some(minor) = python() else {
-            eprintln!("skipped: python3 is not installed");
+        let Some(py) = ipckit_testkit::python(12..=99) else {
             return;
         };
         let seg = Segment::create_named(32).unwrap();
         seg.write(0, b"from rust").unwrap();
         let name = seg.name().unwrap();
-        let attach = if minor.parse::<u32>().unwrap_or(0) >= 13 {
-            format!("shm = shared_memory.SharedMemory(name='{name}', track=False)\n")
-        } else {
-            format!(
-                "shm = shared_memory.SharedMemory(name='{name}')\n\
-                 from multiprocessing import resource_tracker\n\
-                 resource_tracker.unregister(shm._name, 'shared_memory')\n"
-            )
-        };
         let script = format!(
-            "from multiprocessing import shared_memory\n{attach}\
+            "from multiprocessing import shared_memory, resource_tracker\n\
+             import sys\n\
+             if sys.version_info >= (3, 13):\n\
+             \x20   shm = shared_memory.SharedMemory(name='{name}', track=False)\n\
+             else:\n\
+             \x20   shm = shared_memory.SharedMemory(name='{name}')\n\
+             \x20   resource_tracker.unregister(shm._name, 'shared_memory')\n\
              assert bytes(shm.buf[:9]) == b'from rust', bytes(shm.buf[:9])\n\
              shm.buf[9:12] = b'+py'\n\
              shm.close()\n"
         );
-        let status = Command::new("python3")
-            .args(["-c", &script])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        Bounded::python(&py, &script, &[])
+            .unwrap()
+            .wait_ok("the Python side");
         let mut buf = [0u8; 12];
         seg.read(0, &mut buf).unwrap();
         assert_eq!(&buf, b"from rust+py");

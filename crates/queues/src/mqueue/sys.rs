@@ -38,7 +38,7 @@ impl Drop for Mqd {
 unsafe impl Placeable for Senders {
     type Init = ();
 
-    unsafe fn init(_: *mut Self, (): ()) -> std::io::Result<()> {
+    unsafe fn init(_: *mut Self, (): ()) -> ipckit_shmem::Result<()> {
         Ok(())
     }
 }
