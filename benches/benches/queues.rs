@@ -52,7 +52,8 @@ use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, Figure, Group, PATIENCE, Raw, RawSpin, Rig, SMALL, Words, Worker, mean, serve,
+    BIG, Figure, Group, PATIENCE, PingPong, Raw, RawSpin, Rig, SMALL, Words, Worker, echoes, mean,
+    serve,
 };
 use ipckit_core::{Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Reader, Writer};
@@ -190,15 +191,6 @@ fn ipc_end(job: &Job) -> anyhow::Result<End> {
 
 // The echo side of the round trips.
 
-/// One side's ends of a ping-pong between the parent and the echo server.
-trait PingPong {
-    /// The parent's side of a round trip: sends `v`, waits for its echo until `deadline`.
-    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()>;
-
-    /// The echo server's side: waits for the next value until `deadline`, echoes it.
-    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()>;
-}
-
 /// ipckit's ping-pong: the parent puts on the request queue and gets from the reply queue,
 /// the echo server the other way round.
 struct QueuePair {
@@ -318,28 +310,6 @@ impl PingPong for FutexPair {
         self.words.pong.0.store(v, Ordering::Release);
         futex_wake(&self.words.pong.0)
     }
-}
-
-/// The raw spinning ping-pong, the floor of the spin-mode row.
-impl PingPong for RawSpin {
-    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
-        RawSpin::round(self, v, deadline)
-    }
-
-    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        RawSpin::echo(self, deadline)
-    }
-}
-
-/// The echo server: `n` echoes on each order.
-fn echoes(ctx: &mut Ctx, mut pair: impl PingPong) -> RoleResult {
-    serve(ctx, |n| {
-        let deadline = Instant::now() + PATIENCE;
-        for _ in 0..n {
-            pair.echo(deadline)?;
-        }
-        Ok(n)
-    })
 }
 
 // The child roles.

@@ -47,7 +47,8 @@ use std::{
 use anyhow::ensure;
 use criterion::Criterion;
 use ipckit_benches::{
-    Figure, Floor, Group, PATIENCE, Raw, RawMem, RawSpin, Rig, SPINS, Worker, serve,
+    Figure, Floor, Group, PATIENCE, PingPong, Raw, RawMem, RawSpin, Rig, SPINS, Worker, echoes,
+    serve,
 };
 use ipckit_core::{Ctx, Handle, Handoff, Role, RoleResult};
 use ipckit_shmem::{Mutex, Segment, SeqLock, Shared};
@@ -308,16 +309,6 @@ fn spin_raw(ctx: &mut Ctx) -> RoleResult {
     echoes(ctx, pair)
 }
 
-fn echoes(ctx: &mut Ctx, mut pair: impl PingPong) -> RoleResult {
-    serve(ctx, |n| {
-        let deadline = Instant::now() + PATIENCE;
-        for _ in 0..n {
-            pair.echo(deadline)?;
-        }
-        Ok(n)
-    })
-}
-
 // The parent's side.
 
 /// A counter the parent shares with a row's workers.
@@ -516,15 +507,8 @@ impl<M: Bytes> Rig for Bandwidth<M> {
     }
 }
 
-/// The two words of a spinning ping-pong, as either side holds them.
-trait PingPong {
-    /// The parent's side of a round trip: writes `v`, spins until its echo, at most until
-    /// `deadline`.
-    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()>;
-
-    /// The worker's side: spins for the next value (at most until `deadline`), echoes it.
-    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()>;
-
+/// A spinning ping-pong in shared memory, which the worker gets as handles.
+trait SpinPair: PingPong {
     /// The handles for the worker.
     fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>>;
 }
@@ -553,7 +537,9 @@ impl PingPong for SeqPair {
         self.pong.publish(&v);
         Ok(())
     }
+}
 
+impl SpinPair for SeqPair {
     fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>> {
         Ok(vec![
             ("ping", self.ping.try_clone()?.into_handoff()),
@@ -563,15 +549,7 @@ impl PingPong for SeqPair {
 }
 
 /// The raw ping-pong: two words on cache lines of their own.
-impl PingPong for RawSpin {
-    fn round(&mut self, v: u64, deadline: Instant) -> anyhow::Result<()> {
-        RawSpin::round(self, v, deadline)
-    }
-
-    fn echo(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        RawSpin::echo(self, deadline)
-    }
-
+impl SpinPair for RawSpin {
     fn handoffs(&self) -> anyhow::Result<Vec<(&'static str, Handoff)>> {
         Ok(vec![("mem", self.words.handoff()?)])
     }
@@ -586,7 +564,7 @@ struct Spin<P> {
     sent: u64,
 }
 
-impl<P: PingPong> Spin<P> {
+impl<P: SpinPair> Spin<P> {
     fn start(role: &'static str, pair: P) -> anyhow::Result<Self> {
         let worker = Worker::launch(role, &(), pair.handoffs()?)?;
         Ok(Spin {
@@ -597,7 +575,7 @@ impl<P: PingPong> Spin<P> {
     }
 }
 
-impl<P: PingPong> Rig for Spin<P> {
+impl<P: SpinPair> Rig for Spin<P> {
     fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
         let deadline = Instant::now() + PATIENCE;
         self.worker.order(iters + 1)?;

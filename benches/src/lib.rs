@@ -9,11 +9,15 @@
 //!   on the row's first batch and ended after its last; it prints the group's ratio lines.
 //! - [`Work`] is the echo-and-stream workload of the pipe and socket benches, run over
 //!   any [`Link`].
+//! - [`PingPong`] is one round trip of the round-trip rows, [`echoes`] the worker that
+//!   answers it.
 
+mod pingpong;
 mod raw;
 mod worker;
 
 pub use {
+    pingpong::{PingPong, echoes},
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
     worker::{PATIENCE, SPINS, Worker, serve, spin_until},
 };

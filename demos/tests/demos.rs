@@ -400,21 +400,6 @@ fn every_scenario_has_help() {
     }
 }
 
-#[test]
-fn readme_example_runs() {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_demo"))
-        .with_file_name("examples")
-        .join("taste");
-    if !exe.exists() {
-        // `cargo test` builds examples; a filtered run may not have.
-        eprintln!("skipped: {} not built", exe.display());
-        return;
-    }
-    let out = run(exe.to_str().unwrap(), &[]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("got Pizza time! 🍕"));
-}
-
 /// The socket file a demo names after "over unix://" in its first line.
 fn socket_file(out: &str) -> std::path::PathBuf {
     let addr = out

@@ -36,13 +36,25 @@ pub use {
 /// needs: the byte traits, the typed ends, codecs, `Deadline`, the errors, and the process
 /// roles. Every mechanism crate invokes it once, so that a program depending on
 /// `ipckit-queues` alone never names `ipckit_core`, and every crate offers the same set.
+///
+/// A crate with an error type of its own (ipckit-shmem) writes
+/// `reexport_core!(own_errors)`: the same set, with core's `Error` and `Result` under the
+/// names `CoreError` and `CoreResult`.
 #[macro_export]
 macro_rules! reexport_core {
     () => {
+        $crate::reexport_core!(@common);
+        pub use $crate::{Error, Result};
+    };
+    (own_errors) => {
+        $crate::reexport_core!(@common);
+        pub use $crate::{Error as CoreError, Result as CoreResult};
+    };
+    (@common) => {
         pub use $crate::{
-            AuthError, Child, Codec, Command, Ctx, Deadline, Error, Handle, Handoff, IntoIter,
-            Iter, Postcard, Receiver, RecvBytes, RecvTimeoutError, Result, Role, RoleResult,
-            SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError, enter, spawn,
+            AuthError, Child, Codec, Command, Ctx, Deadline, Handle, Handoff, IntoIter, Iter,
+            Postcard, Receiver, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes,
+            SendTimeoutError, Sender, TryRecvError, TrySendError, enter, spawn,
         };
     };
 }

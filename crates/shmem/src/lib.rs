@@ -30,6 +30,8 @@ mod sys;
 )]
 mod value;
 
+ipckit_core::reexport_core!(own_errors);
+
 pub use {
     bytemuck::{self, Pod, Zeroable},
     error::{Error, Result},
