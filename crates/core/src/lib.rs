@@ -27,7 +27,7 @@ pub use {
         NAME_PREFIX, find_stale, is_alive, is_stale, owner_pid, remove_stale, temp_path,
         unique_name,
     },
-    roles::{Child, Command, Ctx, Handle, Handoff, Role, RoleResult, enter, spawn},
+    roles::{Child, Command, Ctx, FnPtr, Handle, Handoff, Role, RoleResult, enter, spawn},
     transport::{Connection, PeerCredentials, Reader, Writer},
     typed::{IntoIter, Iter, Receiver, Sender},
 };
@@ -52,7 +52,7 @@ macro_rules! reexport_core {
     };
     (@common) => {
         pub use $crate::{
-            AuthError, Child, Codec, Command, Ctx, Deadline, Handle, Handoff, IntoIter, Iter,
+            AuthError, Child, Codec, Command, Ctx, Deadline, FnPtr, Handle, Handoff, IntoIter, Iter,
             Postcard, Receiver, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes,
             SendTimeoutError, Sender, TryRecvError, TrySendError, enter, spawn,
         };

@@ -116,6 +116,8 @@ struct Spec {
     handles: Vec<(String, Wire)>,
     /// For [`spawn`]: the function to run, as code offsets (see `sys::code_offset`).
     function: Option<Function>,
+    /// Functions passed with [`Command::pass_fn`]: key, type tag, code offset.
+    functions: Vec<(String, u64, usize)>,
 }
 
 /// A function of this executable, located by code offsets that survive address-space
@@ -142,6 +144,7 @@ pub struct Ctx {
     role: String,
     arg: Vec<u8>,
     handles: Vec<(String, Handoff)>,
+    functions: Vec<(String, u64, usize)>,
 }
 
 impl Ctx {
@@ -172,6 +175,63 @@ impl Ctx {
             .ok_or_else(|| Error::RoleInput(format!("handle `{key}`")))?;
         H::from_handoff(self.handles.swap_remove(i).1)
     }
+
+    /// The function the parent passed as `key` with [`Command::pass_fn`], as a function
+    /// pointer of type `F` (`fn(A) -> R`, `fn()`, …) that this process can call.
+    ///
+    /// # Errors
+    /// [`Error::RoleInput`] if there is no such function, or it is not of type `F`.
+    pub fn function<F: FnPtr>(&self, key: &str) -> Result<F> {
+        let (_, tag, offset) = self
+            .functions
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .ok_or_else(|| Error::RoleInput(format!("function `{key}`")))?;
+        if *tag != type_tag::<F>() {
+            return Err(Error::RoleInput(format!(
+                "function `{key}` is not a {}",
+                std::any::type_name::<F>()
+            )));
+        }
+        Ok(sys::fn_at(*offset))
+    }
+}
+
+/// A function-pointer type that can be passed to a child process with
+/// [`Command::pass_fn`]: `fn() -> R`, `fn(A) -> R`, `fn(A, B) -> R`.
+pub trait FnPtr: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// The function's address.
+    #[doc(hidden)]
+    fn addr(self) -> usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! fn_ptr {
+    ($($arg:ident),*) => {
+        impl<R: 'static, $($arg: 'static),*> sealed::Sealed for fn($($arg),*) -> R {}
+        impl<R: 'static, $($arg: 'static),*> FnPtr for fn($($arg),*) -> R {
+            fn addr(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+fn_ptr!();
+fn_ptr!(A);
+fn_ptr!(A, B);
+
+/// A tag of the type `F`, the same in every process running this executable (the type's
+/// id, hashed with fixed keys), so that a child checks it asks for a function of the type
+/// the parent passed.
+fn type_tag<F: 'static>() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    std::any::TypeId::of::<F>().hash(&mut h);
+    h.finish()
 }
 
 /// If this process was started as a role by [`Command::spawn`], runs that role and exits;
@@ -215,6 +275,7 @@ pub fn enter(roles: &[Role]) {
         role: spec.role,
         arg: spec.arg,
         handles,
+        functions: spec.functions,
     };
     let outcome = match (spec.function, roles.iter().find(|r| r.name == ctx.role)) {
         (Some(f), _) => {
@@ -381,6 +442,7 @@ pub struct Command<R = ExitStatus> {
     role: String,
     arg: Vec<u8>,
     handles: Vec<(String, Handoff)>,
+    functions: Vec<(String, u64, usize)>,
     stdout: Option<Stdio>,
     env: Vec<(String, String)>,
     function: Option<Function>,
@@ -445,6 +507,7 @@ impl<R> Command<R> {
             role: role.to_string(),
             arg: Vec::new(),
             handles: Vec::new(),
+            functions: Vec::new(),
             stdout: None,
             env: Vec::new(),
             function: None,
@@ -467,6 +530,16 @@ impl<R> Command<R> {
     #[must_use]
     pub fn handle(mut self, key: &str, handle: impl Handle) -> Self {
         self.handles.push((key.to_string(), handle.into_handoff()));
+        self
+    }
+
+    /// Passes the function `f` to the child under `key`, read there with
+    /// [`Ctx::function`]: a worker loop that runs a user's function per task, an
+    /// initializer. The child gets a pointer to the same function of the same executable.
+    #[must_use]
+    pub fn pass_fn<F: FnPtr>(mut self, key: &str, f: F) -> Self {
+        self.functions
+            .push((key.to_string(), type_tag::<F>(), sys::code_offset(f.addr())));
         self
     }
 
@@ -542,6 +615,7 @@ impl<R> Command<R> {
                 arg: self.arg,
                 handles: wire,
                 function: self.function,
+                functions: self.functions,
             },
             &mut buf,
         )?;

@@ -315,3 +315,29 @@ fn the_exit_descriptor_wakes_a_poll_when_the_child_dies() {
         Err(Error::RoleKilled { signal: 9, .. })
     ));
 }
+
+fn apply_twice(x: u64, ctx: &mut Ctx) -> RoleResult<u64> {
+    let f: fn(u64) -> u64 = ctx.function("f")?;
+    let hello: fn() -> &'static str = ctx.function("hello")?;
+    assert_eq!(hello(), "hello");
+    // Asking for another type is refused, not undefined behaviour.
+    assert!(ctx.function::<fn(u32) -> u32>("f").is_err());
+    assert!(ctx.function::<fn(u64) -> u64>("missing").is_err());
+    Ok(f(f(x)))
+}
+
+fn hello() -> &'static str {
+    "hello"
+}
+
+#[test]
+fn functions_pass_to_a_child_checked_by_type() {
+    ipckit_core::enter(ROLES);
+    let mut child = Command::function(&3u64, apply_twice)
+        .unwrap()
+        .pass_fn("f", square as fn(u64) -> u64)
+        .pass_fn("hello", hello as fn() -> &'static str)
+        .spawn()
+        .unwrap();
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), 81);
+}
