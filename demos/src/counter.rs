@@ -13,12 +13,11 @@ use ipckit_core::{Ctx, Handle, RoleResult};
 use ipckit_shmem::{Barrier, Shared, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::support::{Pace, join_all, role};
+use crate::support::{PATIENCE, Pace, join_all, role};
 
 const WORKERS: u32 = 3;
 const INCREMENTS: u64 = 5;
 const EXPECTED: u64 = WORKERS as u64 * INCREMENTS;
-const PATIENCE: Duration = Duration::from_secs(60);
 /// How long an `--unsafe` worker holds on to the value it read before writing it back plus
 /// one. `--fast` keeps it: it is the race being shown, not a pause for the reader.
 const RACE_WINDOW: Duration = Duration::from_millis(5);

@@ -1,13 +1,13 @@
 //! The `fifo` scenario: a writer and a reader process that share nothing but the path of a
 //! named pipe, as the Python tutorial's `os.mkfifo` example. Lines, so a shell could join in.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use ipckit_core::{Ctx, RoleResult};
 use ipckit_pipes::{Fifo, Framing, RecvBytes, SendBytes};
 use serde::{Deserialize, Serialize};
 
-use crate::support::{Pace, expect_same, join_all, role};
+use crate::support::{PATIENCE, Pace, expect_same, join_all, role};
 
 const MESSAGES: [&str; 3] = [
     "🌟 First message through named pipe!",
@@ -15,7 +15,6 @@ const MESSAGES: [&str; 3] = [
     "🎯 Task completed successfully!",
 ];
 const STOP: &str = "STOP";
-const PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Serialize, Deserialize)]
 struct Args {

@@ -1,16 +1,13 @@
 //! The pipe scenarios: `pipe` (a duplex `multiprocessing.Pipe()` between a sender and a
 //! receiver) and `parent-child` (an `os.pipe()` from a parent to its child).
 
-use std::time::Duration;
-
 use ipckit_core::{Ctx, RoleResult};
 use ipckit_pipes::{Connection, Reader, RecvBytes, SendBytes};
 
-use crate::support::{Pace, expect_same, join_all, role};
+use crate::support::{PATIENCE, Pace, expect_same, join_all, role};
 
 const MESSAGES: [&str; 3] = ["Hello!", "How are you?", "Pizza time! 🍕"];
 const STOP: &str = "STOP";
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The `pipe` scenario.
 pub(crate) fn pipe(pace: Pace) -> anyhow::Result<()> {

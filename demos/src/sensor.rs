@@ -2,12 +2,10 @@
 //! memory and a monitor process follows them, as the Python tutorial's `mmap` example, but without
 //! its `-999.0` end marker or its "0.0 means not written yet" guess.
 
-use std::time::Duration;
-
 use ipckit_core::{Ctx, RoleResult};
 use ipckit_shmem::{Ring, Shared};
 
-use crate::support::{Pace, expect_same, join_all, role};
+use crate::support::{PATIENCE, Pace, expect_same, join_all, role};
 
 /// The last 64 readings, in shared memory.
 type Readings = Shared<Ring<f64, 64>>;
@@ -15,7 +13,6 @@ type Readings = Shared<Ring<f64, 64>>;
 const READINGS: u32 = 20;
 /// Readings in the moving average.
 const WINDOW: usize = 5;
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Reading `i` (from 0), the Python tutorial's formula rounded to two decimals; the monitor checks
 /// what it saw against the same sequence.

@@ -1,11 +1,21 @@
 //! What every scenario shares: pacing, logging, starting roles, checking outcomes.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use ipckit_core::{Child, Command};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+
+/// How long a demo waits for any one step of another process before it gives up.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 const LOG_ENV: &str = "IPCKIT_DEMO_LOG";
 static LOG: OnceLock<String> = OnceLock::new();
@@ -69,26 +79,79 @@ pub(crate) fn role(name: &str) -> Command {
     }
 }
 
-/// Joins every child; fails with the first child that failed.
+/// Joins every child, watching all of them at once: the moment one fails — killed by a
+/// signal, panicked, returned an error — the others are stopped and the demo fails naming
+/// it, instead of waiting for a child that waits for the dead one.
 pub(crate) fn join_all(children: &mut [Child]) -> anyhow::Result<()> {
-    let mut first_error = None;
-    for child in children {
-        let role = child.role().to_string();
-        let outcome = child
-            .join_timeout(Duration::from_secs(120))
-            .with_context(|| format!("process `{role}`"))
-            .and_then(|status| {
-                if status.success() {
-                    Ok(())
-                } else {
-                    bail!("process `{role}` ended with {status}")
-                }
-            });
-        if let Err(e) = outcome {
-            first_error.get_or_insert(e);
+    let mut left: Vec<usize> = (0..children.len()).collect();
+    let mut progress = Instant::now();
+    while !left.is_empty() {
+        let ended = ended(children, &left)?;
+        if ended.is_empty() {
+            if progress.elapsed() > PATIENCE * 4 {
+                let running: Vec<String> = left
+                    .iter()
+                    .map(|&i| children[i].role().to_string())
+                    .collect();
+                stop(children, &left);
+                bail!(
+                    "no process ended in {:?}; still running: {running:?}",
+                    PATIENCE * 4
+                );
+            }
+            continue;
+        }
+        progress = Instant::now();
+        for i in ended {
+            left.retain(|&j| j != i);
+            let (role, pid) = (children[i].role().to_string(), children[i].pid());
+            let outcome = children[i]
+                .join_timeout(PATIENCE)
+                .with_context(|| format!("process `{role}` (pid {pid})"))
+                .and_then(|status| {
+                    if status.success() {
+                        Ok(())
+                    } else {
+                        bail!("process `{role}` (pid {pid}) ended with {status}")
+                    }
+                });
+            if let Err(e) = outcome {
+                stop(children, &left);
+                return Err(e);
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Ok(())
+}
+
+/// Which of the children at `left` have ended (or reported), waiting up to a second.
+fn ended(children: &[Child], left: &[usize]) -> anyhow::Result<Vec<usize>> {
+    let mut fds = Vec::with_capacity(left.len());
+    for &i in left {
+        match children[i].exit_fd() {
+            Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
+            // Joined already: nothing to wait for.
+            None => return Ok(vec![i]),
+        }
+    }
+    match poll(&mut fds, PollTimeout::from(1000u16)) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => bail!("watching the children: {e}"),
+    }
+    Ok(left
+        .iter()
+        .zip(&fds)
+        .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+        .map(|(&i, _)| i)
+        .collect())
+}
+
+/// Kills and reaps the children at `left`, after one of them failed.
+fn stop(children: &mut [Child], left: &[usize]) {
+    for &i in left {
+        let _ = children[i].kill();
+        let _ = children[i].join_timeout(PATIENCE);
+    }
 }
 
 /// Compares what arrived with what was sent.

@@ -15,9 +15,7 @@ use ipckit_core::{Child, Ctx, RoleResult};
 use ipckit_shmem::{Barrier, Condition, Event, Mutex, RLock, Semaphore, SemaphoreOptions, Shared};
 use serde::{Deserialize, Serialize};
 
-use crate::support::{Pace, join_all, role};
-
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::support::{PATIENCE, Pace, join_all, role};
 
 #[derive(Serialize, Deserialize)]
 struct Args {

@@ -696,3 +696,77 @@ fn chat_server_drops_a_client_that_does_not_speak_chat_and_serves_on() {
     server.expect_exit();
     assert!(!path.exists(), "{} was left behind", path.display());
 }
+
+/// The child processes of `pid` (of all its threads).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut all = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return all;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        all.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    all
+}
+
+/// Starts `demo args` at its normal pace, SIGKILLs one of its child processes once it is
+/// under way, and returns the demo's output and how long it took to end after the kill.
+fn kill_a_child(args: &[&str], which: usize) -> (Output, Duration) {
+    let mut demo = ipckit_testkit::Bounded::start(
+        std::process::Command::new(env!("CARGO_BIN_EXE_demo")).args(args),
+    )
+    .expect("start the demo");
+    let pid = demo.child().id();
+    let mut victims = Vec::new();
+    ipckit_testkit::wait_until("the demo starts its children", || {
+        victims = children_of(pid);
+        victims.len() > which
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = victims[which];
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let killed = Instant::now();
+    let out = demo.wait().expect("the demo's output");
+    (out, killed.elapsed())
+}
+
+/// Killing any child of a demo ends the demo within seconds: recovered, or failed with a
+/// message naming what died — never a wait for a minute-long timeout.
+#[test]
+fn a_killed_child_ends_every_demo_at_once() {
+    for (args, which) in [
+        (&["pipe"][..], 0),
+        (&["parent-child"][..], 0),
+        (&["fifo"][..], 1),
+        (&["counter"][..], 1),
+        (&["sensor"][..], 0),
+        (&["sensor"][..], 1),
+        (&["sync"][..], 0),
+        (&["restaurant"][..], 1),
+        (&["restaurant", "--mechanism", "pipe"][..], 0),
+        (&["restaurant", "--mechanism", "socket"][..], 1),
+        (&["producer-consumer"][..], 0),
+        (&["producer-consumer"][..], 2),
+    ] {
+        let (out, took) = kill_a_child(args, which);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            took < Duration::from_secs(5),
+            "demo {args:?} took {took:?} to end after child {which} was killed\n{stdout}\n{err}"
+        );
+        if !out.status.success() {
+            assert!(
+                err.contains("killed by signal 9") || err.contains("gone"),
+                "demo {args:?} failed without naming what died:\n{err}"
+            );
+        }
+    }
+}
