@@ -11,6 +11,13 @@ use crate::{
 };
 
 /// Sends values of `T` over the byte transport `S`, encoded with the codec `C`.
+///
+/// Made from any byte sender with `into_sender::<T>()` (or `into_sender_with(codec)`), or
+/// handed out typed by a channel that knows its `T` (`Queue<T>::sender()`). It passes to a
+/// child process as its byte end does ([`Command::handle`](crate::Command::handle)); the
+/// child takes it back typed with `ctx.handle::<Sender<T, _>>(key)`. When the receiving
+/// side is gone, sends are [`Error::Disconnected`] (the `try_` and `_timeout` forms give
+/// the value back).
 pub struct Sender<T, S, C = Postcard> {
     inner: S,
     codec: C,
@@ -19,6 +26,11 @@ pub struct Sender<T, S, C = Postcard> {
 }
 
 /// Receives values of `T` from the byte transport `R`, decoded with the codec `C`.
+///
+/// Made and shared as [`Sender`] is. When every sender is gone (dropped, or its process
+/// dead), it delivers what was sent, then [`Error::Disconnected`]; its iterators end
+/// there, and yield any other error (garbage, a value that does not decode) once before
+/// ending.
 pub struct Receiver<T, R, C = Postcard> {
     inner: R,
     codec: C,
