@@ -469,6 +469,17 @@ fn a_framed_server_turns_a_plain_socket_client_away_and_serves_on() {
         }
         e => panic!("expected the plain client dropped, got {e:?}"),
     }
+    // A client that speaks frames is served on.
+    let mut framed = ipckit_sockets::connect(server.address()).unwrap();
+    let id = joined(&events);
+    framed.send_bytes(b"Hello, world").unwrap();
+    assert_eq!(
+        next(&events),
+        Event::Message {
+            from: id,
+            msg: b"Hello, world".to_vec()
+        }
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Sockets as servers and clients meet them: addresses, stale socket files, permissions,
 //! peer credentials, connecting early and late, timeouts, half-close, the authkey handshake
-//! (with Python 3.12+ at the other end too), and UDP.
+//! (with Python 3.12+ at the other end too, and Python 3.11: refused in words by default,
+//! a peer with `legacy_md5`), and UDP.
 //!
 //! Every blocking wait has a timeout, and every socket file a test makes is checked gone.
 
