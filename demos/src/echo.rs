@@ -3,12 +3,19 @@
 //! a long one included, which the Python tutorial's single `recv(1024)` would have cut short: here
 //! every message is one frame, delivered whole. The messages are text, typed (`String`) at
 //! both ends.
+//!
+//! `echo serve` and `echo connect` are the two programs on their own, and speak the wire
+//! format asked for: `--framing raw` is plain bytes, so `echo serve` serves the Python
+//! tutorial's client and `echo connect` talks to the Python tutorial's server, unchanged.
 
 use std::time::Duration;
 
 use anyhow::bail;
+use clap::{Subcommand, ValueEnum};
 use ipckit_core::{Ctx, RoleResult};
-use ipckit_sockets::{Address, ConnectOptions, Listener, RecvBytes, SendBytes, connect_with};
+use ipckit_sockets::{
+    Address, ConnectOptions, Error, Framing, Listener, RecvBytes, SendBytes, connect_with,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{Pace, join_all, role};
@@ -24,6 +31,52 @@ fn messages() -> Vec<String> {
         "Echo… echo… echo… ".repeat(5000),
         "Bye!".to_string(),
     ]
+}
+
+/// `echo serve` and `echo connect`: each program on its own.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Mode {
+    /// Serves one client, as the Python tutorial's server: echoes what it sends until it
+    /// closes.
+    Serve {
+        /// Where to listen: `tcp://host:port`, `unix:///path`, `unix-abstract://name`.
+        #[arg(long)]
+        addr: Address,
+        /// How messages are delimited on the wire.
+        #[arg(long, value_enum, default_value_t)]
+        framing: WireFraming,
+    },
+    /// Connects to an echo server, sends the messages and checks each comes back.
+    Connect {
+        /// The server's address.
+        #[arg(long)]
+        addr: Address,
+        /// How messages are delimited on the wire.
+        #[arg(long, value_enum, default_value_t)]
+        framing: WireFraming,
+    },
+}
+
+/// How messages are delimited on the wire (`--framing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WireFraming {
+    /// Length-prefixed frames, as Python's `multiprocessing.connection`.
+    #[default]
+    Length,
+    /// One message per line, as a person types them (`nc`).
+    Lines,
+    /// Plain bytes, as `socket.sendall` and `socket.recv` move them.
+    Raw,
+}
+
+impl From<WireFraming> for Framing {
+    fn from(f: WireFraming) -> Framing {
+        match f {
+            WireFraming::Length => Framing::Length,
+            WireFraming::Lines => Framing::Lines,
+            WireFraming::Raw => Framing::Raw,
+        }
+    }
 }
 
 /// A message as the narration shows it.
@@ -66,8 +119,74 @@ pub(crate) fn check_removed(addr: &Address) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `echo` scenario.
-pub(crate) fn echo(addr: Option<Address>, pace: Pace) -> anyhow::Result<()> {
+/// The `echo` scenario, or `echo serve` / `echo connect`.
+pub(crate) fn echo(mode: Option<Mode>, addr: Option<Address>, pace: Pace) -> anyhow::Result<()> {
+    match mode {
+        None => scripted(addr, pace),
+        Some(Mode::Serve { addr, framing }) => serve(&addr, framing.into()),
+        Some(Mode::Connect { addr, framing }) => connect(&addr, framing.into()),
+    }
+}
+
+/// `echo serve`: one client, every message echoed until it closes.
+fn serve(addr: &Address, framing: Framing) -> anyhow::Result<()> {
+    let listener = Listener::bind(addr)?;
+    println!(
+        "🖥️ Server: listening at {} ({framing:?} framing)",
+        listener.address()
+    );
+    let mut conn = listener.accept()?.framing(framing);
+    println!("🖥️ Server: Connected by {}", conn.peer());
+    let (mut echoed, mut bytes) = (0, 0);
+    loop {
+        match conn.recv_bytes() {
+            Ok(data) => {
+                println!(
+                    "🖥️ Server: echoing {}",
+                    show(&String::from_utf8_lossy(&data))
+                );
+                conn.send_bytes(&data)?;
+                echoed += 1;
+                bytes += data.len();
+            }
+            Err(Error::Disconnected) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!(
+        "🖥️ Server: the client closed the connection after {echoed} receives, {bytes} bytes; \
+         closing"
+    );
+    Ok(())
+}
+
+/// `echo connect`: sends each message and checks that it comes back whole.
+fn connect(addr: &Address, framing: Framing) -> anyhow::Result<()> {
+    // The server may not be listening yet.
+    let opts = ConnectOptions::new().timeout(PATIENCE).retry(true);
+    let mut conn = connect_with(addr, &opts)?.framing(framing);
+    println!("💻 Client: connected to {addr} ({framing:?} framing)");
+    for msg in messages() {
+        println!("💻 Client: Sending {}", show(&msg));
+        conn.send_bytes(msg.as_bytes())?;
+        // Plain bytes keep no boundaries: what comes back may come in parts.
+        let mut back = conn.recv_bytes_timeout(PATIENCE)?;
+        while framing == Framing::Raw && back.len() < msg.len() {
+            back.extend(conn.recv_bytes_timeout(PATIENCE)?);
+        }
+        if back != msg.as_bytes() {
+            let back = String::from_utf8_lossy(&back);
+            bail!("sent {}, got {} back", show(&msg), show(&back));
+        }
+        println!("💻 Client: Received {} ✅", show(&msg));
+    }
+    conn.shutdown()?;
+    println!("💻 Client: every echo matched; closing the connection");
+    Ok(())
+}
+
+/// The scripted `echo`: a server process and a client process.
+fn scripted(addr: Option<Address>, pace: Pace) -> anyhow::Result<()> {
     let addr = server_address(addr)?;
     println!("🌐 An echo server and a client, two processes, over {addr}");
     let args = Args {

@@ -73,7 +73,10 @@ enum Scenario {
     /// another; the parent closes the task queue instead of sending sentinels.
     Workers,
     /// An echo server and a client process over a socket: each message comes back whole.
+    /// `echo serve` and `echo connect` are each program on its own.
     Echo {
+        #[command(subcommand)]
+        mode: Option<echo::Mode>,
         /// Where the server listens (default: a fresh socket file in the temporary
         /// directory); `tcp://127.0.0.1:0` picks a free port.
         #[arg(long)]
@@ -145,7 +148,7 @@ fn main() -> ExitCode {
         Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
         Scenario::Workers => workers::workers(pace),
-        Scenario::Echo { addr } => echo::echo(addr, pace),
+        Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),
         Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
     };
     match result {

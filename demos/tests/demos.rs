@@ -390,6 +390,8 @@ fn every_scenario_has_help() {
         "producer-consumer",
         "workers",
         "echo",
+        "echo serve",
+        "echo connect",
         "chat",
         "chat serve",
         "chat join",
@@ -537,8 +539,12 @@ struct Live {
 
 impl Live {
     fn start(args: &[&str]) -> Live {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
-            .args(args)
+        Live::spawn(Command::new(env!("CARGO_BIN_EXE_demo")).args(args))
+    }
+
+    /// Any program, its output read as it comes.
+    fn spawn(cmd: &mut Command) -> Live {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -769,4 +775,223 @@ fn a_killed_child_ends_every_demo_at_once() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Plain byte streams: the Python tutorial's socket programs, and people with `nc`
+// ---------------------------------------------------------------------------------------
+
+/// The Python tutorial's echo server, unchanged but for its port.
+const TUTORIAL_SERVER: &str = r#"import socket
+
+HOST = '127.0.0.1'  # Standard loopback interface address (localhost)
+PORT = 65432        # Port to listen on (non-privileged ports are > 1023)
+
+with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind((HOST, PORT))
+    s.listen()
+    conn, addr = s.accept()
+    with conn:
+        print(f"Connected by {addr}")
+        while True:
+            data = conn.recv(1024)
+            if not data:
+                break
+            conn.sendall(data)
+"#;
+
+/// The Python tutorial's echo client, unchanged but for its port.
+const TUTORIAL_CLIENT: &str = r#"import socket
+
+HOST = '127.0.0.1'  # The server's hostname or IP address
+PORT = 65432        # The port used by the server
+
+with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.connect((HOST, PORT))
+    s.sendall(b'Hello, world')
+    data = s.recv(1024)
+
+print(f"Received {data!r}")
+"#;
+
+/// A port nobody listens on (it was free a moment ago).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn on_port(script: &str, port: u16) -> String {
+    script.replace("PORT = 65432", &format!("PORT = {port}"))
+}
+
+#[test]
+fn echo_serve_raw_serves_the_tutorials_python_client() {
+    let Some(py) = ipckit_testkit::python(6..=99) else {
+        return;
+    };
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let mut server = Live::start(&["echo", "serve", "--addr", &addr, "--framing", "raw"]);
+    server.wait_for("🖥️ Server: listening at");
+    let out = ipckit_testkit::Bounded::python(&py, &on_port(TUTORIAL_CLIENT, port), &[])
+        .expect("start python")
+        .wait_ok("the tutorial's client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Received b'Hello, world'"
+    );
+    server.expect_exit();
+    assert_in_order(
+        &server.seen,
+        &[
+            "🖥️ Server: Connected by tcp://127.0.0.1:",
+            "🖥️ Server: echoing \"Hello, world\"",
+            "🖥️ Server: the client closed the connection after 1 receives, 12 bytes",
+        ],
+    );
+}
+
+#[test]
+fn echo_connect_raw_talks_to_the_tutorials_python_server() {
+    let Some(py) = ipckit_testkit::python(6..=99) else {
+        return;
+    };
+    let port = free_port();
+    let server = ipckit_testkit::Bounded::python(&py, &on_port(TUTORIAL_SERVER, port), &[])
+        .expect("start python");
+    // The server may not listen yet: `echo connect` waits for it.
+    let out = demo(&[
+        "echo",
+        "connect",
+        "--addr",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--framing",
+        "raw",
+    ]);
+    assert_in_order(
+        &out,
+        &[
+            "💻 Client: Received \"Hello, world\" ✅",
+            "💻 Client: Received <120000 bytes> ✅",
+            "💻 Client: every echo matched",
+        ],
+    );
+    let out = server.wait_ok("the tutorial's server");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("Connected by ('127.0.0.1', "),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn echo_serve_and_connect_speak_frames_by_default() {
+    let path = std::env::temp_dir().join(format!("ipckit-echo-{}.sock", std::process::id()));
+    let addr = format!("unix://{}", path.display());
+    let mut server = Live::start(&["echo", "serve", "--addr", &addr]);
+    server.wait_for("(Length framing)");
+    let out = demo(&["echo", "connect", "--addr", &addr]);
+    assert!(out.contains("💻 Client: every echo matched"), "{out}");
+    server.expect_exit();
+    // One frame, one receive: the long message came whole.
+    assert!(
+        server.seen.contains("after 4 receives, 120"),
+        "{}",
+        server.seen
+    );
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+/// `nc` on the `PATH`, if there is one.
+fn find_nc() -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("nc"))
+        .find(|p| p.is_file())
+}
+
+/// A person at a terminal, typing lines into a TCP connection: `nc` where there is one, a
+/// Python socket that does what it does otherwise.
+fn line_client(port: u16) -> Live {
+    match find_nc() {
+        Some(nc) => Live::spawn(Command::new(nc).args(["127.0.0.1", &port.to_string()])),
+        None => {
+            let py = ipckit_testkit::python(6..=99).expect("a Python for the line client");
+            Live::spawn(Command::new(py).args(["-c", LINE_CLIENT, &port.to_string()]))
+        }
+    }
+}
+
+/// What `nc` does: each line typed goes out, each line that comes is printed; end of
+/// input ends the sending direction.
+const LINE_CLIENT: &str = r#"
+import os, socket, sys, threading
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def pump():
+    for line in sys.stdin.buffer:
+        s.sendall(line)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=pump, daemon=True).start()
+for line in s.makefile("rb"):
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()
+# The connection closed: leave, whatever the input thread is doing.
+os._exit(0)
+"#;
+
+#[test]
+fn chat_serve_over_lines_lets_people_join_with_nc() {
+    if std::env::var_os("IPCKIT_SKIP_PYTHON").is_some_and(|v| v == "1") && find_nc().is_none() {
+        eprintln!("skipped: no nc, and IPCKIT_SKIP_PYTHON=1");
+        return;
+    }
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let mut server = Live::start(&["chat", "serve", "--addr", &addr, "--framing", "lines"]);
+    server.wait_for(&format!("(join with `nc 127.0.0.1 {port}`)"));
+    let mut alice = line_client(port);
+    alice.wait_for("👋 Welcome to the chat! What is your name?");
+    alice.type_line("Alice");
+    alice.wait_for("👀 Nobody else here yet");
+    let mut bob = line_client(port);
+    bob.wait_for("What is your name?");
+    // A blank line is no name.
+    bob.type_line("");
+    bob.type_line("Bob");
+    bob.wait_for("👀 Here already: Alice");
+    alice.wait_for("📥 [Server] 🎉 Bob has joined the chat!");
+    alice.type_line("hi Bob");
+    bob.wait_for("📥 [Alice] hi Bob");
+    bob.type_line("hi Alice 👋");
+    alice.wait_for("📥 [Bob] hi Alice 👋");
+    // Ctrl-C on the server: everyone is told, and the connections close.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal the server");
+    server.expect_exit();
+    for person in [&mut alice, &mut bob] {
+        person.wait_for("🛑 The server is shutting down");
+        drop(person.child.stdin.take());
+        person.expect_exit();
+    }
+    assert_in_order(
+        &server.seen,
+        &[
+            "✅ Client Alice joined the chat! (tcp://127.0.0.1:",
+            "✅ Client Bob joined the chat!",
+            "📨 Broadcasting message from Alice: hi Bob",
+            "📨 Broadcasting message from Bob: hi Alice 👋",
+            "🛑 SIGINT: server shutting down...",
+            "📡 Chat server closed",
+        ],
+    );
+    assert_eq!(
+        server
+            .seen
+            .matches(" left the chat! (server shutdown)")
+            .count(),
+        2
+    );
 }

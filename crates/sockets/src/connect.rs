@@ -1,10 +1,20 @@
 //! Connecting to a listener: [`connect`], [`connect_with`] and [`ConnectOptions`].
 
-use std::{fmt, io, net::TcpStream, os::fd::OwnedFd, time::Duration};
+use std::{
+    fmt, io,
+    net::TcpStream,
+    os::fd::{AsFd, OwnedFd},
+    time::Duration,
+};
 
 use ipckit_core::{Connection, Deadline, Error, Result};
+use nix::poll::PollFlags;
 
-use crate::{Address, auth, unix};
+use crate::{
+    Address,
+    auth::{Handshake, Side},
+    poll, unix,
+};
 
 /// How long a connect may take unless told otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +38,7 @@ pub struct ConnectOptions {
     timeout: Option<Duration>,
     retry: bool,
     authkey: Option<Vec<u8>>,
+    legacy_md5: bool,
 }
 
 impl ConnectOptions {
@@ -60,6 +71,18 @@ impl ConnectOptions {
         self.authkey = Some(key.to_vec());
         self
     }
+
+    /// Also speaks the legacy handshake of Python 3.11 and older (HMAC-MD5), both ways, as
+    /// Python 3.12 does: a 3.11 listener admits this client. Off by default, and weaker:
+    /// MD5 is broken as a hash, and an HMAC over it is the weakest link of the handshake.
+    /// Without it, a 3.11 listener is refused cleanly
+    /// ([`AuthError::UnsupportedDigest`](crate::AuthError::UnsupportedDigest) here, an
+    /// `AuthenticationError` there).
+    #[must_use]
+    pub fn legacy_md5(mut self, allow: bool) -> Self {
+        self.legacy_md5 = allow;
+        self
+    }
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -69,6 +92,7 @@ impl fmt::Debug for ConnectOptions {
             .field("retry", &self.retry)
             // The key stays secret, even in logs.
             .field("authkey", &self.authkey.as_ref().map(|_| "<set>"))
+            .field("legacy_md5", &self.legacy_md5)
             .finish()
     }
 }
@@ -117,7 +141,8 @@ pub fn connect(addr: &Address) -> Result<Connection> {
 /// [`AuthError::Refused`](crate::AuthError::Refused) when the listener holds another key,
 /// [`AuthError::WrongKey`](crate::AuthError::WrongKey) if it answered our challenge
 /// wrongly, [`AuthError::UnsupportedDigest`](crate::AuthError::UnsupportedDigest) for a
-/// listener that speaks only the legacy HMAC-MD5 (Python 3.11 and older).
+/// listener that speaks only the legacy HMAC-MD5 (Python 3.11 and older) unless
+/// [`ConnectOptions::legacy_md5`] allows it.
 pub fn connect_with(addr: &Address, opts: &ConnectOptions) -> Result<Connection> {
     let timeout = opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let deadline = Deadline::after(timeout);
@@ -156,12 +181,13 @@ pub fn connect_with(addr: &Address, opts: &ConnectOptions) -> Result<Connection>
             Err(e) => return Err(Error::os("connect", "socket", addr, e)),
         }
     };
-    let mut conn = Connection::from_fd(fd)?.with_peer(addr.to_string());
     tracing::debug!(peer = %addr, "connected");
     if let Some(key) = &opts.authkey {
         // The timeout covers the handshake too.
-        auth::answer_challenge(&mut conn, key, deadline)?;
-        auth::deliver_challenge(&mut conn, key, deadline)?;
+        let mut handshake = Handshake::start(fd.as_fd(), Side::Client, key, opts.legacy_md5)?;
+        while !handshake.advance(fd.as_fd())? {
+            poll::wait(fd.as_fd(), PollFlags::POLLIN, deadline)?;
+        }
     }
-    Ok(conn)
+    Ok(Connection::from_fd(fd)?.with_peer(addr.to_string()))
 }

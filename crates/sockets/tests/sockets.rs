@@ -1,6 +1,7 @@
 //! Sockets as servers and clients meet them: addresses, stale socket files, permissions,
 //! peer credentials, connecting early and late, timeouts, half-close, the authkey handshake
-//! (with Python 3.12+ at the other end too), and UDP.
+//! (with Python 3.12+ at the other end too, and Python 3.11: refused in words by default,
+//! a peer with `legacy_md5`), and UDP.
 //!
 //! Every blocking wait has a timeout, and every socket file a test makes is checked gone.
 
@@ -18,7 +19,7 @@ use ipckit_sockets::{
     MAX_DATAGRAM, RecvBytes, RecvTimeoutError, Role, RoleResult, SendBytes, TryRecvError, connect,
     connect_with, enter,
 };
-use ipckit_testkit::{Bounded, PATIENCE, find_python, python, wait_until};
+use ipckit_testkit::{Bounded, PATIENCE, python, wait_until};
 
 const ROLES: &[Role] = &[
     Role::new("listen-and-wait", listen_and_wait),
@@ -957,12 +958,33 @@ fn ipckit_client_authenticates_with_a_python_listener() {
     sock.assert_gone();
 }
 
+/// A listener that serves one client, or says why it refused it.
+const PY_ONE_LISTENER: &str = r#"
+import ast, sys
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Listener
+address, key = ast.literal_eval(sys.argv[1]), sys.argv[2].encode()
+with Listener(address, authkey=key) as listener:
+    try:
+        with listener.accept() as c:
+            m = c.recv_bytes()
+            c.send_bytes(b"python got " + m)
+            print("served", m, flush=True)
+    except AuthenticationError as e:
+        print("refused:", e, flush=True)
+"#;
+
+fn free_tcp_address() -> Address {
+    format!("tcp://127.0.0.1:{}", free_tcp_port())
+        .parse()
+        .unwrap()
+}
+
 #[test]
-fn python_311_legacy_handshake_is_refused_cleanly() {
-    // Python 3.11 and older answer with a bare HMAC-MD5, which ipckit does not speak.
-    // Optional: the legacy Pythons are old, and often absent.
-    let Some(py) = find_python(7..=11) else {
-        eprintln!("skipped: no Python 3.7-3.11 to check the legacy handshake with");
+fn python_311_is_refused_cleanly_on_both_sides() {
+    // Python 3.11 and older answer with a bare HMAC-MD5, which ipckit does not speak unless
+    // told to: each side refuses the other in words, neither just hangs up.
+    let Some(py) = python(11..=11) else {
         return;
     };
     let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
@@ -981,18 +1003,54 @@ fn python_311_legacy_handshake_is_refused_cleanly() {
     let out = python_output(client);
     assert!(out.starts_with("refused:"), "{out}");
 
-    // The other way: a legacy challenge has no `{sha256}`; ipckit refuses it.
-    let tcp: Address = format!("tcp://127.0.0.1:{}", free_tcp_port())
-        .parse()
-        .unwrap();
-    let server = start_python(&py, PY_LISTENER, &[&python_address(&tcp), "py-secret"]);
+    // The other way: ipckit answers the legacy challenge (with SHA-256), which Python
+    // refuses as an AuthenticationError, not as a peer that vanished (EOFError).
+    let tcp = free_tcp_address();
+    let server = start_python(&py, PY_ONE_LISTENER, &[&python_address(&tcp), "py-secret"]);
     let e = connect_with(&tcp, &keyed(b"py-secret").retry(true)).unwrap_err();
     assert!(
         matches!(&e, Error::Auth(AuthError::UnsupportedDigest(d)) if d.starts_with("md5")),
         "{e}"
     );
-    // The Python listener fails on its side; it is not waited for.
-    drop(server);
+    let out = python_output(server);
+    assert_eq!(out.trim(), "refused: digest received was wrong");
+}
+
+#[test]
+fn python_311_is_a_peer_both_ways_with_legacy_md5() {
+    let Some(py) = python(11..=11) else {
+        return;
+    };
+    // A 3.11 client and an ipckit listener that allows HMAC-MD5.
+    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .unwrap()
+        .authkey(b"py-secret")
+        .legacy_md5(true);
+    let pyaddr = python_address(listener.address());
+    let client = start_python(&py, PY_CLIENT, &[&pyaddr, "py-secret"]);
+    let mut s = listener.accept_timeout(PATIENCE).unwrap();
+    assert_eq!(recv(&mut s), b"hi");
+    s.send_bytes(b"hello, 3.11").unwrap();
+    assert_eq!(python_output(client).trim(), "b'hello, 3.11'");
+    // A wrong key is still refused, on both sides.
+    let client = start_python(&py, PY_CLIENT, &[&pyaddr, "not-the-secret"]);
+    let e = listener.accept_timeout(PATIENCE).unwrap_err();
+    assert!(matches!(e, Error::Auth(AuthError::WrongKey)), "{e}");
+    assert!(python_output(client).starts_with("refused:"));
+
+    // An ipckit client that allows HMAC-MD5 and a 3.11 listener.
+    let legacy = |key: &[u8]| keyed(key).retry(true).legacy_md5(true);
+    let tcp = free_tcp_address();
+    let server = start_python(&py, PY_ONE_LISTENER, &[&python_address(&tcp), "py-secret"]);
+    let mut c = connect_with(&tcp, &legacy(b"py-secret")).unwrap();
+    c.send_bytes(b"from rust").unwrap();
+    assert_eq!(recv(&mut c), b"python got from rust");
+    assert_eq!(python_output(server).trim(), "served b'from rust'");
+    let tcp = free_tcp_address();
+    let server = start_python(&py, PY_ONE_LISTENER, &[&python_address(&tcp), "py-secret"]);
+    let e = connect_with(&tcp, &legacy(b"wrong")).unwrap_err();
+    assert!(matches!(e, Error::Auth(AuthError::Refused)), "{e}");
+    assert!(python_output(server).starts_with("refused:"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,15 +4,20 @@ use std::{io::BufRead, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use ipckit_sockets::{
-    Address, ConnectOptions, Events, Listener, RecvBytes, SendBytes, Server, connect_with,
+    Address, ConnectOptions, Events, Format, Framing, Listener, RecvBytes, SendBytes, Server,
+    ServerOptions, connect_with,
 };
 use nix::sys::signal::{SigSet, Signal};
 
-use super::protocol::{Down, Room, Up};
+use super::{
+    ChatFraming,
+    protocol::{Down, Room, Text, Up},
+};
 
 /// `chat serve`: a chat server until Ctrl-C (or SIGTERM), then a clean shutdown: the
-/// clients are told, and the socket file is removed.
-pub(super) fn serve(addr: &Address) -> anyhow::Result<()> {
+/// clients are told, and the socket file is removed. With `--framing lines` its clients
+/// are people with `nc` (or any program that writes lines), instead of `chat join`.
+pub(super) fn serve(addr: &Address, framing: ChatFraming) -> anyhow::Result<()> {
     // Before any thread starts, so that every thread inherits the mask: the signals wait
     // for `wait` below instead of killing the process, which would leave the socket file.
     let mut signals = SigSet::empty();
@@ -20,15 +25,42 @@ pub(super) fn serve(addr: &Address) -> anyhow::Result<()> {
     signals.add(Signal::SIGTERM);
     signals.thread_block()?;
     let listener = Listener::bind(addr).with_context(|| format!("listen at {addr}"))?;
-    let (server, events): (Server<Down>, Events<Up>) = Server::start(listener)?;
+    match framing {
+        ChatFraming::Length => {
+            let (server, events) = Server::start(listener)?;
+            println!(
+                "📡 Chat server listening at {}; Ctrl-C stops it",
+                server.address()
+            );
+            run(server, events, Room::default(), &signals)
+        }
+        ChatFraming::Lines => {
+            let opts = ServerOptions::new().framing(Framing::Lines);
+            let (server, events) = Server::start_with_format(listener, &opts, Text)?;
+            let hint = match server.address() {
+                Address::Tcp(at) => format!(" (join with `nc {} {}`)", at.ip(), at.port()),
+                _ => String::new(),
+            };
+            println!(
+                "📡 Chat server listening at {}, one line a message{hint}; Ctrl-C stops it",
+                server.address()
+            );
+            run(server, events, Room::by_text(), &signals)
+        }
+    }
+}
+
+/// Serves until a signal in `signals` comes, then shuts down.
+fn run<C: Format<Down> + Format<Up> + Clone>(
+    server: Server<Down, C>,
+    events: Events<Up, C>,
+    room: Room,
+    signals: &SigSet,
+) -> anyhow::Result<()> {
     let server = Arc::new(server);
-    println!(
-        "📡 Chat server listening at {}; Ctrl-C stops it",
-        server.address()
-    );
     let relay = {
         let server = Arc::clone(&server);
-        std::thread::spawn(move || relay(&server, events))
+        std::thread::spawn(move || relay(&server, events, room))
     };
     let signal = signals.wait()?;
     println!("🛑 {signal}: server shutting down...");
@@ -42,8 +74,11 @@ pub(super) fn serve(addr: &Address) -> anyhow::Result<()> {
 }
 
 /// Every event until the server has shut down, through the room.
-fn relay(server: &Server<Down>, events: Events<Up>) -> anyhow::Result<()> {
-    let mut room = Room::default();
+fn relay<C: Format<Down> + Format<Up> + Clone>(
+    server: &Server<Down, C>,
+    events: Events<Up, C>,
+    mut room: Room,
+) -> anyhow::Result<()> {
     for event in events {
         room.handle(server, event?)?;
     }
@@ -82,13 +117,9 @@ pub(super) fn join(name: &str, addr: &Address) -> anyhow::Result<()> {
     });
     for down in reader.into_receiver::<Down>() {
         match down? {
-            Down::Welcome(here) if here.is_empty() => println!("👀 Nobody else here yet"),
-            Down::Welcome(here) => println!("👀 Here already: {}", here.join(", ")),
-            Down::Joined(who) => println!("📥 [Server] 🎉 {who} has joined the chat!"),
-            Down::Said { from, text } => println!("📥 [{from}] {text}"),
-            Down::Left(who) => println!("📥 [Server] 👋 {who} has left the chat!"),
-            Down::Shutdown => println!("🛑 The server is shutting down"),
-            Down::Start(_) | Down::AllDone => {}
+            // For the scripted chat, and for people at a terminal.
+            Down::Start(_) | Down::AllDone | Down::AskName => {}
+            down => println!("{down}"),
         }
     }
     println!("🔌 Connection closed");

@@ -13,7 +13,7 @@ mod by_hand;
 mod protocol;
 mod scenario;
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use ipckit_sockets::Address;
 
 pub(crate) use self::scenario::{scripted_client, scripted_server};
@@ -27,6 +27,9 @@ pub(crate) enum Mode {
         /// Where to listen: `unix:///path`, `unix-abstract://name`, `tcp://host:port`.
         #[arg(long)]
         addr: Address,
+        /// Who joins: `chat join` (length, the default), or people with `nc` (lines).
+        #[arg(long, value_enum, default_value_t)]
+        framing: ChatFraming,
     },
     /// Joins a chat server as NAME: sends each line typed, prints what the others say;
     /// Ctrl-D leaves.
@@ -39,11 +42,21 @@ pub(crate) enum Mode {
     },
 }
 
+/// How the chat server frames its messages (`chat serve --framing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ChatFraming {
+    /// Length-prefixed, postcard-encoded messages: clients are `chat join`.
+    #[default]
+    Length,
+    /// Lines of text: clients are people with `nc host port`, typing their name first.
+    Lines,
+}
+
 /// The `chat` scenario, or `chat serve` / `chat join`.
 pub(crate) fn chat(mode: Option<Mode>, addr: Option<Address>, pace: Pace) -> anyhow::Result<()> {
     match mode {
         None => scenario::scenario(addr, pace),
-        Some(Mode::Serve { addr }) => by_hand::serve(&addr),
+        Some(Mode::Serve { addr, framing }) => by_hand::serve(&addr, framing),
         Some(Mode::Join { name, addr }) => by_hand::join(&name, &addr),
     }
 }

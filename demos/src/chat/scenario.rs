@@ -161,6 +161,8 @@ pub(crate) fn scripted_client(ctx: &mut Ctx) -> RoleResult {
     loop {
         match hear.recv_timeout(PATIENCE)? {
             Down::Welcome(here) => met.extend(here),
+            // Asked of line clients only.
+            Down::AskName => {}
             Down::Joined(name) => {
                 println!("📥 {me} received: [Server] 🎉 {name} has joined the chat!");
                 met.insert(name);

@@ -4,9 +4,15 @@
 //! The timeout of a receive bounds the wait for a message to *begin*: once the first byte
 //! of a frame has been read (or written), the call finishes that frame, or reports
 //! [`Error::Disconnected`] if the peer dies half-way, so a stream is never left holding
-//! half a message.
+//! half a message. The one exception is the stall limit (`Options::stall`): a peer that
+//! sends nothing for that long in the middle of a message gets [`Error::Timeout`], and the
+//! stream is unusable from then on (the rest of the message never came).
+//!
+//! Memory follows the bytes that arrived, never the length a header announces: the
+//! read-ahead buffer starts at one page and doubles while reads fill it, and a message's
+//! buffer starts small and doubles as its bytes come in.
 
-use std::{io::IoSlice, os::fd::AsRawFd};
+use std::{io::IoSlice, os::fd::AsRawFd, time::Duration};
 
 use nix::poll::PollFlags;
 
@@ -16,11 +22,16 @@ use crate::{
     frame::{DEFAULT_MAX_MESSAGE, Framing, Header, MAX_HEADER, decode_header, encode_header},
 };
 
-/// Read-ahead buffer size: one syscall takes every small message that is waiting.
+/// Read-ahead room at most: one syscall takes every small message that is waiting.
 const READ_CHUNK: usize = 64 << 10;
 
-/// A message's buffer is first sized to at most this, then doubled as its bytes arrive.
-const GROW_FROM: usize = 1 << 20;
+/// Read-ahead room at first: it doubles (up to [`READ_CHUNK`]) while reads fill it, so an
+/// idle or silent peer costs one page.
+const FIRST_CHUNK: usize = 4 << 10;
+
+/// The smallest buffer of a message whose bytes have not all arrived; it then doubles as
+/// they come, so a header announcing a large message costs what was really sent.
+const GROW_FROM: usize = 4 << 10;
 
 /// Bytes read ahead of the message being delivered.
 #[derive(Debug, Default)]
@@ -43,15 +54,17 @@ impl ReadBuf {
         }
     }
 
-    /// Makes room for at least `READ_CHUNK` more bytes.
+    /// Makes room for more bytes: as much as the buffer holds, from [`FIRST_CHUNK`] up to
+    /// [`READ_CHUNK`], so that it grows only while reads fill it.
     fn reserve(&mut self) {
-        if self.start > 0 && self.buf.len() - self.end < READ_CHUNK {
+        let want = self.buf.len().clamp(FIRST_CHUNK, READ_CHUNK);
+        if self.start > 0 && self.buf.len() - self.end < want {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() - self.end < READ_CHUNK {
-            let len = (self.end + READ_CHUNK).max(self.buf.len() * 2);
+        if self.buf.len() - self.end < want {
+            let len = (self.end + want).max(self.buf.len() * 2);
             self.buf.resize(len, 0);
         }
     }
@@ -65,11 +78,15 @@ impl ReadBuf {
     }
 }
 
-/// Size limit and framing shared by the reading and the writing side.
+/// Size limit and framing shared by the reading and the writing side, and the reading
+/// side's stall limit.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Options {
     pub(super) framing: Framing,
     pub(super) max: usize,
+    /// How long a receive waits for more of a message it has begun; `None`: as long as it
+    /// takes.
+    pub(super) stall: Option<Duration>,
 }
 
 impl Default for Options {
@@ -77,7 +94,17 @@ impl Default for Options {
         Options {
             framing: Framing::Length,
             max: DEFAULT_MAX_MESSAGE,
+            stall: None,
         }
+    }
+}
+
+/// The earlier of two deadlines.
+fn earliest(a: Deadline, b: Deadline) -> Deadline {
+    match (a, b) {
+        (Deadline::Never, d) | (d, Deadline::Never) => d,
+        (Deadline::Now, _) | (_, Deadline::Now) => Deadline::Now,
+        (Deadline::At(x), Deadline::At(y)) => Deadline::At(x.min(y)),
     }
 }
 
@@ -117,6 +144,31 @@ impl ReadHalf {
         r
     }
 
+    /// Reads plain bytes whatever the framing (`io::Read`): what was read ahead first, then
+    /// what arrives, at least one byte; 0 at end of stream.
+    pub(super) fn read_plain(
+        &mut self,
+        fd: &mut Fd,
+        buf: &mut [u8],
+        deadline: Deadline,
+    ) -> Result<usize> {
+        let avail = self.rb.available();
+        if !avail.is_empty() || buf.is_empty() {
+            let n = avail.len().min(buf.len());
+            buf[..n].copy_from_slice(&avail[..n]);
+            self.rb.consume(n);
+            return Ok(n);
+        }
+        if self.eof {
+            return Ok(0);
+        }
+        let n = fd.read(buf, deadline)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+
     /// Reads more bytes; `Ok(false)` at end of stream.
     fn more(&mut self, fd: &mut Fd, deadline: Deadline) -> Result<bool> {
         if self.eof {
@@ -128,6 +180,29 @@ impl ReadHalf {
             tracing::debug!(fd = fd.fd.as_raw_fd(), "peer disconnected");
         }
         Ok(n > 0)
+    }
+
+    /// The deadline of the next read of a message that has begun.
+    fn stall_deadline(&self) -> Deadline {
+        self.opts.stall.map_or(Deadline::Never, Deadline::after)
+    }
+
+    /// The peer stalled mid-message past the stall limit: the stream is out of step.
+    fn stalled(&mut self, got: usize, expected: Option<usize>) -> Error {
+        let limit = self.opts.stall.unwrap_or_default();
+        let why = match expected {
+            Some(len) => format!(
+                "the peer sent nothing for {limit:?} in the middle of a message \
+                 ({got} of {len} bytes)"
+            ),
+            None => format!(
+                "the peer sent nothing for {limit:?} in the middle of a message \
+                 ({got} bytes of its start)"
+            ),
+        };
+        tracing::warn!(reason = %why, "dropped frame: stream out of step, no further messages");
+        self.broken = Some(why);
+        Error::Timeout
     }
 
     fn recv_frame(&mut self, fd: &mut Fd, out: &mut Vec<u8>, deadline: Deadline) -> Result<()> {
@@ -166,7 +241,22 @@ impl ReadHalf {
                 }
                 Framing::Raw => {}
             }
-            if !self.more(fd, deadline)? {
+            // Part of a message is here (a header, a line): the rest must come within the
+            // stall limit, whatever the caller's deadline.
+            let begun = self.opts.framing != Framing::Raw && !self.rb.available().is_empty();
+            let wait = if begun {
+                earliest(deadline, self.stall_deadline())
+            } else {
+                deadline
+            };
+            let more = match self.more(fd, wait) {
+                Err(Error::Timeout) if begun && !deadline.has_passed() => {
+                    let got = self.rb.available().len();
+                    return Err(self.stalled(got, None));
+                }
+                r => r?,
+            };
+            if !more {
                 let left = self.rb.available().len();
                 if left == 0 {
                     return Err(Error::Disconnected);
@@ -183,25 +273,33 @@ impl ReadHalf {
                 return Err(Error::Disconnected);
             }
         };
-        // The buffer grows as the bytes arrive (doubling from 1 MiB), so a header that
-        // announces a large message costs memory only once the message is really sent; the
-        // length was checked against the maximum already. A reused buffer is not zeroed.
-        let grown = |filled: usize| len.min(filled.saturating_mul(2).max(GROW_FROM));
+        // The buffer grows as the bytes arrive (doubling from 4 KiB, or from what the
+        // caller's buffer already holds), so a header that announces a large message costs
+        // memory only once the message is really sent; the length was checked against the
+        // maximum already.
+        let grown = |filled: usize, capacity: usize| {
+            len.min(filled.saturating_mul(2).max(GROW_FROM).max(capacity))
+        };
         let have = self.rb.available().len().min(len);
         if out.len() >= len {
             out.truncate(len);
         } else {
-            out.resize(grown(have).max(out.len()), 0);
+            out.resize(grown(have, out.capacity()).max(out.len()), 0);
         }
         out[..have].copy_from_slice(&self.rb.available()[..have]);
         self.rb.consume(have);
         let mut filled = have;
         while filled < len {
             if filled == out.len() {
-                out.resize(grown(filled), 0);
+                out.resize(grown(filled, out.capacity()), 0);
             }
-            // Mid-frame: finish it whatever the deadline, or learn that the peer died.
-            let n = fd.read(&mut out[filled..], Deadline::Never)?;
+            // Mid-frame: finish it whatever the caller's deadline, or learn that the peer
+            // died or stalled past the stall limit.
+            let n = match fd.read(&mut out[filled..], self.stall_deadline()) {
+                Ok(n) => n,
+                Err(Error::Timeout) => return Err(self.stalled(filled, Some(len))),
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 self.eof = true;
                 tracing::warn!(

@@ -85,7 +85,10 @@ impl Drop for Running {
 impl Hub {
     /// Takes in an accepted connection: its entry, its `Joined`, its two threads.
     pub(super) fn admit(self: &Arc<Self>, conn: Connection) -> Result<()> {
-        let conn = conn.max_message(self.opts.max_message);
+        let conn = conn
+            .framing(self.opts.framing)
+            .max_message(self.opts.max_message)
+            .stall_limit(self.opts.stall_limit);
         let peer = Peer {
             address: conn.peer().to_string(),
             credentials: match self.addr {
@@ -179,6 +182,11 @@ impl Hub {
                 }
                 Err(e @ (Error::TooLarge { .. } | Error::Malformed(_))) => {
                     self.leave(client, LeaveReason::Protocol(e.to_string()), Leave::Now);
+                    break;
+                }
+                // A blocking receive times out only past the stall limit, mid-message.
+                Err(Error::Timeout) => {
+                    self.leave(client, LeaveReason::Stalled, Leave::Now);
                     break;
                 }
                 Err(e) => {

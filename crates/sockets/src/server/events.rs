@@ -1,7 +1,8 @@
 //! The event queue between the server's client threads and the application.
 //!
 //! Client threads push joins, messages and leaves; [`Events`](super::Events) takes them.
-//! The queue holds at most `capacity` messages (joins and leaves always fit): a reader
+//! The queue holds at most `capacity` messages and `byte_capacity` bytes of them, as they
+//! came over the wire (joins and leaves always fit; a message alone always fits): a reader
 //! thread with a message and no room waits, so it stops reading its socket and the kernel
 //! pushes back on the client. It never waits for a client that is on its way out, nor once
 //! nobody takes events (the [`Events`](super::Events) was dropped).
@@ -37,9 +38,9 @@ pub(super) struct Decoding<T, C> {
 }
 
 impl<T, C> Decoding<T, C> {
-    pub(super) fn new(capacity: usize, format: C) -> Self {
+    pub(super) fn new(capacity: usize, byte_capacity: usize, format: C) -> Self {
         Decoding {
-            queue: EventQueue::new(capacity),
+            queue: EventQueue::new(capacity, byte_capacity),
             format,
         }
     }
@@ -54,8 +55,9 @@ impl<T: Send + 'static, C: Format<T>> Inbox for Decoding<T, C> {
         if client.discard.load(Ordering::Acquire) {
             return Ok(());
         }
+        let size = bytes.len();
         let msg = self.format.decode(bytes)?;
-        self.queue.push_message(client, msg);
+        self.queue.push_message(client, msg, size);
         Ok(())
     }
 
@@ -72,7 +74,8 @@ impl<T: Send + 'static, C: Format<T>> Inbox for Decoding<T, C> {
     }
 }
 
-/// The events, with room for `capacity` messages; joins and leaves always fit.
+/// The events, with room for `capacity` messages and `byte_capacity` bytes of them; joins
+/// and leaves always fit.
 pub(super) struct EventQueue<T> {
     inner: Mutex<Queue<T>>,
     /// An event came, or the queue closed.
@@ -80,11 +83,14 @@ pub(super) struct EventQueue<T> {
     /// Room was made, or a waiting client left.
     room: Condvar,
     capacity: usize,
+    byte_capacity: usize,
 }
 
 struct Queue<T> {
-    events: VecDeque<Event<T>>,
+    /// Each event with the size of its message on the wire (0 for joins and leaves).
+    events: VecDeque<(Event<T>, usize)>,
     messages: usize,
+    bytes: usize,
     /// The server shut down: nothing more comes.
     closed: bool,
     /// Nobody takes events any more.
@@ -92,17 +98,19 @@ struct Queue<T> {
 }
 
 impl<T> EventQueue<T> {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, byte_capacity: usize) -> Self {
         EventQueue {
             inner: Mutex::new(Queue {
                 events: VecDeque::new(),
                 messages: 0,
+                bytes: 0,
                 closed: false,
                 abandoned: false,
             }),
             ready: Condvar::new(),
             room: Condvar::new(),
             capacity,
+            byte_capacity,
         }
     }
 
@@ -111,28 +119,33 @@ impl<T> EventQueue<T> {
         if q.abandoned {
             return;
         }
-        q.events.push_back(event);
+        q.events.push_back((event, 0));
         self.ready.notify_one();
     }
 
-    /// Queues a client's message, waiting for room; drops it if the client was sent away
-    /// or nobody listens.
-    fn push_message(&self, client: &Client, msg: T) {
+    /// Queues a client's message of `size` bytes on the wire, waiting for room; drops it
+    /// if the client was sent away or nobody listens.
+    fn push_message(&self, client: &Client, msg: T, size: usize) {
         let mut q = lock(&self.inner);
         loop {
             if q.abandoned || q.closed || client.discard.load(Ordering::Acquire) {
                 return;
             }
-            if q.messages < self.capacity {
+            let fits = q.messages == 0 || q.bytes.saturating_add(size) <= self.byte_capacity;
+            if q.messages < self.capacity && fits {
                 break;
             }
             q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
-        q.events.push_back(Event::Message {
-            from: client.id,
-            msg,
-        });
+        q.events.push_back((
+            Event::Message {
+                from: client.id,
+                msg,
+            },
+            size,
+        ));
         q.messages += 1;
+        q.bytes += size;
         self.ready.notify_one();
     }
 
@@ -144,9 +157,10 @@ impl<T> EventQueue<T> {
     pub(super) fn pop(&self, deadline: Deadline) -> Result<Event<T>> {
         let mut q = lock(&self.inner);
         loop {
-            if let Some(event) = q.events.pop_front() {
+            if let Some((event, size)) = q.events.pop_front() {
                 if matches!(event, Event::Message { .. }) {
                     q.messages -= 1;
+                    q.bytes -= size;
                     self.room.notify_all();
                 }
                 return Ok(event);
@@ -184,6 +198,7 @@ impl<T> EventQueue<T> {
         q.abandoned = true;
         q.events.clear();
         q.messages = 0;
+        q.bytes = 0;
         self.room.notify_all();
     }
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipckit_core::{Error, Result};
+use ipckit_core::{Error, Framing, Result};
 use nix::sys::socket::Shutdown;
 
 use super::{
@@ -83,6 +83,11 @@ impl Hub {
                 len: bytes.len() as u64,
                 max: self.opts.max_message,
             });
+        }
+        if self.opts.framing == Framing::Lines && bytes.contains(&b'\n') {
+            return Err(Error::Malformed(
+                "a line-framed message cannot contain a newline".into(),
+            ));
         }
         Ok(Arc::from(bytes))
     }
@@ -175,7 +180,8 @@ impl Hub {
             match reason {
                 LeaveReason::OutboxOverflow
                 | LeaveReason::Protocol(_)
-                | LeaveReason::Undecodable(_) => {
+                | LeaveReason::Undecodable(_)
+                | LeaveReason::Stalled => {
                     tracing::warn!(client = %client.id, peer = %client.peer, %reason, "client dropped");
                 }
                 _ => {

@@ -20,8 +20,8 @@ use std::{
 };
 
 use ipckit_core::{
-    DEFAULT_MAX_MESSAGE, Deadline, Error, PeerCredentials, Postcard, RecvTimeoutError, Result,
-    TryRecvError,
+    DEFAULT_MAX_MESSAGE, Deadline, Error, Framing, PeerCredentials, Postcard, RecvTimeoutError,
+    Result, TryRecvError,
 };
 
 pub use self::format::{Format, Raw};
@@ -47,8 +47,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct ServerOptions {
     outbox: usize,
     events: usize,
+    event_bytes: usize,
     max_message: usize,
+    stall_limit: Duration,
     linger: Duration,
+    framing: Framing,
 }
 
 impl Default for ServerOptions {
@@ -56,15 +59,19 @@ impl Default for ServerOptions {
         ServerOptions {
             outbox: 1024,
             events: 1024,
+            event_bytes: 64 << 20,
             max_message: DEFAULT_MAX_MESSAGE,
+            stall_limit: Duration::from_secs(30),
             linger: Duration::from_secs(2),
+            framing: Framing::Length,
         }
     }
 }
 
 impl ServerOptions {
-    /// The defaults: outboxes of 1024 messages, room for 1024 messages in the events,
-    /// messages up to 64 MiB, a linger of 2 s.
+    /// The defaults: outboxes of 1024 messages, room for 1024 messages and 64 MiB in the
+    /// events, messages up to 64 MiB, a stall limit of 30 s, a linger of 2 s, messages
+    /// framed as Python's `multiprocessing.connection` frames them.
     pub fn new() -> Self {
         ServerOptions::default()
     }
@@ -86,11 +93,40 @@ impl ServerOptions {
         self
     }
 
+    /// Bytes of clients' messages (as they came over the wire) waiting in [`Events`] before
+    /// the readers stop reading until the application takes some (default 64 MiB). A
+    /// message larger than this is let in alone, when nothing else waits.
+    #[must_use]
+    pub fn event_bytes(mut self, bytes: usize) -> Self {
+        self.event_bytes = bytes;
+        self
+    }
+
     /// The largest message received or sent (default 64 MiB); a client announcing more is
     /// dropped.
     #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
+        self
+    }
+
+    /// How long a client may send nothing in the middle of a message (default 30 s):
+    /// then it is dropped with [`LeaveReason::Stalled`]. A client idle *between* messages
+    /// is never dropped.
+    #[must_use]
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = limit;
+        self
+    }
+
+    /// How messages are delimited on the wire, both ways (default [`Framing::Length`],
+    /// Python's `multiprocessing.connection`). [`Framing::Lines`] serves people at a
+    /// terminal (`nc host port`): each line is a message, and each message sent is a line;
+    /// [`Framing::Raw`] serves plain `socket` programs: a message is whatever bytes
+    /// arrived, and a send writes its bytes as they are.
+    #[must_use]
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
         self
     }
 
@@ -154,6 +190,8 @@ pub enum LeaveReason {
     Protocol(String),
     /// It sent a message that does not decode as the server's message type. The error.
     Undecodable(String),
+    /// It sent nothing for [`ServerOptions::stall_limit`] in the middle of a message.
+    Stalled,
     /// Its connection failed. The error.
     Failed(String),
     /// The server shut down.
@@ -168,6 +206,7 @@ impl fmt::Display for LeaveReason {
             LeaveReason::OutboxOverflow => f.write_str("outbox overflow"),
             LeaveReason::Protocol(e) => write!(f, "protocol error: {e}"),
             LeaveReason::Undecodable(e) => write!(f, "sent a message that does not decode: {e}"),
+            LeaveReason::Stalled => f.write_str("stalled in the middle of a message"),
             LeaveReason::Failed(e) => write!(f, "connection failed: {e}"),
             LeaveReason::Shutdown => f.write_str("server shutdown"),
         }
@@ -228,8 +267,11 @@ pub enum Event<T> {
 /// What clients say arrives on [`Events`], in order per client: its
 /// [`Joined`](Event::Joined), its [`Message`](Event::Message)s, then its
 /// [`Left`](Event::Left), always last. When the application takes events slower than
-/// clients send, the readers stop reading (at [`ServerOptions::events`] messages waiting)
-/// and the kernel pushes back on the clients.
+/// clients send, the readers stop reading (at [`ServerOptions::events`] messages or
+/// [`ServerOptions::event_bytes`] bytes waiting) and the kernel pushes back on the clients.
+///
+/// Messages are framed as Python's `multiprocessing.connection` frames them, or as lines,
+/// or not at all ([`ServerOptions::framing`]): a line server serves people with `nc`.
 ///
 /// # Dead and misbehaving clients
 ///
@@ -237,17 +279,24 @@ pub enum Event<T> {
 /// [`LeaveReason::Closed`] once what it sent has been delivered. One that breaks the framing
 /// (garbage, a header announcing more than [`ServerOptions::max_message`]) leaves with
 /// [`LeaveReason::Protocol`]; one whose message does not decode as the events' type leaves
-/// with [`LeaveReason::Undecodable`]. Either is cut off at once and the reason is logged
-/// (`tracing`, level warn); the others are served on.
+/// with [`LeaveReason::Undecodable`]; one that stops in the middle of a message for
+/// [`ServerOptions::stall_limit`] leaves with [`LeaveReason::Stalled`]. Each is cut off
+/// at once and the reason is logged (`tracing`, level warn); the others are served on.
+///
+/// Memory follows what clients really send: a header announcing a large message costs
+/// only the bytes that came (a client that announces 64 MiB and sends five bytes costs a
+/// few KiB, and is dropped at the stall limit).
+///
+/// With a listener that asks for an [`authkey`](Listener::authkey), clients' handshakes run
+/// side by side on the accept thread: a client that connects and says nothing holds up
+/// nobody's join, and is dropped after 10 s.
 ///
 /// # Threads and shutdown
 ///
 /// Every thread has a way out: accepting polls the shutdown flag, blocked reads and writes
 /// are woken by `shutdown(2)` of their socket, and a client that does not close its end in
 /// time is closed for it ([`ServerOptions::linger`]). A client costs three descriptors and
-/// two threads. With a listener that asks for an [`authkey`](Listener::authkey), the
-/// handshake runs on the accept thread: a client that connects and says nothing holds up
-/// other joins, and shutdown, for up to 10 s.
+/// two threads; a client in its handshake, one descriptor.
 ///
 /// # Example
 ///
@@ -373,7 +422,11 @@ impl<T, C: Format<T> + Clone> Server<T, C> {
         In: Send + 'static,
     {
         let addr = listener.address().clone();
-        let inbox = Arc::new(Decoding::<In, C>::new(opts.events, format.clone()));
+        let inbox = Arc::new(Decoding::<In, C>::new(
+            opts.events,
+            opts.event_bytes,
+            format.clone(),
+        ));
         let hub = Arc::new(Hub::new(opts.clone(), addr.clone(), inbox.clone()));
         let acceptor = {
             let hub = Arc::clone(&hub);
@@ -420,7 +473,8 @@ impl<T, C: Format<T> + Clone> Server<T, C> {
     /// # Errors
     /// [`Error::Disconnected`] if `id` is not connected (or was just disconnected for
     /// overflowing), [`Error::TooLarge`] above [`ServerOptions::max_message`],
-    /// [`Error::Codec`] if `msg` cannot be encoded.
+    /// [`Error::Codec`] if `msg` cannot be encoded, [`Error::Malformed`] for a message with
+    /// a newline on a line-framed server.
     pub fn send_to(&self, id: ClientId, msg: &T) -> Result<()> {
         self.hub.send_to(id, self.encode(msg)?)
     }
@@ -430,7 +484,8 @@ impl<T, C: Format<T> + Clone> Server<T, C> {
     ///
     /// # Errors
     /// [`Error::TooLarge`] above [`ServerOptions::max_message`], [`Error::Codec`] if `msg`
-    /// cannot be encoded.
+    /// cannot be encoded, [`Error::Malformed`] for a message with a newline on a
+    /// line-framed server.
     pub fn broadcast(&self, msg: &T) -> Result<usize> {
         Ok(self.hub.broadcast(self.encode(msg)?, None))
     }
