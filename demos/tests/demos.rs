@@ -760,6 +760,8 @@ fn a_killed_child_ends_every_demo_at_once() {
         (&["restaurant", "--mechanism", "socket"][..], 1),
         (&["producer-consumer"][..], 0),
         (&["producer-consumer"][..], 2),
+        (&["chat"][..], 2),
+        (&["echo"][..], 1),
     ] {
         let (out, took) = kill_a_child(args, which);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -108,7 +108,8 @@ pub(super) enum Step {
     Joined,
     Said,
     Done(String),
-    Left,
+    /// A client left: its name and why.
+    Left(String, String),
 }
 
 impl Room {
@@ -169,7 +170,7 @@ impl Room {
                     Some(name) => {
                         println!("👋 Client {name} left the chat! ({reason})");
                         server.broadcast(&Down::Left(name.clone()))?;
-                        Step::Left
+                        Step::Left(name, reason.to_string())
                     }
                     None => {
                         // A message that is not chat gets its sender dropped by the server.

@@ -115,10 +115,13 @@ pub(crate) fn scripted_server(ctx: &mut Ctx) -> RoleResult {
                     server.broadcast(&Down::AllDone)?;
                 }
             }
-            Step::Left if done.len() < NAMES.len() => {
-                return Err("a client left before the chat was over".into());
+            Step::Left(name, reason) if done.len() < NAMES.len() => {
+                return Err(format!(
+                    "client {name} left before the chat was over ({reason}): its process is gone"
+                )
+                .into());
             }
-            Step::Left => {
+            Step::Left(..) => {
                 left += 1;
                 if left == LEAVERS {
                     break;
