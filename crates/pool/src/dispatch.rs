@@ -153,7 +153,9 @@ impl Dispatcher {
         }
         self.publish();
         if let Some(tx) = self.started.take() {
-            let _ = tx.send(Err("the pool was terminated while its workers started".into()));
+            let _ = tx.send(Err(
+                "the pool was terminated while its workers started".into()
+            ));
         }
         self.shared.set_ended();
     }
@@ -531,7 +533,11 @@ impl Dispatcher {
         let mut back = Vec::new();
         match (cause, w.inflight.pop_front()) {
             (Cause::TimedOut, Some(task)) => {
-                tracing::warn!(worker = w.id, pid = w.pid, "pool task timed out; worker killed");
+                tracing::warn!(
+                    worker = w.id,
+                    pid = w.pid,
+                    "pool task timed out; worker killed"
+                );
                 self.emit(Event::TimedOut {
                     worker: w.id,
                     pid: w.pid,

@@ -254,7 +254,10 @@ impl Job {
                 return Ok(found);
             }
             slots = match deadline {
-                None => self.cond.wait(slots).unwrap_or_else(PoisonError::into_inner),
+                None => self
+                    .cond
+                    .wait(slots)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -272,7 +275,10 @@ impl Job {
     /// Takes chunk `chunk`'s outcome, waiting for it until `deadline`.
     pub(crate) fn take(&self, chunk: usize, deadline: Option<Instant>) -> Result<Done, Error> {
         self.take_with(deadline, |s| {
-            s.done.get_mut(chunk).and_then(Option::take).map(|d| (chunk, d))
+            s.done
+                .get_mut(chunk)
+                .and_then(Option::take)
+                .map(|d| (chunk, d))
         })
         .map(|(_, d)| d)
     }
@@ -287,6 +293,9 @@ impl Job {
 
     /// Whether chunk `chunk` has its outcome (and it was not taken).
     pub(crate) fn is_done(&self, chunk: usize) -> bool {
-        lock(&self.slots).done.get(chunk).is_some_and(Option::is_some)
+        lock(&self.slots)
+            .done
+            .get(chunk)
+            .is_some_and(Option::is_some)
     }
 }

@@ -20,6 +20,9 @@ use crate::{
     worker::{CONN, INIT, Outcome, TASK, WorkerConfig, worker_main},
 };
 
+/// An initializer and its encoded argument.
+type Init<I> = (fn(I), Vec<u8>);
+
 /// A pool of worker processes that run `f: fn(A) -> R`: Python's
 /// `multiprocessing.Pool`, typed by its function.
 ///
@@ -117,12 +120,14 @@ where
         Self::start::<I>(opts.into(), f, Some((init, bytes)))
     }
 
-    fn start<I>(opts: PoolOptions, f: fn(A) -> R, init: Option<(fn(I), Vec<u8>)>) -> Result<Self>
+    fn start<I>(opts: PoolOptions, f: fn(A) -> R, init: Option<Init<I>>) -> Result<Self>
     where
         I: Serialize + DeserializeOwned + 'static,
     {
         if opts.workers == 0 {
-            return Err(CoreError::InvalidOptions("a pool needs at least one worker".into()).into());
+            return Err(
+                CoreError::InvalidOptions("a pool needs at least one worker".into()).into(),
+            );
         }
         let max_message = opts.max_message;
         let init_fn = init.as_ref().map(|(f, _)| *f);
@@ -394,9 +399,11 @@ fn expand<R: DeserializeOwned>(job: &Job, chunk: usize, done: Done) -> Vec<(usiz
 
 fn deadline_after(timeout: Duration) -> Option<Instant> {
     // Far enough to be for ever.
-    Some(Instant::now().checked_add(timeout).unwrap_or_else(|| {
-        Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
-    }))
+    Some(
+        Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
+    )
 }
 
 /// The results of [`Pool::imap`] (and [`Pool::map`]), in input order.

@@ -8,8 +8,9 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::{
-        Arc, mpsc,
+        Arc,
         atomic::{AtomicU64, Ordering},
+        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -68,7 +69,10 @@ fn map_imap_and_submit_give_typed_results() {
     enter();
     let pool = Pool::new(PoolOptions::new(3).task_timeout(PATIENCE), square).unwrap();
     assert_eq!(pool.size(), 3);
-    assert_eq!(pool.map(1..=100).unwrap(), (1..=100u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(
+        pool.map(1..=100).unwrap(),
+        (1..=100u64).map(|x| x * x).collect::<Vec<_>>()
+    );
     assert_eq!(pool.map(Vec::new()).unwrap(), Vec::<u64>::new());
     let ordered: Vec<u64> = pool.imap(0..50).unwrap().map(Result::unwrap).collect();
     assert_eq!(ordered, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
@@ -78,10 +82,16 @@ fn map_imap_and_submit_give_typed_results() {
         .map(Result::unwrap)
         .collect();
     seen.sort_unstable();
-    assert_eq!(seen, (0..50u64).map(|x| (x as usize, x * x)).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (0..50u64).map(|x| (x as usize, x * x)).collect::<Vec<_>>()
+    );
     let mut handle = pool.submit(12).unwrap();
     assert_eq!(handle.wait_timeout(PATIENCE).unwrap(), 144);
-    assert!(matches!(handle.wait_timeout(PATIENCE), Err(Error::ResultTaken)));
+    assert!(matches!(
+        handle.wait_timeout(PATIENCE),
+        Err(Error::ResultTaken)
+    ));
     let mut handle = pool.submit(5).unwrap();
     wait_until("the task is done", || handle.is_done());
     assert_eq!(handle.try_wait().unwrap(), Some(25));
@@ -96,7 +106,11 @@ fn map_in_chunks_and_one_by_one_agree() {
         let pool = Pool::new(PoolOptions::new(2).chunk_size(chunk), square).unwrap();
         let got = pool.imap(0..1000).unwrap();
         let got: Vec<u64> = got.map(Result::unwrap).collect();
-        assert_eq!(got, (0..1000u64).map(|x| x * x).collect::<Vec<_>>(), "chunk {chunk}");
+        assert_eq!(
+            got,
+            (0..1000u64).map(|x| x * x).collect::<Vec<_>>(),
+            "chunk {chunk}"
+        );
     }
 }
 
@@ -122,11 +136,17 @@ fn a_task_that_panics_returns_its_message_and_its_worker_goes_on() {
         }
     }
     // Its chunk-mates were answered too, by the same worker, which goes on.
-    assert!(matches!(pool.map(10..16), Err(Error::Panicked { task: 3, .. })));
+    assert!(matches!(
+        pool.map(10..16),
+        Err(Error::Panicked { task: 3, .. })
+    ));
     let after: Vec<u32> = pool.workers().iter().map(|w| w.pid).collect();
     assert_eq!(before, after);
     drop(pool);
-    let died = rx.try_iter().filter(|(_, e)| matches!(e, Event::Died { .. })).count();
+    let died = rx
+        .try_iter()
+        .filter(|(_, e)| matches!(e, Event::Died { .. }))
+        .count();
     assert_eq!(died, 0);
 }
 
@@ -152,10 +172,8 @@ fn hang_once(h: Hang) -> (u64, u32) {
 
 /// A fresh directory for one round's marker file.
 fn marker_dir(name: &str, round: usize) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "ipckit-pool-{name}-{}-{round}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("ipckit-pool-{name}-{}-{round}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("make the marker directory");
     dir
@@ -220,7 +238,10 @@ fn a_worker_killed_mid_task_is_noticed_at_once_and_its_task_retried_50_times_ove
         assert_eq!(tally, (0..10).map(|i| (i, 1)).collect(), "round {round}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    let (mid, most) = (median(noticed.clone()), noticed.iter().max().copied().unwrap());
+    let (mid, most) = (
+        median(noticed.clone()),
+        noticed.iter().max().copied().unwrap(),
+    );
     eprintln!("kill → noticed and requeued: median {mid:?}, max {most:?} over 50 kills");
     assert!(mid < Duration::from_millis(100), "median {mid:?}");
     assert!(most < Duration::from_secs(2), "max {most:?}");
@@ -275,7 +296,10 @@ fn without_retries_a_killed_workers_task_is_reported_within_100_ms() {
         assert_eq!(pool.apply(next).unwrap().0, 9);
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    let (mid, most) = (median(reported.clone()), reported.iter().max().copied().unwrap());
+    let (mid, most) = (
+        median(reported.clone()),
+        reported.iter().max().copied().unwrap(),
+    );
     eprintln!("kill → WorkerDied at the caller: median {mid:?}, max {most:?}");
     assert!(mid < Duration::from_millis(100), "median {mid:?}");
     assert!(most < Duration::from_secs(2), "max {most:?}");
@@ -292,7 +316,11 @@ fn abort_on_odd(x: u64) -> u64 {
 fn an_aborting_task_is_reported_with_its_signal_after_its_retries() {
     enter();
     let (opts, rx) = events();
-    let pool = Pool::new(opts.retries(2).chunk_size(1).task_timeout(PATIENCE), abort_on_odd).unwrap();
+    let pool = Pool::new(
+        opts.retries(2).chunk_size(1).task_timeout(PATIENCE),
+        abort_on_odd,
+    )
+    .unwrap();
     let results: Vec<_> = pool.imap(0..4).unwrap().collect();
     assert_eq!(results[0].as_ref().unwrap(), &0);
     assert_eq!(results[2].as_ref().unwrap(), &2);
@@ -309,7 +337,15 @@ fn an_aborting_task_is_reported_with_its_signal_after_its_retries() {
     }
     let deaths = rx
         .try_iter()
-        .filter(|(_, e)| matches!(e, Event::Died { signal: Some(6), .. }))
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::Died {
+                    signal: Some(6),
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(deaths, 6, "two tasks, three attempts each");
     assert_eq!(pool.apply(8).unwrap(), 8);
@@ -390,7 +426,9 @@ fn max_tasks_per_child_replaces_each_worker_after_its_share() {
     enter();
     let (opts, rx) = events();
     let pool = Pool::new(
-        opts.max_tasks_per_child(2).chunk_size(1).task_timeout(PATIENCE),
+        opts.max_tasks_per_child(2)
+            .chunk_size(1)
+            .task_timeout(PATIENCE),
         pid_of,
     )
     .unwrap();
@@ -443,7 +481,10 @@ fn terminate_kills_the_workers_and_reports_unfinished_tasks() {
     });
     pool.terminate();
     for (i, r) in running.enumerate() {
-        assert!(matches!(r, Err(Error::Terminated { task }) if task == i), "{i}");
+        assert!(
+            matches!(r, Err(Error::Terminated { task }) if task == i),
+            "{i}"
+        );
     }
     assert!(pids.iter().all(|&p| !alive(p)));
     assert!(matches!(pool.submit(1), Err(Error::Closed)));
@@ -554,6 +595,15 @@ fn a_worker_killed_while_idle_is_replaced() {
         } if *pid == victim => Some(()),
         _ => None,
     });
-    wait_event(&rx, |_, e| matches!(e, Event::Started { replacing: Some(_), .. }).then_some(()));
+    wait_event(&rx, |_, e| {
+        matches!(
+            e,
+            Event::Started {
+                replacing: Some(_),
+                ..
+            }
+        )
+        .then_some(())
+    });
     assert_eq!(pool.map(0..10).unwrap()[3], 9);
 }
