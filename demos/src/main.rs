@@ -69,9 +69,14 @@ enum Scenario {
     /// Three producer processes make 5 items each into a small bounded queue; one consumer
     /// process takes them all, until every producer is gone.
     ProducerConsumer,
-    /// Three worker processes share 10 tasks from a task queue and put their results on
-    /// another; the parent closes the task queue instead of sending sentinels.
-    Workers,
+    /// A pool of three worker processes squares 10 numbers; a worker that dies (SIGKILL
+    /// from another terminal, or `--kill-one`) is replaced and its task runs again.
+    Workers {
+        /// SIGKILL the worker running task 5, in the middle of it, and watch the pool
+        /// re-run it.
+        #[arg(long)]
+        kill_one: bool,
+    },
     /// An echo server and a client process over a socket: each message comes back whole.
     /// `echo serve` and `echo connect` are each program on its own.
     Echo {
@@ -116,7 +121,6 @@ const ROLES: &[Role] = &[
     Role::new("restaurant-server", restaurant::server),
     Role::new("pc-producer", producer_consumer::producer),
     Role::new("pc-consumer", producer_consumer::consumer),
-    Role::new("task-worker", workers::worker),
     Role::new("echo-server", echo::server),
     Role::new("echo-client", echo::client),
     Role::new("chat-server", chat::scripted_server),
@@ -147,7 +151,7 @@ fn main() -> ExitCode {
         Scenario::Sensor => sensor::sensor(pace),
         Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
-        Scenario::Workers => workers::workers(pace),
+        Scenario::Workers { kill_one } => workers::workers(cli.fast, kill_one),
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),
         Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
     };

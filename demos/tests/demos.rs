@@ -326,36 +326,120 @@ fn producer_consumer_consumes_every_item_once() {
     );
 }
 
-#[test]
-fn workers_do_every_task_once_and_go_home() {
-    let out = demo(&["workers", "--fast"]);
-    assert_eq!(out.matches(": processing Task ").count(), 10, "{out}");
+/// Checks the workers demo's tally: every task's result once, and the closing lines.
+fn workers_did_every_task_once(out: &str) {
     for task in 1..=10u64 {
         let result = format!(
             "📬 Boss: result of task {task} = {} (from worker ",
             task * task
         );
         assert_eq!(out.matches(&result).count(), 1, "{out}");
-        assert_in_order(
-            &out,
-            &[&format!("📋 Boss: Task {task} goes on the queue"), &result],
-        );
-    }
-    for worker in 1..=3 {
         assert!(
-            out.contains(&format!(
-                "👷 Worker {worker}: the task queue is closed and empty; did "
-            )),
-            "worker {worker} did not go home: {out}"
+            out.contains(&format!(": processing Task {task}\n")),
+            "task {task} never started: {out}"
         );
     }
     assert_in_order(
-        &out,
+        out,
         &[
-            "📋 Boss: that is every task; closing the task queue",
-            "🎉 All 10 tasks done exactly once, and every worker went home by itself",
+            "👷 Pool: worker 1 is process ",
+            "📋 Boss: tasks 1 to 10 go to the pool",
+            "🎉 All 10 tasks done exactly once",
+            "every worker went home",
         ],
     );
+}
+
+#[test]
+fn workers_do_every_task_once_and_go_home() {
+    let out = demo(&["workers", "--fast"]);
+    workers_did_every_task_once(&out);
+    assert_eq!(out.matches(": processing Task ").count(), 10, "{out}");
+    assert_eq!(out.matches("👷 Pool: worker ").count(), 3, "{out}");
+    assert_eq!(out.matches("👋 Pool: worker ").count(), 3, "{out}");
+    assert!(!out.contains('💀'), "{out}");
+    assert!(out.contains("0 worker(s) lost and replaced"), "{out}");
+}
+
+/// The worker number and process id in `line` after `prefix`: "worker N (process P)".
+fn worker_and_pid(line: &str, prefix: &str) -> (u32, u32) {
+    let rest = &line[line.find(prefix).expect(prefix) + prefix.len()..];
+    let mut words = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty());
+    let worker = words.next().unwrap().parse().unwrap();
+    let pid = words.next().unwrap().parse().unwrap();
+    (worker, pid)
+}
+
+#[test]
+fn workers_kill_one_reruns_the_killed_task_once() {
+    let out = demo(&["workers", "--kill-one", "--fast"]);
+    workers_did_every_task_once(&out);
+    let kill = out
+        .lines()
+        .find(|l| l.starts_with("🔪 Boss: SIGKILL to worker "))
+        .unwrap_or_else(|| panic!("no kill: {out}"));
+    let (worker, pid) = worker_and_pid(kill, "SIGKILL to worker ");
+    assert!(kill.ends_with("in the middle of task 5"), "{kill}");
+    let died = format!(
+        "💀 Pool: worker {worker} (process {pid}) was killed (SIGKILL) in the middle of task 5; \
+         task 5 goes back on the queue to run again"
+    );
+    assert_in_order(
+        &out,
+        &[
+            &format!("⚙️ Process {pid}: processing Task 5\n"),
+            kill,
+            &died,
+            &format!("starts in place of worker {worker}\n"),
+            "📬 Boss: result of task 5 = 25",
+            &format!(
+                "✅ Task 5, whose worker {worker} (process {pid}) died, was re-run by worker "
+            ),
+            "🎉 All 10 tasks done exactly once, 1 worker(s) lost and replaced",
+        ],
+    );
+    // Started twice (the second time on the replacement), done once.
+    assert_eq!(out.matches(": processing Task 5\n").count(), 2, "{out}");
+}
+
+#[test]
+fn workers_demo_recovers_from_a_worker_killed_from_outside_within_5_s() {
+    let mut demo = Live::start(&["workers", "--fast"]);
+    demo.wait_for(": processing Task ");
+    let line = demo
+        .seen
+        .lines()
+        .find(|l| l.contains(": processing Task "))
+        .unwrap()
+        .to_string();
+    let pid: i32 = line
+        .trim_start_matches("⚙️ Process ")
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    demo.expect_exit();
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the demo took {took:?} after the kill"
+    );
+    let out = &demo.seen;
+    workers_did_every_task_once(out);
+    assert!(
+        out.contains(&format!("(process {pid}) was killed (SIGKILL)")),
+        "{out}"
+    );
+    assert!(out.contains("1 worker(s) lost and replaced"), "{out}");
 }
 
 #[test]

@@ -1,0 +1,641 @@
+//! The pool's own thread: it starts the workers, sends them tasks, collects their
+//! answers, and notices at once when one dies.
+//!
+//! It waits in one `poll(2)` on every worker's connection, every worker's exit
+//! descriptor ([`Child::exit_fd`]) and a socket that calling threads write to when they
+//! queue tasks. A worker killed by any means closes both of its descriptors, so the
+//! thread wakes within the time the kernel takes to end the process: no timer, no
+//! heartbeat. Per-task timeouts are the poll's timeout.
+//!
+//! Each worker has at most [`WINDOW`] chunks in flight: the one it runs, and the next one
+//! waiting in its socket so that it never idles between two. The second is sent only if
+//! it is small ([`PREFETCH_BYTES`]): it then fits the socket's buffer, and sending it
+//! never blocks this thread. A large chunk goes only to an idle worker, which is reading,
+//! so sending it takes the time of a copy.
+
+use std::{
+    collections::VecDeque,
+    io::Read,
+    os::{fd::AsFd, unix::net::UnixStream},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use ipckit_core::{Child, Connection, Deadline, Error as CoreError, RecvBytes, SendBytes};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::{
+    Event, WorkerInfo,
+    job::{Done, Failure, Shared, Task, lock},
+    options::OnEvent,
+};
+
+/// Chunks in flight per worker.
+const WINDOW: usize = 2;
+/// The largest chunk sent to a worker that is busy.
+const PREFETCH_BYTES: usize = 32 << 10;
+/// Replacements in a row that may die before they are ready, before the pool gives up.
+const START_FAILURES: u32 = 3;
+
+/// Starts one worker process and gives it and the pool's end of its connection.
+pub(crate) type SpawnWorker =
+    Box<dyn FnMut() -> ipckit_core::Result<(Child<()>, Connection)> + Send>;
+
+/// What the pool's thread needs to run.
+pub(crate) struct Config {
+    pub(crate) spawn: SpawnWorker,
+    pub(crate) size: usize,
+    pub(crate) retries: u32,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_tasks: Option<u64>,
+    pub(crate) on_event: Option<OnEvent>,
+}
+
+/// A worker process, as the pool's thread holds it.
+struct Worker {
+    id: u32,
+    pid: u32,
+    child: Child<()>,
+    /// `None` once the pool asked it to go (it then exits by itself).
+    conn: Option<Connection>,
+    ready: bool,
+    /// Chunks sent and not answered: the first is the one it runs.
+    inflight: VecDeque<Task>,
+    /// When the first chunk in flight began (about: when the one before was answered).
+    head_since: Instant,
+    sent: u64,
+    done: u64,
+}
+
+impl Worker {
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            worker: self.id,
+            pid: self.pid,
+            ready: self.ready,
+            task: self.inflight.front().map(Task::task_ref),
+            done: self.done,
+        }
+    }
+
+    /// The time its running chunk may take, if it runs one and tasks have a limit.
+    fn deadline(&self, limit: Option<Duration>) -> Option<Instant> {
+        let limit = limit?;
+        let head = self.inflight.front()?;
+        let n = u32::try_from(head.job.len_of(head.chunk)).unwrap_or(u32::MAX);
+        self.head_since.checked_add(limit.saturating_mul(n))
+    }
+}
+
+/// Why a worker is buried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Its process ended (or its connection broke).
+    Ended,
+    /// Its running chunk passed the task timeout; it was killed.
+    TimedOut,
+}
+
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    wake: UnixStream,
+    cfg: Config,
+    workers: Vec<Worker>,
+    next_id: u32,
+    /// Workers gone while the pool still needs them, to be named by their replacement.
+    to_replace: VecDeque<u32>,
+    /// Until the first workers are ready: tells `Pool::new` whether they started.
+    started: Option<mpsc::Sender<Result<(), String>>>,
+    /// Workers that died before they were ready, in a row.
+    failures: u32,
+    rotate: usize,
+    dirty: bool,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        wake: UnixStream,
+        cfg: Config,
+        started: mpsc::Sender<Result<(), String>>,
+    ) -> Self {
+        Dispatcher {
+            shared,
+            wake,
+            cfg,
+            workers: Vec::new(),
+            next_id: 1,
+            to_replace: VecDeque::new(),
+            started: Some(started),
+            failures: 0,
+            rotate: 0,
+            dirty: true,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let (terminate, closed) = {
+                let q = lock(&self.shared.queue);
+                (q.terminate, q.closed)
+            };
+            if terminate {
+                self.terminate();
+                break;
+            }
+            self.top_up();
+            self.dispatch();
+            if closed && self.retire_idle() {
+                break;
+            }
+            self.publish();
+            self.wait();
+        }
+        self.publish();
+        if let Some(tx) = self.started.take() {
+            let _ = tx.send(Err(
+                "the pool was terminated while its workers started".into()
+            ));
+        }
+        self.shared.set_ended();
+    }
+
+    fn emit(&self, event: Event) {
+        tracing::debug!(?event, "pool event");
+        if let Some(f) = &self.cfg.on_event {
+            f(&event);
+        }
+    }
+
+    fn index(&self, id: u32) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
+    }
+
+    fn publish(&mut self) {
+        if self.dirty {
+            *lock(&self.shared.snapshot) = self.workers.iter().map(Worker::info).collect();
+            self.dirty = false;
+        }
+    }
+
+    /// Starts workers until the pool has its number, while it needs them.
+    fn top_up(&mut self) {
+        loop {
+            let live = self.workers.iter().filter(|w| w.conn.is_some()).count();
+            if live >= self.cfg.size {
+                return;
+            }
+            {
+                let mut q = lock(&self.shared.queue);
+                if let Some(why) = q.broken.clone() {
+                    let pending: Vec<Task> = q.pending.drain(..).collect();
+                    drop(q);
+                    for t in pending {
+                        t.finish(Done::Failed(Failure::Broken(why.clone())));
+                    }
+                    return;
+                }
+                if q.terminate || (q.closed && q.pending.is_empty()) {
+                    return;
+                }
+            }
+            let replacing = self.to_replace.pop_front();
+            match (self.cfg.spawn)() {
+                Ok((child, conn)) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let pid = child.pid();
+                    self.workers.push(Worker {
+                        id,
+                        pid,
+                        child,
+                        conn: Some(conn),
+                        ready: false,
+                        inflight: VecDeque::new(),
+                        head_since: Instant::now(),
+                        sent: 0,
+                        done: 0,
+                    });
+                    self.dirty = true;
+                    self.emit(Event::Started {
+                        worker: id,
+                        pid,
+                        replacing,
+                    });
+                }
+                Err(e) => self.start_failed(format!("cannot start a worker process: {e}")),
+            }
+        }
+    }
+
+    /// A worker could not start, or died before it was ready.
+    fn start_failed(&mut self, why: String) {
+        tracing::warn!(%why, "pool worker failed to start");
+        self.failures += 1;
+        let give_up = self.started.is_some() || self.failures >= START_FAILURES;
+        if let Some(tx) = self.started.take() {
+            let _ = tx.send(Err(why.clone()));
+        }
+        if give_up {
+            lock(&self.shared.queue).broken.get_or_insert(why);
+        }
+    }
+
+    /// Sends waiting chunks to workers with room for them.
+    fn dispatch(&mut self) {
+        let n = self.workers.len();
+        if n == 0 {
+            return;
+        }
+        let mut assigned: Vec<(usize, Task)> = Vec::new();
+        {
+            let mut q = lock(&self.shared.queue);
+            let mut extra = vec![0usize; n];
+            'rounds: loop {
+                let mut progressed = false;
+                for k in 0..n {
+                    let i = (self.rotate + k) % n;
+                    while q.pending.front().is_some_and(|t| t.job.is_abandoned()) {
+                        q.pending.pop_front();
+                    }
+                    let Some(front) = q.pending.front() else {
+                        break 'rounds;
+                    };
+                    let w = &self.workers[i];
+                    let queued = w.inflight.len() + extra[i];
+                    let room = w.conn.is_some()
+                        && w.ready
+                        && self
+                            .cfg
+                            .max_tasks
+                            .is_none_or(|m| w.sent + (extra[i] as u64) < m)
+                        && (queued == 0
+                            || (queued < WINDOW && front.bytes.len() <= PREFETCH_BYTES));
+                    if let Some(task) = room.then(|| q.pending.pop_front()).flatten() {
+                        extra[i] += 1;
+                        assigned.push((i, task));
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        self.rotate = (self.rotate + 1) % n;
+        let mut back = Vec::new();
+        let mut broken: Vec<usize> = Vec::new();
+        for (i, task) in assigned {
+            let w = &mut self.workers[i];
+            let sent = match w.conn.as_mut() {
+                Some(conn) if !broken.contains(&i) => conn.send_bytes(&task.bytes),
+                _ => Err(CoreError::Disconnected),
+            };
+            match sent {
+                Ok(()) => {
+                    if w.inflight.is_empty() {
+                        w.head_since = Instant::now();
+                    }
+                    w.sent += 1;
+                    w.inflight.push_back(task);
+                    self.dirty = true;
+                }
+                Err(e) => {
+                    if !broken.contains(&i) {
+                        tracing::debug!(worker = w.id, error = %e, "cannot send to a pool worker");
+                        // Its death shows on its exit descriptor; make sure it comes.
+                        let _ = w.child.kill();
+                        broken.push(i);
+                    }
+                    back.push(task);
+                }
+            }
+        }
+        self.requeue(back);
+    }
+
+    /// Puts chunks back at the front of the queue, in their order.
+    fn requeue(&self, tasks: Vec<Task>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let mut q = lock(&self.shared.queue);
+        for t in tasks.into_iter().rev() {
+            q.pending.push_front(t);
+        }
+    }
+
+    /// After `close`: lets idle workers go once nothing waits. True when every worker is
+    /// gone and nothing is left to do.
+    fn retire_idle(&mut self) -> bool {
+        if !lock(&self.shared.queue).pending.is_empty() {
+            return false;
+        }
+        for w in &mut self.workers {
+            if w.conn.is_some() && w.inflight.is_empty() {
+                w.conn = None;
+                self.dirty = true;
+            }
+        }
+        self.workers.is_empty()
+    }
+
+    /// Waits for a worker's answer or end, a wake-up, or the next task deadline; handles
+    /// what came.
+    fn wait(&mut self) {
+        let timeout = match self.next_deadline() {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let ms = d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .saturating_add(1);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut answered = Vec::new();
+        let mut ended = Vec::new();
+        let mut woken = false;
+        {
+            let mut fds = Vec::with_capacity(1 + 2 * self.workers.len());
+            let mut whose = Vec::with_capacity(2 * self.workers.len());
+            fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+            for w in &self.workers {
+                if let Some(c) = &w.conn {
+                    fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                    whose.push((w.id, false));
+                }
+                if let Some(e) = w.child.exit_fd() {
+                    fds.push(PollFd::new(e, PollFlags::POLLIN));
+                    whose.push((w.id, true));
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(0) => {}
+                Ok(_) => {
+                    let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    woken = hit(&fds[0]);
+                    for (f, &(id, exit)) in fds[1..].iter().zip(&whose) {
+                        if hit(f) {
+                            if exit {
+                                ended.push(id);
+                            } else {
+                                answered.push(id);
+                            }
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "pool poll failed");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        if woken {
+            let mut sink = [0u8; 64];
+            while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+        }
+        for id in answered {
+            if let Some(i) = self.index(id) {
+                if !self.read_answers(i) {
+                    ended.push(id);
+                }
+            }
+        }
+        ended.sort_unstable();
+        ended.dedup();
+        for id in ended {
+            if let Some(i) = self.index(id) {
+                self.bury(i, Cause::Ended);
+            }
+        }
+        self.expire();
+    }
+
+    /// The earliest deadline of a running chunk.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.workers
+            .iter()
+            .filter(|w| w.conn.is_some())
+            .filter_map(|w| w.deadline(self.cfg.task_timeout))
+            .min()
+    }
+
+    /// Kills the workers whose running chunk passed its deadline.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|w| w.conn.is_some())
+            .filter(|w| w.deadline(self.cfg.task_timeout).is_some_and(|d| d <= now))
+            .map(|w| w.id)
+            .collect();
+        for id in late {
+            if let Some(i) = self.index(id) {
+                self.bury(i, Cause::TimedOut);
+            }
+        }
+    }
+
+    /// Takes every message worker `i` has sent. False if its connection ended or broke.
+    fn read_answers(&mut self, i: usize) -> bool {
+        loop {
+            let Some(conn) = self.workers[i].conn.as_mut() else {
+                return true;
+            };
+            let mut buf = Vec::new();
+            match conn.recv_bytes_into_deadline(&mut buf, Deadline::Now) {
+                Ok(()) => {
+                    if !self.on_message(i, buf) {
+                        return false;
+                    }
+                }
+                Err(CoreError::Timeout) => return true,
+                Err(e) => {
+                    if !matches!(e, CoreError::Disconnected) {
+                        tracing::warn!(error = %e, "a pool worker's connection broke");
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Handles one message of worker `i`. False if it breaks the protocol.
+    fn on_message(&mut self, i: usize, msg: Vec<u8>) -> bool {
+        let w = &mut self.workers[i];
+        self.dirty = true;
+        match accept(w, msg) {
+            Accepted::Ready => {
+                self.failures = 0;
+                let all_ready = self.workers.iter().filter(|w| w.ready).count() >= self.cfg.size;
+                if all_ready {
+                    if let Some(tx) = self.started.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                true
+            }
+            Accepted::Answer => {
+                if self.cfg.max_tasks.is_some_and(|m| w.done >= m) && w.inflight.is_empty() {
+                    // Served its share: it exits when its connection closes.
+                    w.conn = None;
+                    self.to_replace.push_back(w.id);
+                }
+                true
+            }
+            Accepted::Bad => false,
+        }
+    }
+
+    /// Worker `i` has ended (or must): reaps it, takes the answers it sent before, and
+    /// decides about the chunk it was running.
+    fn bury(&mut self, i: usize, cause: Cause) {
+        let mut w = self.workers.remove(i);
+        self.dirty = true;
+        // A worker asked to go has no connection any more, and exits by itself.
+        let asked = w.conn.is_none();
+        if !asked {
+            let _ = w.child.kill();
+        }
+        let outcome = w.child.join();
+        if let Some(mut conn) = w.conn.take() {
+            let mut buf = Vec::new();
+            while conn
+                .recv_bytes_into_deadline(&mut buf, Deadline::Now)
+                .is_ok()
+            {
+                if matches!(accept(&mut w, std::mem::take(&mut buf)), Accepted::Bad) {
+                    break;
+                }
+            }
+        }
+        let (signal, why) = match &outcome {
+            Ok(()) => (None, "it exited".to_string()),
+            Err(CoreError::RoleKilled { signal, .. }) => {
+                (Some(*signal), format!("it was killed by signal {signal}"))
+            }
+            Err(CoreError::RolePanicked { message, .. }) => {
+                (None, format!("it panicked: {message}"))
+            }
+            Err(e) => (None, e.to_string()),
+        };
+        let unexpected = !asked || outcome.is_err();
+        if !w.ready && cause == Cause::Ended {
+            self.start_failed(format!(
+                "worker {} (pid {}) ended before it was ready: {why}",
+                w.id, w.pid
+            ));
+        }
+        let broken = lock(&self.shared.queue).broken.is_some();
+        let mut back = Vec::new();
+        match (cause, w.inflight.pop_front()) {
+            (Cause::TimedOut, Some(task)) => {
+                tracing::warn!(
+                    worker = w.id,
+                    pid = w.pid,
+                    "pool task timed out; worker killed"
+                );
+                self.emit(Event::TimedOut {
+                    worker: w.id,
+                    pid: w.pid,
+                    task: task.task_ref(),
+                });
+                let limit = self.cfg.task_timeout.unwrap_or_default();
+                task.finish(Done::Failed(Failure::TimedOut { pid: w.pid, limit }));
+            }
+            (_, Some(mut task)) => {
+                task.attempts += 1;
+                let retried = task.attempts <= self.cfg.retries && !broken;
+                tracing::warn!(worker = w.id, pid = w.pid, %why, retried, "pool worker died mid-task");
+                self.emit(Event::Died {
+                    worker: w.id,
+                    pid: w.pid,
+                    signal,
+                    task: Some(task.task_ref()),
+                    retried,
+                });
+                if retried {
+                    back.push(task);
+                } else {
+                    let attempts = task.attempts;
+                    task.finish(Done::Failed(Failure::Died {
+                        pid: w.pid,
+                        signal,
+                        attempts,
+                    }));
+                }
+            }
+            (_, None) if unexpected => {
+                tracing::warn!(worker = w.id, pid = w.pid, %why, "pool worker died");
+                self.emit(Event::Died {
+                    worker: w.id,
+                    pid: w.pid,
+                    signal,
+                    task: None,
+                    retried: false,
+                });
+            }
+            (_, None) => self.emit(Event::Retired {
+                worker: w.id,
+                pid: w.pid,
+                tasks: w.done,
+            }),
+        }
+        // The chunks queued behind it never started.
+        back.extend(w.inflight.drain(..));
+        self.requeue(back);
+        if !asked {
+            self.to_replace.push_back(w.id);
+        }
+    }
+
+    /// Kills every worker now; every task not answered is reported terminated.
+    fn terminate(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+        }
+        for mut w in self.workers.drain(..) {
+            let _ = w.child.join();
+            for t in w.inflight.drain(..) {
+                t.finish(Done::Failed(Failure::Terminated));
+            }
+        }
+        self.dirty = true;
+        let pending: Vec<Task> = {
+            let mut q = lock(&self.shared.queue);
+            q.closed = true;
+            q.pending.drain(..).collect()
+        };
+        for t in pending {
+            t.finish(Done::Failed(Failure::Terminated));
+        }
+    }
+}
+
+/// What a worker's message was.
+enum Accepted {
+    Ready,
+    Answer,
+    Bad,
+}
+
+/// Takes a message of `w`: its ready signal, or the answer to its running chunk.
+fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
+    if !w.ready {
+        if !msg.is_empty() {
+            return Accepted::Bad;
+        }
+        w.ready = true;
+        return Accepted::Ready;
+    }
+    let Some(task) = w.inflight.pop_front() else {
+        return Accepted::Bad;
+    };
+    w.head_since = Instant::now();
+    w.done += 1;
+    task.finish(Done::Reply(msg));
+    Accepted::Answer
+}

@@ -1,0 +1,301 @@
+//! What the calling threads and the pool's thread share: the queue of tasks waiting for a
+//! worker, and each call's slots of results.
+
+use std::{
+    collections::VecDeque,
+    io::Write,
+    os::unix::net::UnixStream,
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{Error, TaskRef, WorkerInfo};
+
+/// Locks `m`, whatever a panicking thread left (every state here stays consistent between
+/// statements).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The state every thread of a pool shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<Queue>,
+    /// Written to wake the pool's thread (its other end is in the poll set).
+    wake: UnixStream,
+    pub(crate) next_call: AtomicU64,
+    pub(crate) snapshot: Mutex<Vec<WorkerInfo>>,
+    /// Set when the pool's thread has ended every worker.
+    pub(crate) ended: Mutex<bool>,
+    pub(crate) ended_cond: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn new(wake: UnixStream) -> Self {
+        Shared {
+            queue: Mutex::new(Queue::default()),
+            wake,
+            next_call: AtomicU64::new(0),
+            snapshot: Mutex::new(Vec::new()),
+            ended: Mutex::new(false),
+            ended_cond: Condvar::new(),
+        }
+    }
+
+    /// Wakes the pool's thread.
+    pub(crate) fn wake(&self) {
+        // Non-blocking: a full socket means a wake-up is pending already.
+        let _ = (&self.wake).write(&[1]);
+    }
+
+    /// Tells waiters that the pool's thread has ended every worker.
+    pub(crate) fn set_ended(&self) {
+        *lock(&self.ended) = true;
+        self.ended_cond.notify_all();
+    }
+
+    /// Waits until the pool's thread has ended every worker, at most `timeout`.
+    pub(crate) fn wait_ended(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut ended = lock(&self.ended);
+        while !*ended {
+            match deadline {
+                None => {
+                    ended = self
+                        .ended_cond
+                        .wait(ended)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    ended = self
+                        .ended_cond
+                        .wait_timeout(ended, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Tasks waiting for a worker, and what the pool was told to do.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    pub(crate) pending: VecDeque<Task>,
+    /// No more tasks: finish those taken, then let the workers go.
+    pub(crate) closed: bool,
+    /// Kill the workers now.
+    pub(crate) terminate: bool,
+    /// Workers cannot start: why.
+    pub(crate) broken: Option<String>,
+}
+
+/// One dispatch: a chunk of a call's tasks, encoded, on its way to a worker.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) job: Arc<Job>,
+    pub(crate) chunk: usize,
+    pub(crate) bytes: Vec<u8>,
+    /// How many times it was started on a worker.
+    pub(crate) attempts: u32,
+}
+
+impl Task {
+    pub(crate) fn task_ref(&self) -> TaskRef {
+        TaskRef {
+            call: self.job.call,
+            index: self.job.first_of(self.chunk),
+            count: self.job.len_of(self.chunk),
+        }
+    }
+
+    /// Gives the chunk its outcome.
+    pub(crate) fn finish(self, done: Done) {
+        self.job.complete(self.chunk, done);
+    }
+}
+
+/// How a chunk ended.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// The worker's reply: the encoded outcomes.
+    Reply(Vec<u8>),
+    /// No reply will come.
+    Failed(Failure),
+}
+
+/// Why no reply will come for a chunk.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    Died {
+        pid: u32,
+        signal: Option<i32>,
+        attempts: u32,
+    },
+    TimedOut {
+        pid: u32,
+        limit: Duration,
+    },
+    Terminated,
+    Broken(String),
+}
+
+impl Failure {
+    /// The error of the task at position `task`.
+    pub(crate) fn to_error(&self, task: usize) -> Error {
+        match self {
+            Failure::Died {
+                pid,
+                signal,
+                attempts,
+            } => Error::WorkerDied {
+                task,
+                pid: *pid,
+                signal: *signal,
+                attempts: *attempts,
+            },
+            Failure::TimedOut { pid, limit } => Error::TaskTimedOut {
+                task,
+                pid: *pid,
+                limit: *limit,
+            },
+            Failure::Terminated => Error::Terminated { task },
+            Failure::Broken(message) => Error::WorkerStart {
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// One call's tasks (a `map`, a `submit`): `items` tasks in chunks of `chunk`.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) call: u64,
+    pub(crate) items: usize,
+    pub(crate) chunk: usize,
+    /// Nobody waits for the results any more: tasks not yet sent are dropped.
+    abandoned: AtomicBool,
+    slots: Mutex<Slots>,
+    cond: Condvar,
+}
+
+#[derive(Debug)]
+struct Slots {
+    done: Vec<Option<Done>>,
+    /// Chunks in the order they were done.
+    order: VecDeque<usize>,
+}
+
+impl Job {
+    pub(crate) fn new(call: u64, items: usize, chunk: usize) -> Self {
+        let chunks = items.div_ceil(chunk.max(1));
+        Job {
+            call,
+            items,
+            chunk: chunk.max(1),
+            abandoned: AtomicBool::new(false),
+            slots: Mutex::new(Slots {
+                done: (0..chunks).map(|_| None).collect(),
+                order: VecDeque::new(),
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn chunks(&self) -> usize {
+        self.items.div_ceil(self.chunk)
+    }
+
+    pub(crate) fn first_of(&self, chunk: usize) -> usize {
+        chunk * self.chunk
+    }
+
+    pub(crate) fn len_of(&self, chunk: usize) -> usize {
+        self.chunk.min(self.items - self.first_of(chunk))
+    }
+
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Records a chunk's outcome, once: a second outcome for the same chunk (which the
+    /// pool never makes) would be dropped, so no caller sees a result twice.
+    fn complete(&self, chunk: usize, done: Done) {
+        let mut slots = lock(&self.slots);
+        if let Some(slot @ None) = slots.done.get_mut(chunk) {
+            *slot = Some(done);
+            slots.order.push_back(chunk);
+            drop(slots);
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits until `pick` finds a chunk to take, or `deadline` passes (`Err(Timeout)`).
+    fn take_with(
+        &self,
+        deadline: Option<Instant>,
+        mut pick: impl FnMut(&mut Slots) -> Option<(usize, Done)>,
+    ) -> Result<(usize, Done), Error> {
+        let mut slots = lock(&self.slots);
+        loop {
+            if let Some(found) = pick(&mut slots) {
+                return Ok(found);
+            }
+            slots = match deadline {
+                None => self
+                    .cond
+                    .wait(slots)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout);
+                    }
+                    self.cond
+                        .wait_timeout(slots, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Takes chunk `chunk`'s outcome, waiting for it until `deadline`.
+    pub(crate) fn take(&self, chunk: usize, deadline: Option<Instant>) -> Result<Done, Error> {
+        self.take_with(deadline, |s| {
+            s.done
+                .get_mut(chunk)
+                .and_then(Option::take)
+                .map(|d| (chunk, d))
+        })
+        .map(|(_, d)| d)
+    }
+
+    /// Takes the outcome of whichever chunk was done first of those not taken yet.
+    pub(crate) fn take_any(&self, deadline: Option<Instant>) -> Result<(usize, Done), Error> {
+        self.take_with(deadline, |s| {
+            let chunk = s.order.pop_front()?;
+            s.done[chunk].take().map(|d| (chunk, d))
+        })
+    }
+
+    /// Whether chunk `chunk` has its outcome (and it was not taken).
+    pub(crate) fn is_done(&self, chunk: usize) -> bool {
+        lock(&self.slots)
+            .done
+            .get(chunk)
+            .is_some_and(Option::is_some)
+    }
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod dispatch;
+mod error;
+mod event;
+mod job;
+mod options;
+mod pool;
+mod worker;
+
+ipckit_core::reexport_core!(own_errors);
+
+pub use {
+    error::{Error, Result},
+    event::{Event, TaskRef, WorkerInfo},
+    options::PoolOptions,
+    pool::{Imap, ImapUnordered, Pool, TaskHandle},
+};

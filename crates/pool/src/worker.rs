@@ -1,0 +1,127 @@
+//! The worker process: its loop, and what travels between it and the pool.
+//!
+//! The pool and a worker share one duplex connection (a socket pair):
+//!
+//! - worker → pool, first: an empty message, "ready" (the initializer has run);
+//! - pool → worker: a chunk of arguments, the postcard encoding of `[A]`;
+//! - worker → pool: the chunk's outcomes, the postcard encoding of `Vec<Outcome<R>>`, one
+//!   per argument, in order;
+//! - the pool closes the connection when the worker should go: it finishes nothing more
+//!   and exits.
+//!
+//! The worker runs one chunk at a time, in the order they came, so the pool knows which
+//! chunk a dead worker was running: the first it has not answered.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use ipckit_core::{Codec, Connection, Ctx, Error as CoreError, Postcard, RecvBytes, SendBytes};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The key of the task function passed to a worker.
+pub(crate) const TASK: &str = "ipckit-pool-task";
+/// The key of the initializer passed to a worker.
+pub(crate) const INIT: &str = "ipckit-pool-init";
+/// The key of the worker's connection to the pool.
+pub(crate) const CONN: &str = "ipckit-pool-conn";
+
+/// What a worker is started with.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerConfig {
+    /// The initializer's argument, encoded, if there is an initializer.
+    pub(crate) init: Option<Vec<u8>>,
+    /// The largest message either way.
+    pub(crate) max_message: usize,
+}
+
+/// What became of one task.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome<R> {
+    /// It returned this.
+    Ok(R),
+    /// It panicked with this message.
+    Panicked(String),
+    /// It returned, but the result could not be sent back.
+    Unsendable(String),
+}
+
+/// A worker: runs the initializer, says it is ready, then runs each chunk it is sent until
+/// the pool closes the connection.
+pub(crate) fn worker_main<A, R, I>(config: WorkerConfig, ctx: &mut Ctx) -> ipckit_core::RoleResult
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+    I: DeserializeOwned + 'static,
+{
+    let f: fn(A) -> R = ctx.function(TASK)?;
+    let mut conn: Connection = ctx.handle(CONN)?;
+    conn = conn.max_message(config.max_message);
+    if let Some(bytes) = config.init {
+        let init: fn(I) = ctx.function(INIT)?;
+        // A panic here ends the worker; the pool reports it as a failed start.
+        init(Postcard.decode(&bytes)?);
+    }
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    if let Err(e) = conn.send_bytes(&[]) {
+        return gone(e);
+    }
+    loop {
+        match conn.recv_bytes_into(&mut buf) {
+            Ok(()) => {}
+            Err(e) => return gone(e),
+        }
+        let args: Vec<A> = Postcard.decode(&buf)?;
+        let outcomes: Vec<Outcome<R>> = args
+            .into_iter()
+            .map(|a| match catch_unwind(AssertUnwindSafe(|| f(a))) {
+                Ok(r) => Outcome::Ok(r),
+                Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+            })
+            .collect();
+        encode_reply(&outcomes, config.max_message, &mut out);
+        if let Err(e) = conn.send_bytes(&out) {
+            return gone(e);
+        }
+    }
+}
+
+/// The pool closed the connection (the worker should go) or is gone: either way, the end.
+fn gone(e: CoreError) -> ipckit_core::RoleResult {
+    match e {
+        CoreError::Disconnected => Ok(()),
+        e => Err(e.into()),
+    }
+}
+
+/// Encodes the outcomes into `out`; if they cannot travel, a reply saying so for each.
+fn encode_reply<R: Serialize>(outcomes: &[Outcome<R>], max: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let why = match Postcard.encode(outcomes, out) {
+        Ok(()) if out.len() <= max => return,
+        Ok(()) => format!(
+            "{} bytes of results exceed the maximum message of {max} bytes",
+            out.len()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let failed: Vec<Outcome<()>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Panicked(m) => Outcome::Panicked(m.clone()),
+            _ => Outcome::Unsendable(why.clone()),
+        })
+        .collect();
+    out.clear();
+    // A list of short texts always encodes.
+    let _ = Postcard.encode(&failed, out);
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
