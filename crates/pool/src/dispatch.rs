@@ -7,11 +7,14 @@
 //! thread wakes within the time the kernel takes to end the process: no timer, no
 //! heartbeat. Per-task timeouts are the poll's timeout.
 //!
-//! Each worker has at most [`WINDOW`] chunks in flight: the one it runs, and the next one
-//! waiting in its socket so that it never idles between two. The second is sent only if
-//! it is small ([`PREFETCH_BYTES`]): it then fits the socket's buffer, and sending it
+//! Each worker has at most [`WINDOW`] chunks in flight: the one it runs, and the next ones
+//! waiting in its socket so that it never idles between two, and reads many small tasks
+//! with one system call and one wake-up. Chunks wait behind the running one only while
+//! they add up to [`PREFETCH_BYTES`]: they then fit the socket's buffer, and sending them
 //! never blocks this thread. A large chunk goes only to an idle worker, which is reading,
-//! so sending it takes the time of a copy.
+//! so sending it takes the time of a copy. When a worker dies, only the chunk it was
+//! running counts an attempt; those waiting behind it never started and go back to the
+//! queue as they were.
 
 use std::{
     collections::VecDeque,
@@ -31,9 +34,11 @@ use crate::{
 };
 
 /// Chunks in flight per worker.
-const WINDOW: usize = 2;
-/// The largest chunk sent to a worker that is busy.
+const WINDOW: usize = 64;
+/// The most bytes of chunks waiting behind a busy worker's running one.
 const PREFETCH_BYTES: usize = 32 << 10;
+/// How long a worker whose connection broke may take to end by itself before it is killed.
+const ENDING: Duration = Duration::from_millis(200);
 /// Replacements in a row that may die before they are ready, before the pool gives up.
 const START_FAILURES: u32 = 3;
 
@@ -251,6 +256,7 @@ impl Dispatcher {
         {
             let mut q = lock(&self.shared.queue);
             let mut extra = vec![0usize; n];
+            let mut extra_bytes = vec![0usize; n];
             'rounds: loop {
                 let mut progressed = false;
                 for k in 0..n {
@@ -263,6 +269,14 @@ impl Dispatcher {
                     };
                     let w = &self.workers[i];
                     let queued = w.inflight.len() + extra[i];
+                    // Bytes already waiting behind the chunk the worker runs.
+                    let waiting: usize = w
+                        .inflight
+                        .iter()
+                        .skip(1)
+                        .map(|t| t.bytes.len())
+                        .sum::<usize>()
+                        + extra_bytes[i];
                     let room = w.conn.is_some()
                         && w.ready
                         && self
@@ -270,8 +284,11 @@ impl Dispatcher {
                             .max_tasks
                             .is_none_or(|m| w.sent + (extra[i] as u64) < m)
                         && (queued == 0
-                            || (queued < WINDOW && front.bytes.len() <= PREFETCH_BYTES));
+                            || (queued < WINDOW && waiting + front.bytes.len() <= PREFETCH_BYTES));
                     if let Some(task) = room.then(|| q.pending.pop_front()).flatten() {
+                        if queued > 0 {
+                            extra_bytes[i] += task.bytes.len();
+                        }
                         extra[i] += 1;
                         assigned.push((i, task));
                         progressed = true;
@@ -497,10 +514,22 @@ impl Dispatcher {
         self.dirty = true;
         // A worker asked to go has no connection any more, and exits by itself.
         let asked = w.conn.is_none();
-        if !asked {
-            let _ = w.child.kill();
-        }
-        let outcome = w.child.join();
+        let outcome = match cause {
+            // Its connection broke: the process is ending, and may still be reporting why
+            // (a panic drops the connection before the report is sent). Give it a moment.
+            Cause::Ended if !asked => match w.child.join_timeout(ENDING) {
+                Err(CoreError::Timeout) => {
+                    let _ = w.child.kill();
+                    w.child.join()
+                }
+                other => other,
+            },
+            Cause::Ended => w.child.join(),
+            Cause::TimedOut => {
+                let _ = w.child.kill();
+                w.child.join()
+            }
+        };
         if let Some(mut conn) = w.conn.take() {
             let mut buf = Vec::new();
             while conn
