@@ -8,8 +8,6 @@
 //! format asked for: `--framing raw` is plain bytes, so `echo serve` serves the Python
 //! tutorial's client and `echo connect` talks to the Python tutorial's server, unchanged.
 
-use std::time::Duration;
-
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use ipckit_core::{Ctx, RoleResult};
@@ -18,9 +16,7 @@ use ipckit_sockets::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::support::{Pace, join_all, role};
-
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::support::{PATIENCE, Pace, join_all, role};
 
 /// What the client sends: the Python tutorial's greeting, and more.
 fn messages() -> Vec<String> {

@@ -14,13 +14,12 @@ use anyhow::{bail, ensure};
 use ipckit_pool::{Event, Pool, PoolOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::support::expect_same;
+use crate::support::{PATIENCE, expect_same};
 
 const WORKERS: usize = 3;
 const TASKS: u64 = 10;
 /// The task the boss interrupts with `--kill-one`.
 const VICTIM: u64 = 5;
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A task: square `n`, taking `secs` about it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

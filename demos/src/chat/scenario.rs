@@ -4,10 +4,7 @@
 //! everything meant for it, and checks it did. Alice and Bob then leave; Charlie and Diana
 //! hear them go, and stay until the server shuts down.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipckit_core::{Ctx, RoleResult};
 use ipckit_sockets::{
@@ -18,10 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::protocol::{Down, Room, Step, Up};
 use crate::{
     echo::{check_removed, server_address},
-    support::{Pace, join_all, role},
+    support::{PATIENCE, Pace, join_all, role},
 };
-
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The Python tutorial's four clients.
 const NAMES: [&str; 4] = ["Alice 👩", "Bob 👨", "Charlie 🧑", "Diana 👩‍💻"];
