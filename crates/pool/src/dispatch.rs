@@ -300,31 +300,37 @@ impl Dispatcher {
             }
         }
         self.rotate = (self.rotate + 1) % n;
-        let mut back = Vec::new();
-        let mut broken: Vec<usize> = Vec::new();
+        // Every chunk for one worker goes out in one write: one system call and one
+        // wake-up for many small tasks.
+        let mut per_worker: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         for (i, task) in assigned {
+            per_worker[i].push(task);
+        }
+        let mut back = Vec::new();
+        let mut frames = Vec::new();
+        for (i, tasks) in per_worker.into_iter().enumerate() {
+            if tasks.is_empty() {
+                continue;
+            }
             let w = &mut self.workers[i];
             let sent = match w.conn.as_mut() {
-                Some(conn) if !broken.contains(&i) => conn.send_bytes(&task.bytes),
-                _ => Err(CoreError::Disconnected),
+                Some(conn) => send_all(conn, &tasks, &mut frames),
+                None => Err(CoreError::Disconnected),
             };
             match sent {
                 Ok(()) => {
                     if w.inflight.is_empty() {
                         w.head_since = Instant::now();
                     }
-                    w.sent += 1;
-                    w.inflight.push_back(task);
+                    w.sent += tasks.len() as u64;
+                    w.inflight.extend(tasks);
                     self.dirty = true;
                 }
                 Err(e) => {
-                    if !broken.contains(&i) {
-                        tracing::debug!(worker = w.id, error = %e, "cannot send to a pool worker");
-                        // Its death shows on its exit descriptor; make sure it comes.
-                        let _ = w.child.kill();
-                        broken.push(i);
-                    }
-                    back.push(task);
+                    tracing::debug!(worker = w.id, error = %e, "cannot send to a pool worker");
+                    // Its death shows on its exit descriptor; make sure it comes.
+                    let _ = w.child.kill();
+                    back.extend(tasks);
                 }
             }
         }
@@ -667,4 +673,36 @@ fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
     w.done += 1;
     task.finish(Done::Reply(msg));
     Accepted::Answer
+}
+
+/// Sends `tasks` to a worker as consecutive frames in one write (a lone task as one
+/// message). A worker that took part of them and died is seen on its exit descriptor;
+/// the caller puts them all back.
+fn send_all(
+    conn: &mut Connection,
+    tasks: &[Task],
+    frames: &mut Vec<u8>,
+) -> ipckit_core::Result<()> {
+    use std::io::Write as _;
+    let total: usize = tasks.iter().map(|t| t.bytes.len()).sum();
+    if tasks.len() == 1 || total > 2 * PREFETCH_BYTES {
+        // A large chunk goes as its own message, as large as the connection allows.
+        for t in tasks {
+            conn.send_bytes(&t.bytes)?;
+        }
+        return Ok(());
+    }
+    frames.clear();
+    let mut header = [0u8; ipckit_core::MAX_HEADER];
+    for t in tasks {
+        let n = ipckit_core::encode_header(t.bytes.len(), &mut header);
+        frames.extend_from_slice(&header[..n]);
+        frames.extend_from_slice(&t.bytes);
+    }
+    conn.write_all(frames).map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            CoreError::Disconnected
+        }
+        _ => CoreError::Io(e),
+    })
 }

@@ -130,6 +130,7 @@ where
             );
         }
         let max_message = opts.max_message;
+        let hold_replies = opts.task_timeout.is_none();
         let init_fn = init.as_ref().map(|(f, _)| *f);
         let init_args = init.map(|(_, a)| a);
         let spawn: SpawnWorker = Box::new(move || {
@@ -137,6 +138,7 @@ where
             let config = WorkerConfig {
                 init: init_args.clone(),
                 max_message,
+                hold_replies,
             };
             let mut cmd = Command::function(&config, worker_main::<A, R, I>)?
                 .pass_fn(TASK, f)

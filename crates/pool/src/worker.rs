@@ -14,7 +14,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use ipckit_core::{Codec, Connection, Ctx, Error as CoreError, Postcard, RecvBytes, SendBytes};
+use ipckit_core::{
+    Codec, Connection, Ctx, Deadline, Error as CoreError, Postcard, RecvBytes, SendBytes,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The key of the task function passed to a worker.
@@ -31,6 +33,9 @@ pub(crate) struct WorkerConfig {
     pub(crate) init: Option<Vec<u8>>,
     /// The largest message either way.
     pub(crate) max_message: usize,
+    /// Whether replies may wait for the chunks already here. Not with a task timeout:
+    /// the pool times the chunk it believes runs, so each reply must go at once.
+    pub(crate) hold_replies: bool,
 }
 
 /// What became of one task.
@@ -65,10 +70,25 @@ where
     if let Err(e) = conn.send_bytes(&[]) {
         return gone(e);
     }
+    // Replies wait while more chunks are already here, then go out in one write: small
+    // tasks cost one wake-up and one system call per batch, not per task. A worker killed
+    // with replies waiting loses them with the chunks they answer, which the pool re-runs.
+    let mut replies = Vec::new();
+    let mut deadline = Deadline::Never;
     loop {
-        match conn.recv_bytes_into(&mut buf) {
+        match conn.recv_bytes_into_deadline(&mut buf, deadline) {
             Ok(()) => {}
-            Err(e) => return gone(e),
+            Err(CoreError::Timeout) => {
+                if let Err(e) = flush(&mut conn, &mut replies) {
+                    return gone(e);
+                }
+                deadline = Deadline::Never;
+                continue;
+            }
+            Err(e) => {
+                let _ = flush(&mut conn, &mut replies);
+                return gone(e);
+            }
         }
         let args: Vec<A> = Postcard.decode(&buf)?;
         let outcomes: Vec<Outcome<R>> = args
@@ -79,10 +99,47 @@ where
             })
             .collect();
         encode_reply(&outcomes, config.max_message, &mut out);
-        if let Err(e) = conn.send_bytes(&out) {
-            return gone(e);
+        if out.len() > BATCH_BYTES {
+            // A large reply goes as it is, after those waiting.
+            if let Err(e) = flush(&mut conn, &mut replies).and_then(|()| conn.send_bytes(&out)) {
+                return gone(e);
+            }
+            deadline = Deadline::Never;
+        } else {
+            let mut header = [0u8; ipckit_core::MAX_HEADER];
+            let n = ipckit_core::encode_header(out.len(), &mut header);
+            replies.extend_from_slice(&header[..n]);
+            replies.extend_from_slice(&out);
+            // Look for the next chunk without waiting; none there: the replies go.
+            deadline = if !config.hold_replies || replies.len() > BATCH_BYTES {
+                if let Err(e) = flush(&mut conn, &mut replies) {
+                    return gone(e);
+                }
+                Deadline::Never
+            } else {
+                Deadline::Now
+            };
         }
     }
+}
+
+/// Replies above this size are not held back.
+const BATCH_BYTES: usize = 32 << 10;
+
+/// Writes the replies waiting, as consecutive frames in one write.
+fn flush(conn: &mut Connection, replies: &mut Vec<u8>) -> ipckit_core::Result<()> {
+    use std::io::Write as _;
+    if replies.is_empty() {
+        return Ok(());
+    }
+    let r = conn.write_all(replies).map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            CoreError::Disconnected
+        }
+        _ => CoreError::Io(e),
+    });
+    replies.clear();
+    r
 }
 
 /// The pool closed the connection (the worker should go) or is gone: either way, the end.
