@@ -21,6 +21,16 @@ use crate::{Error, Fault, Result, Value};
 /// const ADD: Method<(i64, i64), i64> = Method::new("add");
 /// ```
 ///
+/// A call with other types is refused by the compiler:
+///
+/// ```compile_fail
+/// # use ipckit_rpc::{Client, Method};
+/// # const ADD: Method<(i64, i64), i64> = Method::new("add");
+/// # fn f(client: &Client) -> ipckit_rpc::Result<()> {
+/// let sum: i64 = client.call(ADD, &(5, "3"))?;
+/// # Ok(()) }
+/// ```
+///
 /// The server registers a function for it with [`Registry::method`]; a client calls it with
 /// [`Client::call`](crate::Client::call). Several parameters are a tuple; XML-RPC and
 /// JSON-RPC callers pass them as a list (`add(5, 3)`, `"params": [5, 3]`).
@@ -68,7 +78,7 @@ pub(crate) struct Entry {
 }
 
 /// The functions a server offers, each under a name: built once, then served over any
-/// ipckit transport ([`serve`](crate::serve), [`serve_connection`](crate::serve_connection))
+/// ipckit transport ([`Server`](crate::Server), [`serve_connection`](crate::serve_connection))
 /// and over HTTP as XML-RPC and JSON-RPC ([`HttpServer`](crate::HttpServer)); one registry
 /// serves all of them (it is cheap to clone).
 ///
