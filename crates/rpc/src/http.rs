@@ -528,17 +528,37 @@ impl XmlRpcClient {
 
     fn connect(&mut self) -> Result<&mut TcpStream> {
         if self.stream.is_none() {
-            let addr = self
+            let addrs: Vec<SocketAddr> = self
                 .host
                 .to_socket_addrs()
                 .map_err(|e| ipckit_core::Error::os("resolve", "host", &self.host, e))?
-                .next()
-                .ok_or_else(|| ipckit_core::Error::InvalidAddress {
-                    address: self.host.clone(),
-                    reason: "resolves to nothing".into(),
-                })?;
-            let s = TcpStream::connect_timeout(&addr, self.timeout)
-                .map_err(|e| ipckit_core::Error::os("connect", "socket", &self.host, e))?;
+                .collect();
+            // Each address in turn, as Python's http.client does (`localhost` may be ::1
+            // and 127.0.0.1, with the server on only one).
+            let mut last = None;
+            let mut connected = None;
+            for addr in addrs {
+                match TcpStream::connect_timeout(&addr, self.timeout) {
+                    Ok(s) => {
+                        connected = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let s = match (connected, last) {
+                (Some(s), _) => s,
+                (None, Some(e)) => {
+                    return Err(ipckit_core::Error::os("connect", "socket", &self.host, e).into());
+                }
+                (None, None) => {
+                    return Err(ipckit_core::Error::InvalidAddress {
+                        address: self.host.clone(),
+                        reason: "resolves to no address".into(),
+                    }
+                    .into());
+                }
+            };
             s.set_nodelay(true).map_err(Error::io)?;
             s.set_read_timeout(Some(self.timeout)).map_err(Error::io)?;
             s.set_write_timeout(Some(self.timeout)).map_err(Error::io)?;
