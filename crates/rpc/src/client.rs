@@ -6,10 +6,9 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc::{RecvTimeoutError, SyncSender, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel},
     },
-    thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ipckit_core::{Connection, Deadline, Reader, RecvBytes, SendBytes, Writer};
@@ -21,7 +20,13 @@ use crate::{
     wire::{self, Frame, Outcome},
 };
 
-type Waiting = SyncSender<Outcome>;
+/// What a waiting call receives: its answer, or the turn to read the connection.
+enum Msg {
+    Reply(Outcome),
+    Lead,
+}
+
+type Waiting = Sender<Msg>;
 
 struct Pending {
     /// `None` once the connection is gone: no call may wait any more.
@@ -30,6 +35,8 @@ struct Pending {
 
 struct Inner {
     writer: Mutex<Writer>,
+    /// Whoever holds it reads the connection for every waiting call (the leader).
+    reader: Mutex<(Reader, Vec<u8>)>,
     pending: Mutex<Pending>,
     next: AtomicU64,
 }
@@ -40,8 +47,8 @@ struct Inner {
 /// Create one with [`Client::connect`] / [`Client::connect_with`] (an ipckit-sockets
 /// address, with an authkey if the server has one) or [`Client::new`] on any
 /// [`Connection`] (a duplex pipe to a child process). It is `Sync`: many threads call
-/// through one client at once, each call with its own id; a reader thread hands each answer
-/// to its caller. Every call has a deadline (30 s unless [`Client::timeout`] or
+/// through one client at once, each call with its own id; whichever waiting caller reads the
+/// connection hands each answer to its caller (no thread of its own). Every call has a deadline (30 s unless [`Client::timeout`] or
 /// [`Client::call_timeout`] says otherwise), which travels to the server: a call still
 /// waiting there when it passes is not started. When the server goes away (closes, or its
 /// process dies), every waiting call and every later one is [`Error::Disconnected`] at once.
@@ -96,22 +103,18 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`Error::Core`] if the connection cannot be split or the reader thread cannot start.
+    /// [`Error::Core`] if the connection cannot be split or cloned.
     pub fn new(conn: Connection) -> Result<Client> {
         let closer = conn.try_clone()?;
         let (reader, writer) = conn.split()?;
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
+            reader: Mutex::new((reader, Vec::new())),
             pending: Mutex::new(Pending {
                 calls: Some(HashMap::new()),
             }),
             next: AtomicU64::new(1),
         });
-        let inner2 = inner.clone();
-        thread::Builder::new()
-            .name("ipckit-rpc-replies".into())
-            .spawn(move || read_replies(reader, &inner2))
-            .map_err(Error::io)?;
         Ok(Client {
             inner,
             closer,
@@ -215,7 +218,8 @@ impl Client {
 
     fn call_bytes(&self, method: &str, params: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = sync_channel(1);
+        // Unbounded: turns to lead must never take the answer's room.
+        let (tx, rx) = channel();
         {
             let mut p = self.inner.pending.lock().map_err(|_| Error::Disconnected)?;
             p.calls.as_mut().ok_or(Error::Disconnected)?.insert(id, tx);
@@ -228,50 +232,118 @@ impl Client {
                 .max(1),
             params,
         });
-        let sent = frame.and_then(|f| self.send(&f, timeout));
-        if let Err(e) = sent {
+        if let Err(e) = frame.and_then(|f| self.send(&f, timeout)) {
             self.forget(id);
             return Err(e);
         }
-        match rx.recv_timeout(timeout) {
-            Ok(outcome) => outcome.into(),
-            Err(RecvTimeoutError::Timeout) => {
-                self.forget(id);
-                Err(Error::Timeout)
+        let deadline = Instant::now() + timeout;
+        let result = self.wait(id, &rx, deadline);
+        if result.is_err() {
+            self.forget(id);
+        }
+        // A turn to lead that came with (or after) the answer goes on to another caller.
+        if matches!(rx.try_recv(), Ok(Msg::Lead)) {
+            self.inner.hand_off();
+        }
+        result
+    }
+
+    /// Waits for the answer to call `id`: reading the connection itself when nobody else
+    /// does (so that a lone caller's answer wakes it directly), else waiting for the reader
+    /// to hand it over, or to hand over the reading.
+    fn wait(&self, id: u64, rx: &Receiver<Msg>, deadline: Instant) -> Result<Vec<u8>> {
+        loop {
+            if let Ok(mut reader) = self.inner.reader.try_lock() {
+                // The answer may have come while another caller was reading.
+                let result = match rx.try_recv() {
+                    Ok(Msg::Reply(o)) => Some(o.into()),
+                    Ok(Msg::Lead) | Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(Err(Error::Disconnected)),
+                };
+                let result = result.unwrap_or_else(|| self.inner.lead(&mut reader, id, deadline));
+                drop(reader);
+                self.inner.hand_off();
+                return result;
             }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Msg::Reply(o)) => return o.into(),
+                Ok(Msg::Lead) => {}
+                Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Disconnected),
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Reads answers, handing each to its caller, until the one of `id` comes (or the
+    /// deadline passes, or the server is gone).
+    fn lead(&self, reader: &mut (Reader, Vec<u8>), id: u64, deadline: Instant) -> Result<Vec<u8>> {
+        let (reader, buf) = reader;
+        loop {
+            match reader.recv_bytes_into_deadline(buf, Deadline::At(deadline)) {
+                Ok(()) => {}
+                Err(ipckit_core::Error::Timeout) => return Err(Error::Timeout),
+                Err(e) => {
+                    self.gone();
+                    return Err(map_core(e));
+                }
+            }
+            let Ok(Frame::Reply {
+                id: answered,
+                outcome,
+            }) = wire::decode(buf)
+            else {
+                tracing::debug!("rpc client: the server sent something that is not a reply");
+                self.gone();
+                return Err(Error::Protocol(
+                    "the server sent something that is not a reply".into(),
+                ));
+            };
+            if answered == id {
+                self.take(id);
+                return outcome.into();
+            }
+            if let Some(tx) = self.take(answered) {
+                // The caller may have timed out and gone: its answer is dropped.
+                let _ = tx.send(Msg::Reply(outcome));
+            }
+        }
+    }
+
+    fn take(&self, id: u64) -> Option<Waiting> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.calls.as_mut().and_then(|c| c.remove(&id)))
+    }
+
+    /// Gives the turn to read to one waiting caller, if there is one.
+    fn hand_off(&self) {
+        if let Ok(p) = self.pending.lock() {
+            if let Some(calls) = p.calls.as_ref() {
+                for tx in calls.values() {
+                    if tx.send(Msg::Lead).is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server is gone: every waiting call ends now (its sender is dropped), and so does
+    /// every later one.
+    fn gone(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.calls = None;
         }
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // The server sees the end, cancels what it has not started, and closes its side,
-        // which ends the reader thread.
+        // The server sees the end, cancels what it has not started, and closes its side.
         let _ = self.closer.shutdown();
-    }
-}
-
-fn read_replies(mut reader: Reader, inner: &Inner) {
-    let mut buf = Vec::new();
-    while reader.recv_bytes_into(&mut buf).is_ok() {
-        let Ok(Frame::Reply { id, outcome }) = wire::decode(&buf) else {
-            tracing::debug!("rpc client: the server sent something that is not a reply");
-            break;
-        };
-        let waiting = inner
-            .pending
-            .lock()
-            .ok()
-            .and_then(|mut p| p.calls.as_mut().and_then(|c| c.remove(&id)));
-        if let Some(tx) = waiting {
-            // The caller may have timed out and gone: its answer is dropped.
-            let _ = tx.try_send(outcome);
-        }
-    }
-    // The server is gone: every waiting call ends now (its sender is dropped), and so does
-    // every later one.
-    if let Ok(mut p) = inner.pending.lock() {
-        p.calls = None;
     }
 }
