@@ -158,7 +158,11 @@ fn accept_loop(
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut stream) = stream else { continue };
+        let Ok(mut stream) = stream else {
+            // Out of descriptors, most likely: let connections end before trying again.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         if live.load(Ordering::Acquire) >= opts.max_connections {
             let _ = respond(
                 &mut stream,
