@@ -825,3 +825,33 @@ fn rpc_serve_answers_rpc_call_and_pythons_tutorial_client() {
         .wait_ok("the tutorial's client");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Result: 8\n");
 }
+
+#[test]
+fn rpc_call_calls_the_tutorials_python_server() {
+    let Some(py) = ipckit_testkit::python(12..=99) else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The tutorial's server, as written there but for the port.
+    let script = format!(
+        "from xmlrpc.server import SimpleXMLRPCServer\n\
+         def add(x, y):\n    return x + y\n\
+         server = SimpleXMLRPCServer((\"127.0.0.1\", {port}))\n\
+         server.register_function(add, \"add\")\n\
+         server.serve_forever()\n"
+    );
+    let _server = ipckit_testkit::Bounded::python(&py, &script, &[]).unwrap();
+    let addr = format!("http://127.0.0.1:{port}/");
+    let call = || {
+        run(
+            env!("CARGO_BIN_EXE_demo"),
+            &["rpc", "call", "add", "5", "3", "--addr", &addr],
+        )
+    };
+    ipckit_testkit::wait_until("Python's server answers", || call().status.success());
+    assert_eq!(String::from_utf8_lossy(&call().stdout), "Result: 8\n");
+}
