@@ -13,11 +13,13 @@
 //!   answers it.
 
 mod pingpong;
+mod python;
 mod raw;
 mod worker;
 
 pub use {
     pingpong::{PingPong, echoes},
+    python::PythonProc,
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
     worker::{PATIENCE, SPINS, Worker, serve, spin_until},
 };

@@ -16,6 +16,7 @@ mod fifo;
 mod pipes;
 mod producer_consumer;
 mod restaurant;
+mod rpc;
 mod sensor;
 mod support;
 mod sync;
@@ -98,6 +99,18 @@ enum Scenario {
         #[arg(long)]
         addr: Option<Address>,
     },
+    /// The tutorial's xmlrpc: a server process registers `add`, a client process calls
+    /// `add(5, 3)` and prints `Result: 8`, then a burst of concurrent calls, a timeout and a
+    /// remote error. `rpc serve` serves Python's `xmlrpc.client` over HTTP; `rpc call add 5
+    /// 3` calls any XML-RPC server.
+    Rpc {
+        #[command(subcommand)]
+        mode: Option<rpc::Mode>,
+        /// Where the server listens (default: a fresh socket file in the temporary
+        /// directory); `tcp://127.0.0.1:0` picks a free port.
+        #[arg(long)]
+        addr: Option<Address>,
+    },
 }
 
 const ROLES: &[Role] = &[
@@ -125,6 +138,8 @@ const ROLES: &[Role] = &[
     Role::new("echo-client", echo::client),
     Role::new("chat-server", chat::scripted_server),
     Role::new("chat-client", chat::scripted_client),
+    Role::new("rpc-server", rpc::server),
+    Role::new("rpc-client", rpc::client),
 ];
 
 fn main() -> ExitCode {
@@ -154,6 +169,7 @@ fn main() -> ExitCode {
         Scenario::Workers { kill_one } => workers::workers(cli.fast, kill_one),
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),
         Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
+        Scenario::Rpc { mode, addr } => rpc::rpc(mode, addr, pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

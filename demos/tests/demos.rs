@@ -1081,3 +1081,88 @@ fn chat_serve_over_lines_lets_people_join_with_nc() {
         2
     );
 }
+
+#[test]
+fn rpc_adds_5_and_3_then_bursts_times_out_and_meets_a_remote_error() {
+    let out = demo(&["rpc", "--fast"]);
+    assert_in_order(
+        &out,
+        &[
+            "💻 Client: Result: 8",
+            "💻 Client: all 400 answers matched their calls ✅",
+            "💻 Client: timed out after",
+            "💻 Client: the server's function failed: cannot divide 1 by zero (code 1) ✅",
+            "🖥️ Server: the client said stop; closing",
+            "🎉 RPC complete",
+        ],
+    );
+}
+
+#[test]
+fn rpc_serve_answers_rpc_call_and_pythons_tutorial_client() {
+    // A free port, let go for the server to take.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let _server = ipckit_testkit::Bounded::start(
+        Command::new(env!("CARGO_BIN_EXE_demo")).args(["rpc", "serve", "--addr", &addr]),
+    )
+    .unwrap();
+    let call = |args: &[&str]| {
+        let mut all = vec!["rpc", "call"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--addr", &addr]);
+        run(env!("CARGO_BIN_EXE_demo"), &all)
+    };
+    ipckit_testkit::wait_until("the server answers", || {
+        call(&["add", "5", "3"]).status.success()
+    });
+    let out = call(&["add", "5", "3"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Result: 8\n");
+    let out = call(&["divide", "1", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot divide 1 by zero"));
+    let Some(py) = ipckit_testkit::python(12..=99) else {
+        return;
+    };
+    let script = format!(
+        "import xmlrpc.client\nproxy = xmlrpc.client.ServerProxy(\"{addr}/\")\nprint(\"Result:\", proxy.add(5, 3))\n"
+    );
+    let out = ipckit_testkit::Bounded::python(&py, &script, &[])
+        .unwrap()
+        .wait_ok("the tutorial's client");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Result: 8\n");
+}
+
+#[test]
+fn rpc_call_calls_the_tutorials_python_server() {
+    let Some(py) = ipckit_testkit::python(12..=99) else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The tutorial's server, as written there but for the port.
+    let script = format!(
+        "from xmlrpc.server import SimpleXMLRPCServer\n\
+         def add(x, y):\n    return x + y\n\
+         server = SimpleXMLRPCServer((\"127.0.0.1\", {port}))\n\
+         server.register_function(add, \"add\")\n\
+         server.serve_forever()\n"
+    );
+    let _server = ipckit_testkit::Bounded::python(&py, &script, &[]).unwrap();
+    let addr = format!("http://127.0.0.1:{port}/");
+    let call = || {
+        run(
+            env!("CARGO_BIN_EXE_demo"),
+            &["rpc", "call", "add", "5", "3", "--addr", &addr],
+        )
+    };
+    ipckit_testkit::wait_until("Python's server answers", || call().status.success());
+    assert_eq!(String::from_utf8_lossy(&call().stdout), "Result: 8\n");
+}
