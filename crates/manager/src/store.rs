@@ -1,0 +1,926 @@
+//! The server's objects, and every operation on them. One `Store` behind one mutex: a call
+//! is applied whole while it is held, which makes every call (and a transaction of several)
+//! atomic. Nothing here blocks or does I/O: answers and watch events go into the clients'
+//! outboxes, written by their writer threads.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+};
+
+use crate::{
+    Value,
+    protocol::{Answer, Call, Change, Fault, Kind, Op, Reply, Update},
+};
+
+pub(crate) type ClientId = u64;
+
+/// A client's outgoing frames, written by its writer thread.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<OutState>,
+    cv: Condvar,
+    /// How many watch events may wait here before the watch lags.
+    event_cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct OutState {
+    frames: VecDeque<(Vec<u8>, bool)>,
+    events: usize,
+    closed: bool,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic under the lock leaves plain data: go on with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Outbox {
+    pub(crate) fn new(event_cap: usize) -> Self {
+        Outbox {
+            state: Mutex::default(),
+            cv: Condvar::new(),
+            event_cap,
+        }
+    }
+
+    fn push(&self, frame: Vec<u8>, event: bool) -> bool {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return true;
+        }
+        if event {
+            if s.events >= self.event_cap {
+                return false;
+            }
+            s.events += 1;
+        }
+        s.frames.push_back((frame, event));
+        self.cv.notify_all();
+        true
+    }
+
+    pub(crate) fn push_answer(&self, frame: Vec<u8>) {
+        self.push(frame, false);
+    }
+
+    /// Waits until fewer than `cap` frames wait (the client reads its answers), or the
+    /// outbox is closed. Only the client's own reader thread waits here.
+    pub(crate) fn wait_room(&self, cap: usize) {
+        let mut s = lock(&self.state);
+        while s.frames.len() >= cap && !s.closed {
+            s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The next frame to write; `None` once closed.
+    pub(crate) fn pop(&self) -> Option<Vec<u8>> {
+        let mut s = lock(&self.state);
+        loop {
+            if s.closed {
+                return None;
+            }
+            if let Some((frame, event)) = s.frames.pop_front() {
+                if event {
+                    s.events -= 1;
+                }
+                self.cv.notify_all();
+                return Some(frame);
+            }
+            s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.cv.notify_all();
+    }
+}
+
+#[derive(Debug)]
+struct Watcher {
+    client: ClientId,
+    watch: u64,
+    missed: u64,
+}
+
+type Waiters = VecDeque<(ClientId, u64)>;
+
+#[derive(Debug, Clone)]
+enum Obj {
+    Dict(BTreeMap<Value, Value>),
+    List(Vec<Value>),
+    Value(Value),
+    Lock {
+        holder: Option<ClientId>,
+        waiters: Waiters,
+    },
+    Semaphore {
+        permits: u64,
+        held: HashMap<ClientId, u64>,
+        waiters: Waiters,
+    },
+    Event {
+        set: bool,
+        waiters: Waiters,
+    },
+    Queue {
+        items: VecDeque<Value>,
+        waiters: Waiters,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    kind: Kind,
+    types: String,
+    seq: u64,
+    obj: Obj,
+    watchers: Vec<Watcher>,
+}
+
+/// Every object of a server, and its clients' outboxes.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    names: HashMap<String, u32>,
+    objects: Vec<Entry>,
+    clients: HashMap<ClientId, Arc<Outbox>>,
+    /// Watches with dropped events still to report.
+    lagging: bool,
+}
+
+type Outcome = Result<(Answer, Vec<Change>), Fault>;
+
+fn encode(reply: &Reply) -> Vec<u8> {
+    // Every type on the wire encodes: postcard fails only on unsupported serde shapes.
+    postcard::to_stdvec(reply).unwrap_or_default()
+}
+
+fn send(
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+    client: ClientId,
+    id: u64,
+    result: Result<Answer, Fault>,
+) {
+    if let Some(out) = clients.get(&client) {
+        out.push(encode(&Reply::Done { id, result }), false);
+    }
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> Fault {
+    Fault::Invalid {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn index(name: &str, i: i64, len: usize, end_ok: bool) -> Result<usize, Fault> {
+    let n = i64::try_from(len).unwrap_or(i64::MAX);
+    let j = if i < 0 { i + n } else { i };
+    let limit = if end_ok { n } else { n - 1 };
+    if j < 0 || j > limit {
+        return Err(Fault::Index {
+            name: name.to_string(),
+            index: i,
+            len: len as u64,
+        });
+    }
+    usize::try_from(j).map_err(|_| invalid(name, "index out of range"))
+}
+
+fn clamp(i: i64, len: usize) -> usize {
+    let n = i64::try_from(len).unwrap_or(i64::MAX);
+    let j = if i < 0 { (i + n).max(0) } else { i.min(n) };
+    usize::try_from(j).unwrap_or(0)
+}
+
+/// Applies an atomic update to `cur` (`None`: absent); gives the new value to store (or
+/// `None` to leave it) and the answer.
+fn update(name: &str, cur: Option<&Value>, op: Update) -> Result<(Option<Value>, Answer), Fault> {
+    let arith =
+        |a: &Value, b: &Value, f: &dyn Fn(i64, i64) -> Option<i64>, g: &dyn Fn(f64, f64) -> f64| {
+            match (a, b) {
+                (Value::Int(x), Value::Int(y)) => f(*x, *y)
+                    .map(Value::Int)
+                    .ok_or_else(|| invalid(name, "integer overflow")),
+                (Value::Float(x), Value::Float(y)) => Ok(Value::Float(g(*x, *y))),
+                (Value::Int(x), Value::Float(y)) => Ok(Value::Float(g(*x as f64, *y))),
+                (Value::Float(x), Value::Int(y)) => Ok(Value::Float(g(*x, *y as f64))),
+                _ => Err(invalid(
+                    name,
+                    format!("cannot combine a {} with a {}", a.kind(), b.kind()),
+                )),
+            }
+        };
+    match op {
+        Update::Add(by) => {
+            let zero = match by {
+                Value::Float(_) => Value::Float(0.0),
+                _ => Value::Int(0),
+            };
+            let new = arith(
+                cur.unwrap_or(&zero),
+                &by,
+                &|a, b| a.checked_add(b),
+                &|a, b| a + b,
+            )?;
+            Ok((Some(new.clone()), Answer::Value(new)))
+        }
+        Update::Min(v) => {
+            let new = match cur {
+                Some(c) if !less(&v, c) => c.clone(),
+                _ => v,
+            };
+            Ok((Some(new.clone()), Answer::Value(new)))
+        }
+        Update::Max(v) => {
+            let new = match cur {
+                Some(c) if !less(c, &v) => c.clone(),
+                _ => v,
+            };
+            Ok((Some(new.clone()), Answer::Value(new)))
+        }
+        Update::SetIfAbsent(v) => match cur {
+            Some(c) => Ok((None, Answer::Value(c.clone()))),
+            None => Ok((Some(v.clone()), Answer::Value(v))),
+        },
+        Update::CompareAndSwap { expected, new } => {
+            let now = cur.cloned().unwrap_or(Value::None);
+            if now == expected {
+                Ok((
+                    Some(new.clone()),
+                    Answer::Many(vec![Value::Bool(true), new]),
+                ))
+            } else {
+                Ok((None, Answer::Many(vec![Value::Bool(false), now])))
+            }
+        }
+        Update::Push(v) => {
+            let mut list = match cur {
+                None | Some(Value::None) => Vec::new(),
+                Some(Value::List(l)) => l.clone(),
+                Some(other) => {
+                    return Err(invalid(name, format!("cannot push to a {}", other.kind())));
+                }
+            };
+            list.push(v);
+            let n = list.len() as u64;
+            Ok((Some(Value::List(list)), Answer::Len(n)))
+        }
+    }
+}
+
+/// `a < b`, numbers compared as numbers across int and float.
+fn less(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Int(x), Value::Float(y)) => (*x as f64) < *y,
+        (Value::Float(x), Value::Int(y)) => *x < (*y as f64),
+        _ => a < b,
+    }
+}
+
+impl Store {
+    pub(crate) fn add_client(&mut self, client: ClientId, out: Arc<Outbox>) {
+        self.clients.insert(client, out);
+    }
+
+    /// Handles one request of `client`: its answer (now, or later for a blocked call)
+    /// goes to the client's outbox. `Err` is a request that makes no sense.
+    pub(crate) fn call(&mut self, client: ClientId, id: u64, op: Op) {
+        let result = match op {
+            Op::Open {
+                name,
+                kind,
+                types,
+                init,
+            } => self.open(name, kind, types, init).map(Answer::Handle),
+            Op::On { obj, call } => {
+                let Some(entry) = self.objects.get_mut(obj as usize) else {
+                    return send(
+                        &self.clients,
+                        client,
+                        id,
+                        Err(Fault::Protocol(format!("no object with handle {obj}"))),
+                    );
+                };
+                if call.blocks() {
+                    match Self::blocking(entry, &self.clients, client, id, call) {
+                        Some(r) => r,
+                        None => return,
+                    }
+                } else {
+                    match apply(entry, &self.clients, client, call) {
+                        Ok((answer, changes)) => {
+                            self.emit(obj, changes);
+                            Ok(answer)
+                        }
+                        Err(f) => Err(f),
+                    }
+                }
+            }
+            Op::Transaction(calls) => self.transaction(client, calls),
+            Op::Watch { obj } => match self.objects.get_mut(obj as usize) {
+                None => Err(Fault::Protocol(format!("no object with handle {obj}"))),
+                Some(e) => match snapshot(e) {
+                    Some(value) => {
+                        e.watchers.push(Watcher {
+                            client,
+                            watch: id,
+                            missed: 0,
+                        });
+                        Ok(Answer::Snapshot { seq: e.seq, value })
+                    }
+                    None => Err(invalid(
+                        &e.name,
+                        format!("a {} cannot be watched", e.kind.name()),
+                    )),
+                },
+            },
+            Op::Unwatch { obj, watch } => {
+                if let Some(e) = self.objects.get_mut(obj as usize) {
+                    e.watchers
+                        .retain(|w| !(w.client == client && w.watch == watch));
+                }
+                Ok(Answer::Unit)
+            }
+        };
+        send(&self.clients, client, id, result);
+    }
+
+    fn open(&mut self, name: String, kind: Kind, types: String, init: u64) -> Result<u32, Fault> {
+        if let Some(&h) = self.names.get(&name) {
+            let e = &self.objects[h as usize];
+            if e.kind != kind || e.types != types {
+                return Err(Fault::WrongType {
+                    name,
+                    expected: format!("{}<{types}>", kind.name()),
+                    found: format!("{}<{}>", e.kind.name(), e.types),
+                });
+            }
+            return Ok(h);
+        }
+        let obj = match kind {
+            Kind::Dict => Obj::Dict(BTreeMap::new()),
+            Kind::List => Obj::List(Vec::new()),
+            Kind::Value => Obj::Value(Value::None),
+            Kind::Lock => Obj::Lock {
+                holder: None,
+                waiters: VecDeque::new(),
+            },
+            Kind::Semaphore => Obj::Semaphore {
+                permits: init,
+                held: HashMap::new(),
+                waiters: VecDeque::new(),
+            },
+            Kind::Event => Obj::Event {
+                set: false,
+                waiters: VecDeque::new(),
+            },
+            Kind::Queue => Obj::Queue {
+                items: VecDeque::new(),
+                waiters: VecDeque::new(),
+            },
+        };
+        let h = u32::try_from(self.objects.len())
+            .map_err(|_| Fault::Protocol("too many objects".into()))?;
+        self.names.insert(name.clone(), h);
+        self.objects.push(Entry {
+            name,
+            kind,
+            types,
+            seq: 0,
+            obj,
+            watchers: Vec::new(),
+        });
+        Ok(h)
+    }
+
+    /// A call that may wait: `None` if it waits (answered later).
+    fn blocking(
+        e: &mut Entry,
+        clients: &HashMap<ClientId, Arc<Outbox>>,
+        client: ClientId,
+        id: u64,
+        call: Call,
+    ) -> Option<Result<Answer, Fault>> {
+        match (&mut e.obj, call) {
+            (Obj::Lock { holder, waiters }, Call::Acquire) => {
+                if holder.is_none() {
+                    *holder = Some(client);
+                    return Some(Ok(Answer::Unit));
+                }
+                waiters.push_back((client, id));
+                None
+            }
+            (
+                Obj::Semaphore {
+                    permits,
+                    held,
+                    waiters,
+                },
+                Call::Acquire,
+            ) => {
+                if *permits > 0 {
+                    *permits -= 1;
+                    *held.entry(client).or_default() += 1;
+                    return Some(Ok(Answer::Unit));
+                }
+                waiters.push_back((client, id));
+                None
+            }
+            (Obj::Event { set, waiters }, Call::Wait) => {
+                if *set {
+                    return Some(Ok(Answer::Unit));
+                }
+                waiters.push_back((client, id));
+                None
+            }
+            (Obj::Queue { items, waiters }, Call::Take) => {
+                if let Some(v) = items.pop_front() {
+                    return Some(Ok(Answer::Value(v)));
+                }
+                waiters.push_back((client, id));
+                None
+            }
+            (_, call) => {
+                let _ = clients;
+                Some(Err(wrong_call(e, &call)))
+            }
+        }
+    }
+
+    fn transaction(&mut self, client: ClientId, calls: Vec<(u32, Call)>) -> Result<Answer, Fault> {
+        let mut saved: Vec<(u32, Obj)> = Vec::new();
+        let mut answers = Vec::new();
+        let mut changes: Vec<(u32, Vec<Change>)> = Vec::new();
+        let mut failed = None;
+        for (obj, call) in calls {
+            let Some(e) = self.objects.get_mut(obj as usize) else {
+                failed = Some(Fault::Protocol(format!("no object with handle {obj}")));
+                break;
+            };
+            if call.blocks()
+                || matches!(
+                    call,
+                    Call::Release | Call::TryAcquire | Call::Put(_) | Call::TryTake | Call::Set
+                )
+            {
+                failed = Some(invalid(
+                    &e.name,
+                    "a transaction takes only dict, list and value calls",
+                ));
+                break;
+            }
+            if !saved.iter().any(|(o, _)| *o == obj) {
+                saved.push((obj, e.obj.clone()));
+            }
+            match apply(e, &self.clients, client, call) {
+                Ok((a, c)) => {
+                    answers.push(a);
+                    changes.push((obj, c));
+                }
+                Err(f) => {
+                    failed = Some(f);
+                    break;
+                }
+            }
+        }
+        if let Some(f) = failed {
+            for (obj, o) in saved {
+                self.objects[obj as usize].obj = o;
+            }
+            return Err(f);
+        }
+        for (obj, c) in changes {
+            self.emit(obj, c);
+        }
+        Ok(Answer::Results(answers))
+    }
+
+    /// Numbers and sends the changes of one object to its watchers.
+    fn emit(&mut self, obj: u32, changes: Vec<Change>) {
+        let Some(e) = self.objects.get_mut(obj as usize) else {
+            return;
+        };
+        for change in changes {
+            e.seq += 1;
+            if e.watchers.is_empty() {
+                continue;
+            }
+            for w in &mut e.watchers {
+                let Some(out) = self.clients.get(&w.client) else {
+                    continue;
+                };
+                if w.missed > 0 {
+                    let lag = encode(&Reply::Lagged {
+                        watch: w.watch,
+                        missed: w.missed,
+                    });
+                    if out.push(lag, true) {
+                        w.missed = 0;
+                    }
+                }
+                let frame = encode(&Reply::Changed {
+                    watch: w.watch,
+                    seq: e.seq,
+                    change: change.clone(),
+                });
+                if w.missed > 0 || !out.push(frame, true) {
+                    w.missed += 1;
+                    self.lagging = true;
+                }
+            }
+        }
+    }
+
+    /// Tells lagging watchers (whose events were dropped) that they lag, once their
+    /// outbox has room: called on a timer, so a watcher hears of it without a new change.
+    pub(crate) fn report_lag(&mut self) {
+        if !self.lagging {
+            return;
+        }
+        let mut still = false;
+        for e in &mut self.objects {
+            for w in &mut e.watchers {
+                if w.missed == 0 {
+                    continue;
+                }
+                let Some(out) = self.clients.get(&w.client) else {
+                    continue;
+                };
+                let lag = encode(&Reply::Lagged {
+                    watch: w.watch,
+                    missed: w.missed,
+                });
+                if out.push(lag, true) {
+                    w.missed = 0;
+                } else {
+                    still = true;
+                }
+            }
+        }
+        self.lagging = still;
+    }
+
+    /// Withdraws the blocked call `id` of `client`, if it still waits.
+    pub(crate) fn cancel(&mut self, client: ClientId, id: u64) {
+        for e in &mut self.objects {
+            let waiters = match &mut e.obj {
+                Obj::Lock { waiters, .. }
+                | Obj::Semaphore { waiters, .. }
+                | Obj::Event { waiters, .. }
+                | Obj::Queue { waiters, .. } => waiters,
+                _ => continue,
+            };
+            if let Some(at) = waiters.iter().position(|w| *w == (client, id)) {
+                waiters.remove(at);
+                send(&self.clients, client, id, Err(Fault::Cancelled));
+                return;
+            }
+        }
+    }
+
+    /// Forgets a client that left or died: its locks and permits are released (and given
+    /// to the next waiters), its waits and watches dropped.
+    pub(crate) fn remove_client(&mut self, client: ClientId) {
+        self.clients.remove(&client);
+        for e in &mut self.objects {
+            e.watchers.retain(|w| w.client != client);
+            match &mut e.obj {
+                Obj::Lock { holder, waiters } => {
+                    waiters.retain(|w| w.0 != client);
+                    if *holder == Some(client) {
+                        tracing::info!(lock = %e.name, client, "lock released: its holder left");
+                        *holder = None;
+                        grant_lock(holder, waiters, &self.clients);
+                    }
+                }
+                Obj::Semaphore {
+                    permits,
+                    held,
+                    waiters,
+                } => {
+                    waiters.retain(|w| w.0 != client);
+                    if let Some(n) = held.remove(&client) {
+                        *permits += n;
+                        grant_permits(permits, held, waiters, &self.clients);
+                    }
+                }
+                Obj::Event { waiters, .. } | Obj::Queue { waiters, .. } => {
+                    waiters.retain(|w| w.0 != client);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn grant_lock(
+    holder: &mut Option<ClientId>,
+    waiters: &mut Waiters,
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+) {
+    while holder.is_none() {
+        let Some((c, id)) = waiters.pop_front() else {
+            return;
+        };
+        if clients.contains_key(&c) {
+            *holder = Some(c);
+            send(clients, c, id, Ok(Answer::Unit));
+        }
+    }
+}
+
+fn grant_permits(
+    permits: &mut u64,
+    held: &mut HashMap<ClientId, u64>,
+    waiters: &mut Waiters,
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+) {
+    while *permits > 0 {
+        let Some((c, id)) = waiters.pop_front() else {
+            return;
+        };
+        if clients.contains_key(&c) {
+            *permits -= 1;
+            *held.entry(c).or_default() += 1;
+            send(clients, c, id, Ok(Answer::Unit));
+        }
+    }
+}
+
+fn wrong_call(e: &Entry, call: &Call) -> Fault {
+    invalid(
+        &e.name,
+        format!("a {} has no operation {call:?}", e.kind.name()),
+    )
+}
+
+fn snapshot(e: &Entry) -> Option<Value> {
+    match &e.obj {
+        Obj::Dict(d) => Some(Value::Map(
+            d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        )),
+        Obj::List(l) => Some(Value::List(l.clone())),
+        Obj::Value(v) => Some(v.clone()),
+        Obj::Event { set, .. } => Some(Value::Bool(*set)),
+        _ => None,
+    }
+}
+
+/// Applies a call that never waits.
+fn apply(
+    e: &mut Entry,
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+    client: ClientId,
+    call: Call,
+) -> Outcome {
+    let name = e.name.as_str();
+    let no_change = |a: Answer| Ok((a, Vec::new()));
+    if matches!(call, Call::Snapshot) {
+        return match snapshot(e) {
+            Some(value) => no_change(Answer::Snapshot { seq: e.seq, value }),
+            None => Err(wrong_call(e, &call)),
+        };
+    }
+    match (&mut e.obj, call) {
+        (Obj::Dict(d), Call::Get(k)) => no_change(Answer::Maybe(d.get(&k).cloned())),
+        (Obj::Dict(d), Call::Insert(k, v)) => {
+            let old = d.insert(k.clone(), v.clone());
+            Ok((Answer::Maybe(old), vec![Change::Set { key: k, value: v }]))
+        }
+        (Obj::Dict(d), Call::Remove(k)) => match d.remove(&k) {
+            Some(v) => Ok((Answer::Maybe(Some(v)), vec![Change::Removed { key: k }])),
+            None => no_change(Answer::Maybe(None)),
+        },
+        (Obj::Dict(d), Call::Contains(k)) => no_change(Answer::Bool(d.contains_key(&k))),
+        (Obj::Dict(d), Call::Len) => no_change(Answer::Len(d.len() as u64)),
+        (Obj::Dict(d), Call::Keys) => no_change(Answer::Many(d.keys().cloned().collect())),
+        (Obj::Dict(d), Call::Values) => no_change(Answer::Many(d.values().cloned().collect())),
+        (Obj::Dict(d), Call::Items) => no_change(Answer::Pairs(
+            d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        )),
+        (Obj::Dict(d), Call::UpdateMany(pairs)) => {
+            let mut changes = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                d.insert(k.clone(), v.clone());
+                changes.push(Change::Set { key: k, value: v });
+            }
+            Ok((Answer::Unit, changes))
+        }
+        (Obj::Dict(d), Call::Clear) => {
+            d.clear();
+            Ok((Answer::Unit, vec![Change::Cleared]))
+        }
+        (Obj::Dict(d), Call::GetOrInsert(k, v)) => match d.get(&k) {
+            Some(cur) => no_change(Answer::Value(cur.clone())),
+            None => {
+                d.insert(k.clone(), v.clone());
+                Ok((
+                    Answer::Value(v.clone()),
+                    vec![Change::Set { key: k, value: v }],
+                ))
+            }
+        },
+        (Obj::Dict(d), Call::Apply(k, op)) => {
+            let (new, answer) = update(name, d.get(&k), op)?;
+            match new {
+                Some(v) => {
+                    d.insert(k.clone(), v.clone());
+                    Ok((answer, vec![Change::Set { key: k, value: v }]))
+                }
+                None => no_change(answer),
+            }
+        }
+        (Obj::List(l), Call::Push(v)) => {
+            l.push(v.clone());
+            Ok((
+                Answer::Len(l.len() as u64),
+                vec![Change::Inserted {
+                    index: l.len() as u64 - 1,
+                    value: v,
+                }],
+            ))
+        }
+        (Obj::List(l), Call::Extend(vs)) => {
+            let mut changes = Vec::with_capacity(vs.len());
+            for v in vs {
+                l.push(v.clone());
+                changes.push(Change::Inserted {
+                    index: l.len() as u64 - 1,
+                    value: v,
+                });
+            }
+            Ok((Answer::Len(l.len() as u64), changes))
+        }
+        (Obj::List(l), Call::Index(i)) => {
+            let at = index(name, i, l.len(), false)?;
+            no_change(Answer::Value(l[at].clone()))
+        }
+        (Obj::List(l), Call::SetIndex(i, v)) => {
+            let at = index(name, i, l.len(), false)?;
+            l[at] = v.clone();
+            Ok((
+                Answer::Unit,
+                vec![Change::Set {
+                    key: Value::Int(at as i64),
+                    value: v,
+                }],
+            ))
+        }
+        (Obj::List(l), Call::InsertAt(i, v)) => {
+            let at = clamp(i, l.len());
+            l.insert(at, v.clone());
+            Ok((
+                Answer::Unit,
+                vec![Change::Inserted {
+                    index: at as u64,
+                    value: v,
+                }],
+            ))
+        }
+        (Obj::List(l), Call::RemoveAt(i)) => {
+            let at = index(name, i, l.len(), false)?;
+            let v = l.remove(at);
+            Ok((
+                Answer::Value(v),
+                vec![Change::Removed {
+                    key: Value::Int(at as i64),
+                }],
+            ))
+        }
+        (Obj::List(l), Call::Pop) => match l.pop() {
+            Some(v) => Ok((
+                Answer::Maybe(Some(v)),
+                vec![Change::Removed {
+                    key: Value::Int(l.len() as i64),
+                }],
+            )),
+            None => no_change(Answer::Maybe(None)),
+        },
+        (Obj::List(l), Call::Slice(a, b)) => {
+            let (a, b) = (clamp(a, l.len()), clamp(b, l.len()));
+            no_change(Answer::Many(if a < b {
+                l[a..b].to_vec()
+            } else {
+                Vec::new()
+            }))
+        }
+        (Obj::List(l), Call::Len) => no_change(Answer::Len(l.len() as u64)),
+        (Obj::List(l), Call::Clear) => {
+            l.clear();
+            Ok((Answer::Unit, vec![Change::Cleared]))
+        }
+        (Obj::Value(v), Call::Load) => no_change(Answer::Value(v.clone())),
+        (Obj::Value(v), Call::Store(new)) => {
+            *v = new.clone();
+            Ok((
+                Answer::Unit,
+                vec![Change::Set {
+                    key: Value::None,
+                    value: new,
+                }],
+            ))
+        }
+        (Obj::Value(v), Call::ApplyValue(op)) => {
+            let cur = (*v != Value::None).then_some(&*v);
+            let (new, answer) = update(name, cur, op)?;
+            match new {
+                Some(n) => {
+                    *v = n.clone();
+                    Ok((
+                        answer,
+                        vec![Change::Set {
+                            key: Value::None,
+                            value: n,
+                        }],
+                    ))
+                }
+                None => no_change(answer),
+            }
+        }
+        (Obj::Lock { holder, .. }, Call::TryAcquire) => {
+            if holder.is_none() {
+                *holder = Some(client);
+                return no_change(Answer::Bool(true));
+            }
+            no_change(Answer::Bool(false))
+        }
+        (Obj::Lock { holder, waiters }, Call::Release) => {
+            if *holder != Some(client) {
+                return Err(invalid(name, "released by a client that does not hold it"));
+            }
+            *holder = None;
+            grant_lock(holder, waiters, clients);
+            no_change(Answer::Unit)
+        }
+        (Obj::Semaphore { permits, held, .. }, Call::TryAcquire) => {
+            if *permits > 0 {
+                *permits -= 1;
+                *held.entry(client).or_default() += 1;
+                return no_change(Answer::Bool(true));
+            }
+            no_change(Answer::Bool(false))
+        }
+        (
+            Obj::Semaphore {
+                permits,
+                held,
+                waiters,
+            },
+            Call::Release,
+        ) => {
+            match held.get_mut(&client) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    held.remove(&client);
+                }
+                // A permit released by a process that took none: it adds one, as
+                // Python's Semaphore does.
+                None => {}
+            }
+            *permits += 1;
+            grant_permits(permits, held, waiters, clients);
+            no_change(Answer::Unit)
+        }
+        (Obj::Event { set, waiters }, Call::Set) => {
+            *set = true;
+            for (c, id) in waiters.drain(..) {
+                send(clients, c, id, Ok(Answer::Unit));
+            }
+            Ok((
+                Answer::Unit,
+                vec![Change::Set {
+                    key: Value::None,
+                    value: Value::Bool(true),
+                }],
+            ))
+        }
+        (Obj::Event { set, .. }, Call::Unset) => {
+            *set = false;
+            Ok((
+                Answer::Unit,
+                vec![Change::Set {
+                    key: Value::None,
+                    value: Value::Bool(false),
+                }],
+            ))
+        }
+        (Obj::Event { set, .. }, Call::IsSet) => no_change(Answer::Bool(*set)),
+        (Obj::Queue { items, waiters }, Call::Put(v)) => {
+            while let Some((c, id)) = waiters.pop_front() {
+                if clients.contains_key(&c) {
+                    send(clients, c, id, Ok(Answer::Value(v)));
+                    return no_change(Answer::Unit);
+                }
+            }
+            items.push_back(v);
+            no_change(Answer::Unit)
+        }
+        (Obj::Queue { items, .. }, Call::TryTake) => no_change(Answer::Maybe(items.pop_front())),
+        (Obj::Queue { items, .. }, Call::Len) => no_change(Answer::Len(items.len() as u64)),
+        (_, call) => Err(wrong_call(e, &call)),
+    }
+}
