@@ -16,6 +16,7 @@ mod fifo;
 mod pipes;
 mod producer_consumer;
 mod restaurant;
+mod scoreboard;
 mod sensor;
 mod support;
 mod sync;
@@ -79,6 +80,15 @@ enum Scenario {
         #[arg(long)]
         addr: Option<Address>,
     },
+    /// Python's Manager example: four player processes score five rounds each in a dict
+    /// held by a manager process, a monitor process prints the board from watch events,
+    /// and the final ranking is checked point for point.
+    Scoreboard {
+        /// How players add their points: one server-side incr, or the tutorial's lock,
+        /// get and set.
+        #[arg(long, value_enum, default_value_t)]
+        style: scoreboard::Style,
+    },
     /// A chat server and four client processes: they join, talk through the server's
     /// broadcasts, leave, and the server shuts down; each must hear every line meant for
     /// it. `chat serve` and `chat join` play it by hand.
@@ -117,6 +127,8 @@ const ROLES: &[Role] = &[
     Role::new("echo-server", echo::server),
     Role::new("echo-client", echo::client),
     Role::new("chat-server", chat::scripted_server),
+    Role::new("scoreboard-player", scoreboard::player),
+    Role::new("scoreboard-monitor", scoreboard::monitor),
     Role::new("chat-client", chat::scripted_client),
 ];
 
@@ -147,6 +159,7 @@ fn main() -> ExitCode {
         Scenario::Workers => workers::workers(pace),
         Scenario::Echo { addr } => echo::echo(addr, pace),
         Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
+        Scenario::Scoreboard { style } => scoreboard::scoreboard(style, pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
