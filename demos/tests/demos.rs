@@ -813,8 +813,7 @@ fn scoreboard_counts_every_point(out: &str) {
     for (id, total) in &totals {
         let last = out
             .lines()
-            .filter(|l| l.starts_with(&format!("🎮 Player {id} scored")))
-            .next_back()
+            .rfind(|l| l.starts_with(&format!("🎮 Player {id} scored")))
             .expect("the player's rounds");
         assert!(
             last.ends_with(&format!("Total: {total}")),
