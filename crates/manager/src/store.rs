@@ -924,3 +924,96 @@ fn apply(
         (_, call) => Err(wrong_call(e, &call)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Outbox, Store};
+    use crate::protocol::{Answer, Call, Fault, Kind, Op, Reply};
+
+    fn answers(out: &Outbox) -> Vec<Result<Answer, Fault>> {
+        let mut got = Vec::new();
+        let mut s = super::lock(&out.state);
+        while let Some((frame, _)) = s.frames.pop_front() {
+            if let Ok(Reply::Done { result, .. }) = postcard::from_bytes(&frame) {
+                got.push(result);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn unknown_objects_and_operations_are_refused() {
+        let mut store = Store::default();
+        let out = Arc::new(Outbox::new(8));
+        store.add_client(1, Arc::clone(&out));
+        store.call(
+            1,
+            1,
+            Op::On {
+                obj: 99,
+                call: Call::Len,
+            },
+        );
+        store.call(
+            1,
+            2,
+            Op::Open {
+                name: "q".into(),
+                kind: Kind::Queue,
+                types: "i32".into(),
+                init: 0,
+            },
+        );
+        store.call(
+            1,
+            3,
+            Op::On {
+                obj: 0,
+                call: Call::Keys,
+            },
+        );
+        store.call(1, 4, Op::Watch { obj: 0 });
+        let got = answers(&out);
+        assert!(matches!(got[0], Err(Fault::Protocol(_))));
+        assert!(matches!(got[1], Ok(Answer::Handle(0))));
+        assert!(matches!(&got[2], Err(Fault::Invalid { name, .. }) if name == "q"));
+        assert!(matches!(got[3], Err(Fault::Invalid { .. })));
+    }
+
+    #[test]
+    fn a_lock_released_by_a_leaving_client_goes_to_the_next_waiter() {
+        let mut store = Store::default();
+        let (a, b) = (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
+        store.add_client(1, Arc::clone(&a));
+        store.add_client(2, Arc::clone(&b));
+        let open = || Op::Open {
+            name: "l".into(),
+            kind: Kind::Lock,
+            types: String::new(),
+            init: 0,
+        };
+        store.call(1, 1, open());
+        store.call(2, 1, open());
+        store.call(
+            1,
+            2,
+            Op::On {
+                obj: 0,
+                call: Call::Acquire,
+            },
+        );
+        store.call(
+            2,
+            2,
+            Op::On {
+                obj: 0,
+                call: Call::Acquire,
+            },
+        );
+        assert_eq!(answers(&b).len(), 1, "b waits");
+        store.remove_client(1);
+        assert!(matches!(answers(&b)[..], [Ok(Answer::Unit)]));
+    }
+}

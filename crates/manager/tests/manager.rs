@@ -535,3 +535,69 @@ fn nothing_left_behind() {
     });
     let _ = BTreeMap::<u8, u8>::new();
 }
+
+fn stopped_watcher(addr: String) -> Result<u64, String> {
+    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
+        .map_err(|e| e.to_string())?;
+    let mut w = m
+        .value::<String>("big")
+        .and_then(|v| v.watch())
+        .map_err(|e| e.to_string())?;
+    m.event("watching")
+        .and_then(|e| e.set())
+        .map_err(|e| e.to_string())?;
+    let mut lagged = 0;
+    loop {
+        match w.recv_timeout(PATIENCE).map_err(|e| e.to_string())? {
+            Event::Lagged { snapshot, .. } => {
+                lagged += 1;
+                if snapshot == Value::Str("last".into()) {
+                    return Ok(lagged);
+                }
+            }
+            Event::Changed { change, .. } => {
+                if let Change::Set { value, .. } = change
+                    && value == Value::Str("last".into())
+                {
+                    return Ok(lagged);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stopped_watcher_process_never_blocks_the_others() {
+    use nix::{
+        sys::signal::{Signal, kill},
+        unistd::Pid,
+    };
+    enter(&[]);
+    let addr = fresh_addr();
+    let server = Manager::serve(&addr, ServeOptions::new().watch_backlog(64)).unwrap();
+    let m = Manager::connect(server.address(), None).unwrap();
+    let mut watcher = spawn(addr.to_string(), stopped_watcher).unwrap();
+    m.event("watching")
+        .unwrap()
+        .with_timeout(PATIENCE)
+        .wait()
+        .unwrap();
+    let pid = Pid::from_raw(watcher.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // 40 MB of changes: far more than the socket buffers and the backlog hold.
+    let v = m.value::<String>("big").unwrap();
+    let chunk = "x".repeat(4096);
+    let start = Instant::now();
+    for _ in 0..10_000 {
+        v.set(&chunk).unwrap();
+    }
+    v.set(&"last".to_string()).unwrap();
+    let took = start.elapsed();
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "the writer was held up: {took:?}"
+    );
+    let lagged = watcher.join_timeout(PATIENCE).unwrap().unwrap();
+    assert!(lagged >= 1, "the stopped watcher must have lagged");
+}
