@@ -12,7 +12,7 @@ use std::{
 };
 
 use ipckit_core::{RecvBytes, SendBytes};
-use ipckit_sockets::{Address, Connection, Listener};
+use ipckit_sockets::{Address, Connection, Listener, Writer};
 use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::{
@@ -222,23 +222,15 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
     })
     .map_err(|e| ipckit_core::Error::Codec(e.to_string()))?;
     writer.send_bytes(&hello)?;
-    let out = Arc::new(Outbox::new(opts.watch_backlog));
+    let out = Arc::new(Outbox::new(opts.watch_backlog, ANSWER_BACKLOG));
+    let writer = Arc::new(Mutex::new(writer));
     lock(&shared.store).add_client(client, Arc::clone(&out));
     tracing::debug!(client, peer = %peer, "client joined");
 
-    let w_out = Arc::clone(&out);
+    let (w_out, w_writer) = (Arc::clone(&out), Arc::clone(&writer));
     thread::Builder::new()
         .name(format!("manager-w{client}"))
-        .spawn(move || {
-            while let Some(frame) = w_out.pop() {
-                if writer.send_bytes(&frame).is_err() {
-                    break;
-                }
-            }
-            // The client is gone or stopped reading for good: end its connection, so
-            // that its reader thread sees the end and releases what it held.
-            let _ = shutdown(writer.as_fd().as_raw_fd(), Shutdown::Both);
-        })
+        .spawn(move || while w_out.wait_frame() && flush(&w_out, &w_writer) {})
         .map_err(ipckit_core::Error::Io)?;
 
     let s = Arc::clone(shared);
@@ -248,7 +240,7 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
         .spawn(move || {
             let mut buf = Vec::new();
             let reason = loop {
-                out.wait_room(ANSWER_BACKLOG);
+                out.wait_room();
                 if let Err(e) = reader.recv_bytes_into(&mut buf) {
                     break e.to_string();
                 }
@@ -264,12 +256,19 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
                         })
                         .unwrap_or_default();
                         out.push_answer(frame);
+                        flush(&out, &writer);
                         continue;
                     }
                 }
                 match postcard::from_bytes::<Request>(&buf) {
-                    Ok(Request::Call { id, op }) => lock(&s.store).call(client, id, op),
-                    Ok(Request::Cancel { id }) => lock(&s.store).cancel(client, id),
+                    Ok(Request::Call { id, op }) => {
+                        lock(&s.store).call(client, id, op);
+                        flush(&out, &writer);
+                    }
+                    Ok(Request::Cancel { id }) => {
+                        lock(&s.store).cancel(client, id);
+                        flush(&out, &writer);
+                    }
                     Ok(Request::Shutdown) => {
                         tracing::info!(client, "shutdown asked");
                         s.stop.store(true, Ordering::SeqCst);
@@ -285,6 +284,22 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
         })
         .map_err(ipckit_core::Error::Io)?;
     Ok(())
+}
+
+/// Writes every queued frame of a client, in order; `false` (and the client's connection
+/// ended, so that its reader thread sees the end and releases what it held) once the client
+/// is gone. Called by the client's reader thread after each call, so an answer needs no
+/// other thread, and by its writer thread for what other clients' calls queued.
+fn flush(out: &Outbox, writer: &Mutex<Writer>) -> bool {
+    let mut w = lock(writer);
+    while let Some(frame) = out.try_pop() {
+        if w.send_bytes(&frame).is_err() {
+            out.close();
+            let _ = shutdown(w.as_fd().as_raw_fd(), Shutdown::Both);
+            return false;
+        }
+    }
+    true
 }
 
 /// Reads the id of a `Request::Call` without decoding the rest.

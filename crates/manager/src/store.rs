@@ -22,6 +22,8 @@ pub(crate) struct Outbox {
     cv: Condvar,
     /// How many watch events may wait here before the watch lags.
     event_cap: usize,
+    /// How many frames may wait before the client's requests are no longer read.
+    answer_cap: usize,
 }
 
 #[derive(Debug, Default)]
@@ -37,15 +39,18 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Outbox {
-    pub(crate) fn new(event_cap: usize) -> Self {
+    pub(crate) fn new(event_cap: usize, answer_cap: usize) -> Self {
         Outbox {
             state: Mutex::default(),
             cv: Condvar::new(),
             event_cap,
+            answer_cap,
         }
     }
 
-    fn push(&self, frame: Vec<u8>, event: bool) -> bool {
+    /// Queues a frame. `wake`: the writer thread must write it (it comes from another
+    /// client's thread); the client's own reader thread writes its answers itself.
+    fn push(&self, frame: Vec<u8>, event: bool, wake: bool) -> bool {
         let mut s = lock(&self.state);
         if s.closed {
             return true;
@@ -57,39 +62,52 @@ impl Outbox {
             s.events += 1;
         }
         s.frames.push_back((frame, event));
-        self.cv.notify_all();
+        if wake {
+            self.cv.notify_all();
+        }
         true
     }
 
     pub(crate) fn push_answer(&self, frame: Vec<u8>) {
-        self.push(frame, false);
+        self.push(frame, false, false);
     }
 
     /// Waits until fewer than `cap` frames wait (the client reads its answers), or the
     /// outbox is closed. Only the client's own reader thread waits here.
-    pub(crate) fn wait_room(&self, cap: usize) {
+    pub(crate) fn wait_room(&self) {
         let mut s = lock(&self.state);
-        while s.frames.len() >= cap && !s.closed {
+        while s.frames.len() >= self.answer_cap && !s.closed {
             s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// The next frame to write; `None` once closed.
-    pub(crate) fn pop(&self) -> Option<Vec<u8>> {
+    /// Waits until a frame is queued; `false` once closed.
+    pub(crate) fn wait_frame(&self) -> bool {
         let mut s = lock(&self.state);
         loop {
             if s.closed {
-                return None;
+                return false;
             }
-            if let Some((frame, event)) = s.frames.pop_front() {
-                if event {
-                    s.events -= 1;
-                }
-                self.cv.notify_all();
-                return Some(frame);
+            if !s.frames.is_empty() {
+                return true;
             }
             s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// The next queued frame, if any. Taken only under the client's writer lock, so that
+    /// frames leave in the order they were queued.
+    pub(crate) fn try_pop(&self) -> Option<Vec<u8>> {
+        let mut s = lock(&self.state);
+        let (frame, event) = s.frames.pop_front()?;
+        if event {
+            s.events -= 1;
+        }
+        if s.frames.len() + 1 >= self.answer_cap {
+            // The reader thread may wait for room (`wait_room`).
+            self.cv.notify_all();
+        }
+        Some(frame)
     }
 
     pub(crate) fn close(&self) {
@@ -158,6 +176,7 @@ fn encode(reply: &Reply) -> Vec<u8> {
     postcard::to_stdvec(reply).unwrap_or_default()
 }
 
+/// Answers call `id` of `client` later (a grant, a wake-up): its writer thread sends it.
 fn send(
     clients: &HashMap<ClientId, Arc<Outbox>>,
     client: ClientId,
@@ -165,7 +184,19 @@ fn send(
     result: Result<Answer, Fault>,
 ) {
     if let Some(out) = clients.get(&client) {
-        out.push(encode(&Reply::Done { id, result }), false);
+        out.push(encode(&Reply::Done { id, result }), false, true);
+    }
+}
+
+/// Answers the call being handled: the client's reader thread sends it.
+fn answer(
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+    client: ClientId,
+    id: u64,
+    result: Result<Answer, Fault>,
+) {
+    if let Some(out) = clients.get(&client) {
+        out.push_answer(encode(&Reply::Done { id, result }));
     }
 }
 
@@ -298,7 +329,7 @@ impl Store {
             } => self.open(name, kind, types, init).map(Answer::Handle),
             Op::On { obj, call } => {
                 let Some(entry) = self.objects.get_mut(obj as usize) else {
-                    return send(
+                    return answer(
                         &self.clients,
                         client,
                         id,
@@ -306,7 +337,7 @@ impl Store {
                     );
                 };
                 if call.blocks() {
-                    match Self::blocking(entry, &self.clients, client, id, call) {
+                    match Self::blocking(entry, client, id, call) {
                         Some(r) => r,
                         None => return,
                     }
@@ -346,7 +377,7 @@ impl Store {
                 Ok(Answer::Unit)
             }
         };
-        send(&self.clients, client, id, result);
+        answer(&self.clients, client, id, result);
     }
 
     fn open(&mut self, name: String, kind: Kind, types: String, init: u64) -> Result<u32, Fault> {
@@ -400,7 +431,6 @@ impl Store {
     /// A call that may wait: `None` if it waits (answered later).
     fn blocking(
         e: &mut Entry,
-        clients: &HashMap<ClientId, Arc<Outbox>>,
         client: ClientId,
         id: u64,
         call: Call,
@@ -444,10 +474,7 @@ impl Store {
                 waiters.push_back((client, id));
                 None
             }
-            (_, call) => {
-                let _ = clients;
-                Some(Err(wrong_call(e, &call)))
-            }
+            (_, call) => Some(Err(wrong_call(e, &call))),
         }
     }
 
@@ -518,7 +545,7 @@ impl Store {
                         watch: w.watch,
                         missed: w.missed,
                     });
-                    if out.push(lag, true) {
+                    if out.push(lag, true, true) {
                         w.missed = 0;
                     }
                 }
@@ -527,7 +554,7 @@ impl Store {
                     seq: e.seq,
                     change: change.clone(),
                 });
-                if w.missed > 0 || !out.push(frame, true) {
+                if w.missed > 0 || !out.push(frame, true, true) {
                     w.missed += 1;
                     self.lagging = true;
                 }
@@ -554,7 +581,7 @@ impl Store {
                     watch: w.watch,
                     missed: w.missed,
                 });
-                if out.push(lag, true) {
+                if out.push(lag, true, true) {
                     w.missed = 0;
                 } else {
                     still = true;
@@ -946,7 +973,7 @@ mod tests {
     #[test]
     fn unknown_objects_and_operations_are_refused() {
         let mut store = Store::default();
-        let out = Arc::new(Outbox::new(8));
+        let out = Arc::new(Outbox::new(8, 64));
         store.add_client(1, Arc::clone(&out));
         store.call(
             1,
@@ -985,7 +1012,7 @@ mod tests {
     #[test]
     fn a_lock_released_by_a_leaving_client_goes_to_the_next_waiter() {
         let mut store = Store::default();
-        let (a, b) = (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
+        let (a, b) = (Arc::new(Outbox::new(8, 64)), Arc::new(Outbox::new(8, 64)));
         store.add_client(1, Arc::clone(&a));
         store.add_client(2, Arc::clone(&b));
         let open = || Op::Open {
