@@ -1,19 +1,17 @@
 //! [`Manager`]: one connection per process to a manager server, shared by every proxy.
-//! Calls are pipelined: each carries an id, a reader thread routes answers to their
-//! callers and watch events to their watches.
+//! Calls are pipelined: each carries an id; whichever waiting thread reads the connection
+//! hands answers to their callers and watch events to their watches.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender},
     },
-    thread,
     time::{Duration, Instant},
 };
 
-use ipckit_core::{Child, Command, Ctx, RecvBytes, RoleResult, SendBytes};
+use ipckit_core::{Child, Command, Ctx, Deadline, RecvBytes, RoleResult, SendBytes};
 use ipckit_sockets::{Address, ConnectOptions, Reader, Writer, connect_with};
 
 use crate::{
@@ -29,19 +27,38 @@ const CONNECT: Duration = Duration::from_secs(10);
 /// How long a dropped [`Manager`] waits for the server process it started to end.
 const STOP: Duration = Duration::from_secs(5);
 
-type Slot = SyncSender<Result<Answer>>;
-
 #[derive(Debug, Default)]
-struct Routes {
-    pending: HashMap<u64, Slot>,
+pub(crate) struct Routes {
+    /// Calls whose answer is awaited.
+    waiting: HashSet<u64>,
+    /// Answers arrived, not yet taken by their caller.
+    done: HashMap<u64, Result<Answer>>,
     watches: HashMap<u64, Arc<WatchState>>,
+    /// Whether a thread is reading the connection for everyone.
+    reading: bool,
     dead: bool,
+}
+
+/// The read half and its buffer, used by one thread at a time (the one reading).
+#[derive(Debug)]
+struct ReadSide {
+    reader: Reader,
+    buf: Vec<u8>,
+}
+
+/// What one read of the connection gave.
+enum Read {
+    Frame(Reply),
+    Nothing,
+    End,
 }
 
 #[derive(Debug)]
 pub(crate) struct Conn {
     writer: Mutex<Writer>,
+    read: Mutex<ReadSide>,
     routes: Mutex<Routes>,
+    cv: Condvar,
     next_id: AtomicU64,
     max_value: usize,
     dead: AtomicBool,
@@ -78,33 +95,110 @@ impl Conn {
 
     pub(crate) fn call_id(&self, id: u64, op: Op, deadline: Option<Instant>) -> Result<Answer> {
         let blocks = matches!(&op, Op::On { call, .. } if call.blocks());
-        let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut r = lock(&self.routes);
             if r.dead {
                 return Err(Error::Disconnected);
             }
-            r.pending.insert(id, tx);
+            r.waiting.insert(id);
         }
         if let Err(e) = self.send(&Request::Call { id, op }) {
-            lock(&self.routes).pending.remove(&id);
+            lock(&self.routes).waiting.remove(&id);
             return Err(e);
         }
-        let Some(deadline) = deadline else {
-            return rx.recv().unwrap_or(Err(Error::Disconnected));
-        };
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
-            Err(RecvTimeoutError::Timeout) if blocks => {
+        let taken = |r: &mut Routes| r.done.remove(&id);
+        match self.wait_for(deadline, taken) {
+            Ok(answer) => answer,
+            Err(Error::Timeout) if blocks => {
                 // Withdraw it; its answer is then Cancelled (a timeout), or what it got.
                 self.send(&Request::Cancel { id })?;
-                rx.recv().unwrap_or(Err(Error::Disconnected))
+                self.wait_for(None, taken)?
             }
-            Err(RecvTimeoutError::Timeout) => {
-                lock(&self.routes).pending.remove(&id);
-                Err(Error::Timeout)
+            Err(e) => {
+                let mut r = lock(&self.routes);
+                r.waiting.remove(&id);
+                match r.done.remove(&id) {
+                    Some(answer) => answer,
+                    None => Err(e),
+                }
             }
+        }
+    }
+
+    /// Waits until `ready` gives a value, or `deadline`. Whichever waiting thread finds
+    /// nobody reading the connection reads it for everyone (one frame at a time, handing
+    /// answers to their callers and events to their watches), so a single-threaded caller
+    /// reads its own answer with no thread in between.
+    pub(crate) fn wait_for<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Routes) -> Option<T>,
+    ) -> Result<T> {
+        let mut tried = false;
+        let mut r = lock(&self.routes);
+        loop {
+            if let Some(v) = ready(&mut r) {
+                return Ok(v);
+            }
+            if r.dead {
+                return Err(Error::Disconnected);
+            }
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            if expired && tried {
+                return Err(Error::Timeout);
+            }
+            if !r.reading {
+                r.reading = true;
+                drop(r);
+                let got = self.read_one(deadline);
+                tried = true;
+                r = lock(&self.routes);
+                r.reading = false;
+                match got {
+                    Read::Frame(reply) => dispatch(&mut r, reply),
+                    Read::Nothing => {}
+                    Read::End => {
+                        self.dead.store(true, Ordering::Release);
+                        r.dead = true;
+                        r.waiting.clear();
+                        for (_, w) in r.watches.drain() {
+                            w.end();
+                        }
+                    }
+                }
+                self.cv.notify_all();
+                continue;
+            }
+            if expired {
+                return Err(Error::Timeout);
+            }
+            r = match deadline {
+                None => self.cv.wait(r).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.cv
+                        .wait_timeout(r, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    fn read_one(&self, deadline: Option<Instant>) -> Read {
+        let mut side = lock(&self.read);
+        let ReadSide { reader, buf } = &mut *side;
+        let deadline = deadline.map_or(Deadline::Never, Deadline::At);
+        match reader.recv_bytes_into_deadline(buf, deadline) {
+            Ok(()) => match postcard::from_bytes::<Reply>(buf) {
+                Ok(reply) => Read::Frame(reply),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the manager sent a frame this client cannot read");
+                    Read::End
+                }
+            },
+            Err(ipckit_core::Error::Timeout) => Read::Nothing,
+            Err(_) => Read::End,
         }
     }
 
@@ -126,45 +220,25 @@ impl Conn {
     }
 }
 
-/// Routes every frame from the server; when the server is gone, fails every call in
-/// flight and ends every watch.
-fn route(conn: &Conn, mut reader: Reader) {
-    let mut buf = Vec::new();
-    loop {
-        if reader.recv_bytes_into(&mut buf).is_err() {
-            break;
-        }
-        let Ok(reply) = postcard::from_bytes::<Reply>(&buf) else {
-            tracing::warn!("the manager sent a frame this client cannot read");
-            break;
-        };
-        match reply {
-            Reply::Done { id, result } => {
-                let slot = lock(&conn.routes).pending.remove(&id);
-                if let Some(slot) = slot {
-                    let _ = slot.try_send(result.map_err(Error::from));
-                }
-            }
-            Reply::Changed { watch, seq, change } => {
-                let w = lock(&conn.routes).watches.get(&watch).cloned();
-                if let Some(w) = w {
-                    w.deliver(seq, change);
-                }
-            }
-            Reply::Lagged { watch, missed } => {
-                let w = lock(&conn.routes).watches.get(&watch).cloned();
-                if let Some(w) = w {
-                    w.lag(missed);
-                }
+/// Hands one frame from the server to whom it is for.
+fn dispatch(r: &mut Routes, reply: Reply) {
+    match reply {
+        Reply::Done { id, result } => {
+            // A call that gave up (a timeout) is no longer waiting: its answer is dropped.
+            if r.waiting.remove(&id) {
+                r.done.insert(id, result.map_err(Error::from));
             }
         }
-    }
-    conn.dead.store(true, Ordering::Release);
-    let mut r = lock(&conn.routes);
-    r.dead = true;
-    r.pending.clear();
-    for (_, w) in r.watches.drain() {
-        w.end();
+        Reply::Changed { watch, seq, change } => {
+            if let Some(w) = r.watches.get(&watch) {
+                w.deliver(seq, change);
+            }
+        }
+        Reply::Lagged { watch, missed } => {
+            if let Some(w) = r.watches.get(&watch) {
+                w.lag(missed);
+            }
+        }
     }
 }
 
@@ -299,16 +373,16 @@ impl Manager {
         let (reader, writer) = c.split()?;
         let conn = Arc::new(Conn {
             writer: Mutex::new(writer),
+            read: Mutex::new(ReadSide {
+                reader,
+                buf: Vec::new(),
+            }),
             routes: Mutex::default(),
+            cv: Condvar::new(),
             next_id: AtomicU64::new(1),
             max_value: usize::try_from(hello.max_value).unwrap_or(usize::MAX),
             dead: AtomicBool::new(false),
         });
-        let c2 = Arc::clone(&conn);
-        thread::Builder::new()
-            .name("manager-client".into())
-            .spawn(move || route(&c2, reader))
-            .map_err(ipckit_core::Error::Io)?;
         Ok(Manager {
             conn,
             addr: addr.clone(),

@@ -4,7 +4,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     time::{Duration, Instant},
 };
@@ -163,31 +163,19 @@ impl Watch {
 
     fn recv_deadline(&mut self, deadline: Option<Instant>) -> Result<Event> {
         loop {
+            let conn = Arc::clone(&self.conn);
+            let (state, rx) = (&self.state, &self.rx);
+            // Reads the connection while waiting, if no other thread does.
+            let item = conn.wait_for(deadline, |_| {
+                if state.lagged.load(Ordering::Acquire) > 0 {
+                    return Some(Item::Lag);
+                }
+                rx.try_recv().ok()
+            })?;
             let lagged = self.state.lagged.swap(0, Ordering::AcqRel);
             if lagged > 0 {
                 return self.resync(lagged);
             }
-            let item = match deadline {
-                None => self.rx.recv().map_err(|_| Error::Disconnected)?,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        match self.rx.try_recv() {
-                            Ok(i) => i,
-                            Err(TryRecvError::Empty) => return Err(Error::Timeout),
-                            Err(TryRecvError::Disconnected) => return Err(Error::Disconnected),
-                        }
-                    } else {
-                        match self.rx.recv_timeout(left) {
-                            Ok(i) => i,
-                            Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
-                            Err(RecvTimeoutError::Disconnected) => {
-                                return Err(Error::Disconnected);
-                            }
-                        }
-                    }
-                }
-            };
             if let Item::Change(seq, change) = item
                 && seq > self.seq
             {
