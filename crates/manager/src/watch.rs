@@ -26,7 +26,7 @@ enum Item {
     Lag,
 }
 
-/// What the client's reader thread shares with a [`Watch`].
+/// What the thread reading the connection shares with a [`Watch`].
 #[derive(Debug)]
 pub(crate) struct WatchState {
     tx: Mutex<Option<SyncSender<Item>>>,

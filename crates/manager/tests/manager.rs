@@ -438,6 +438,8 @@ fn server_killed_disconnects_every_client_and_blocked_call() {
     let blocked = thread::spawn(move || l2.acquire().map(|_| ()));
     let q = other.queue::<i32>("q").unwrap();
     let blocked_get = thread::spawn(move || q.get());
+    let mut w = other.dict::<String, i64>("w").unwrap().watch().unwrap();
+    let blocked_watch = thread::spawn(move || w.recv());
     thread::sleep(Duration::from_millis(100));
     let killed = Instant::now();
     server.kill().unwrap();
@@ -600,4 +602,43 @@ fn a_stopped_watcher_process_never_blocks_the_others() {
     );
     let lagged = watcher.join_timeout(PATIENCE).unwrap().unwrap();
     assert!(lagged >= 1, "the stopped watcher must have lagged");
+}
+
+#[test]
+fn many_threads_share_one_connection() {
+    enter(&[]);
+    let m = Manager::start().unwrap();
+    let q = m.queue::<i64>("q").unwrap();
+    let blocked = {
+        let q = q.clone();
+        thread::spawn(move || q.get())
+    };
+    let mut w = m.value::<i64>("v").unwrap().watch().unwrap();
+    let d = m.dict::<String, i64>("d").unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let d = d.clone();
+            let v = m.value::<i64>("v").unwrap();
+            thread::spawn(move || {
+                for i in 0..500 {
+                    d.incr("n", 1).unwrap();
+                    if t == 0 && i % 50 == 0 {
+                        v.incr(1).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(d.get("n").unwrap(), Some(4000));
+    for seq in 1..=10 {
+        match w.recv_timeout(PATIENCE).unwrap() {
+            Event::Changed { seq: s, .. } => assert_eq!(s, seq),
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    q.put(&7).unwrap();
+    assert_eq!(blocked.join().unwrap().unwrap(), 7);
 }
