@@ -448,6 +448,10 @@ fn server_killed_disconnects_every_client_and_blocked_call() {
         blocked_get.join().unwrap(),
         Err(Error::Disconnected)
     ));
+    assert!(matches!(
+        blocked_watch.join().unwrap(),
+        Err(Error::Disconnected)
+    ));
     assert!(killed.elapsed() < Duration::from_secs(1));
     let ms: u128 = client
         .join_timeout(PATIENCE)
