@@ -17,7 +17,10 @@ pub use {
     error::{Error, Result},
     ipckit_sockets::{Address, ConnectOptions},
     protocol::{Change, Update},
-    proxies::{Dict, Guard, List, Lock, Queue, Semaphore, Shared, SharedEvent, Step},
+    proxies::{
+        Barrier, Dict, Guard, List, Lock, Namespace, Queue, RGuard, RLock, Semaphore, Shared,
+        SharedEvent, Step,
+    },
     server::{ServeOptions, Server},
     value::{Value, ValueError},
     watch::{Event, Watch},

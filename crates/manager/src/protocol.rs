@@ -25,6 +25,9 @@ pub(crate) enum Kind {
     Semaphore,
     Event,
     Queue,
+    RLock,
+    Barrier,
+    Namespace,
 }
 
 impl Kind {
@@ -37,6 +40,9 @@ impl Kind {
             Kind::Semaphore => "semaphore",
             Kind::Event => "event",
             Kind::Queue => "queue",
+            Kind::RLock => "rlock",
+            Kind::Barrier => "barrier",
+            Kind::Namespace => "namespace",
         }
     }
 }
@@ -58,7 +64,7 @@ pub(crate) enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Op {
     /// Get-or-create the object `name` of `kind` holding `types`; the reply is its
-    /// handle. `init` is a semaphore's permits.
+    /// handle. `init` is a semaphore's permits, a barrier's parties.
     Open {
         name: String,
         kind: Kind,
@@ -134,6 +140,10 @@ pub(crate) enum Call {
     Acquire,
     TryAcquire,
     Release,
+    // rlock: the calling thread's token
+    AcquireAs(u64),
+    TryAcquireAs(u64),
+    ReleaseAs(u64),
     // event
     Set,
     Unset,
@@ -148,7 +158,10 @@ pub(crate) enum Call {
 impl Call {
     /// Whether the call may wait for another client (and so may be cancelled).
     pub(crate) fn blocks(&self) -> bool {
-        matches!(self, Call::Acquire | Call::Wait | Call::Take)
+        matches!(
+            self,
+            Call::Acquire | Call::AcquireAs(_) | Call::Wait | Call::Take
+        )
     }
 }
 

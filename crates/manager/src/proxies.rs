@@ -716,6 +716,204 @@ impl Lock {
     }
 }
 
+/// A re-entrant lock held by the manager (Python's `manager.RLock()`).
+///
+/// Made by [`Manager::rlock`]. It is held by one thread of one process, which may acquire
+/// it again (each acquire needs its release); other threads and processes wait. When its
+/// holder's process dies, it is released at once.
+pub struct RLock {
+    obj: Object,
+    _t: PhantomData<()>,
+}
+
+common!(RLock);
+
+/// A held [`RLock`]; released (once) when dropped, from the thread that acquired it.
+#[derive(Debug)]
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct RGuard {
+    obj: Option<Object>,
+    token: u64,
+    /// Released by the thread that holds it: not `Send`.
+    _thread: PhantomData<*const ()>,
+}
+
+impl RGuard {
+    /// Releases now, reporting a failure (the guard's drop ignores it).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if the server is gone (which released it anyway).
+    pub fn release(mut self) -> Result<()> {
+        match self.obj.take() {
+            Some(o) => unit(o.call_until(Call::ReleaseAs(self.token), None)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RGuard {
+    fn drop(&mut self) {
+        if let Some(o) = self.obj.take() {
+            let _ = o.call_until(Call::ReleaseAs(self.token), None);
+        }
+    }
+}
+
+/// This thread's token, naming it to the server as an [`RLock`]'s holder.
+fn thread_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
+}
+
+impl RLock {
+    fn guard(&self, token: u64) -> RGuard {
+        RGuard {
+            obj: Some(self.obj.clone()),
+            token,
+            _thread: PhantomData,
+        }
+    }
+
+    /// Waits for the lock; at once if this thread holds it already.
+    ///
+    /// # Errors
+    /// As [`Lock::acquire`].
+    pub fn acquire(&self) -> Result<RGuard> {
+        let token = thread_token();
+        let deadline = self.obj.timeout.map(|t| Instant::now() + t);
+        unit(self.obj.call_until(Call::AcquireAs(token), deadline)?)?;
+        Ok(self.guard(token))
+    }
+
+    /// Waits at most `timeout` for the lock.
+    ///
+    /// # Errors
+    /// As [`Lock::acquire_timeout`].
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<RGuard> {
+        let token = thread_token();
+        let deadline = Some(Instant::now() + timeout);
+        unit(self.obj.call_until(Call::AcquireAs(token), deadline)?)?;
+        Ok(self.guard(token))
+    }
+
+    /// Takes the lock if it is free or this thread holds it.
+    ///
+    /// # Errors
+    /// As [`Lock::acquire`].
+    pub fn try_acquire(&self) -> Result<Option<RGuard>> {
+        let token = thread_token();
+        Ok(boolean(self.obj.call(Call::TryAcquireAs(token))?)?.then(|| self.guard(token)))
+    }
+}
+
+/// A barrier held by the manager (Python's `manager.Barrier(n)`): `n` parties wait until
+/// all have come, then all go on, and it is ready for the next round.
+///
+/// Made by [`Manager::barrier`]. A waiting party whose process dies frees its place: the
+/// barrier then waits for another.
+pub struct Barrier {
+    obj: Object,
+    _t: PhantomData<()>,
+}
+
+common!(Barrier);
+
+impl Barrier {
+    /// Waits until every party has come; gives this party's place in the round (0 for the
+    /// first to come, `n - 1` for the last).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] when the server dies, even while waiting;
+    /// [`Error::Timeout`] with [`with_timeout`](Barrier::with_timeout) (this party then
+    /// leaves the round).
+    pub fn wait(&self) -> Result<usize> {
+        length(self.obj.call(Call::Wait)?)
+    }
+
+    /// Waits at most `timeout` for every party.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; as [`wait`](Barrier::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
+        length(
+            self.obj
+                .call_until(Call::Wait, Some(Instant::now() + timeout))?,
+        )
+    }
+}
+
+/// A namespace held by the manager (Python's `manager.Namespace()`): named attributes of
+/// any type.
+///
+/// Made by [`Manager::namespace`]. Each attribute is read and written with its type
+/// ([`get`](Namespace::get), [`set`](Namespace::set)); a read with another type than was
+/// written is [`Error::Value`].
+pub struct Namespace {
+    obj: Object,
+    _t: PhantomData<()>,
+}
+
+common!(Namespace);
+
+impl Namespace {
+    /// The attribute `attr`, if set.
+    ///
+    /// # Errors
+    /// [`Error::Value`] if it holds another type; [`Error::Disconnected`], [`Error::Timeout`].
+    pub fn get<T: DeserializeOwned>(&self, attr: &str) -> Result<Option<T>> {
+        maybe(self.obj.call(Call::Get(Value::Str(attr.to_string())))?)
+    }
+
+    /// Sets the attribute `attr`.
+    ///
+    /// # Errors
+    /// As [`get`](Namespace::get); [`Error::TooLarge`].
+    pub fn set<T: Serialize + ?Sized>(&self, attr: &str, value: &T) -> Result<()> {
+        let call = Call::Insert(Value::Str(attr.to_string()), to_value(value)?);
+        self.obj.call(call).map(|_| ())
+    }
+
+    /// Removes the attribute `attr`; whether it was there.
+    ///
+    /// # Errors
+    /// As [`get`](Namespace::get).
+    pub fn remove(&self, attr: &str) -> Result<bool> {
+        match self.obj.call(Call::Remove(Value::Str(attr.to_string())))? {
+            Answer::Maybe(v) => Ok(v.is_some()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Applies `op` to the attribute on the server, atomically (see [`Update`]).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if `op` does not apply; as [`get`](Namespace::get).
+    pub fn update(&self, attr: &str, op: Update) -> Result<Value> {
+        match self
+            .obj
+            .call(Call::Apply(Value::Str(attr.to_string()), op))?
+        {
+            Answer::Value(v) => Ok(v),
+            Answer::Len(n) => Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
+            Answer::Many(v) => Ok(Value::List(v)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Watches every change ([`Change::Set`](crate::Change::Set) with the attribute's
+    /// name).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if the server is gone.
+    pub fn watch(&self) -> Result<Watch> {
+        self.obj.watch()
+    }
+}
+
 /// A counting semaphore held by the manager (Python's `manager.Semaphore(n)`).
 ///
 /// Made by [`Manager::semaphore`]. Permits taken by a process that dies are given back at
@@ -938,6 +1136,43 @@ impl Manager {
     pub fn semaphore(&self, name: &str, permits: u64) -> Result<Semaphore> {
         let obj = Object::open(self, name, Kind::Semaphore, String::new(), permits)?;
         Ok(Semaphore {
+            obj,
+            _t: PhantomData,
+        })
+    }
+
+    /// The re-entrant lock `name`, created free if there is none.
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    pub fn rlock(&self, name: &str) -> Result<RLock> {
+        let obj = Object::open(self, name, Kind::RLock, String::new(), 0)?;
+        Ok(RLock {
+            obj,
+            _t: PhantomData,
+        })
+    }
+
+    /// The barrier `name` for `parties`, created if there is none.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for 0 parties; as [`dict`](Manager::dict) (a barrier of another
+    /// number of parties is [`Error::WrongType`]).
+    pub fn barrier(&self, name: &str, parties: u64) -> Result<Barrier> {
+        let obj = Object::open(self, name, Kind::Barrier, parties.to_string(), parties)?;
+        Ok(Barrier {
+            obj,
+            _t: PhantomData,
+        })
+    }
+
+    /// The namespace `name`, created empty if there is none.
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    pub fn namespace(&self, name: &str) -> Result<Namespace> {
+        let obj = Object::open(self, name, Kind::Namespace, String::new(), 0)?;
+        Ok(Namespace {
             obj,
             _t: PhantomData,
         })

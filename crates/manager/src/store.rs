@@ -147,6 +147,17 @@ enum Obj {
         items: VecDeque<Value>,
         waiters: Waiters,
     },
+    /// Held by one thread (`token`) of one client, `count` times.
+    RLock {
+        holder: Option<(ClientId, u64)>,
+        count: u64,
+        /// Each waiter's client, call id and thread token.
+        waiters: VecDeque<(ClientId, u64, u64)>,
+    },
+    Barrier {
+        parties: u64,
+        waiters: Waiters,
+    },
 }
 
 #[derive(Debug)]
@@ -337,7 +348,7 @@ impl Store {
                     );
                 };
                 if call.blocks() {
-                    match Self::blocking(entry, client, id, call) {
+                    match Self::blocking(entry, &self.clients, client, id, call) {
                         Some(r) => r,
                         None => return,
                     }
@@ -413,6 +424,21 @@ impl Store {
                 items: VecDeque::new(),
                 waiters: VecDeque::new(),
             },
+            Kind::RLock => Obj::RLock {
+                holder: None,
+                count: 0,
+                waiters: VecDeque::new(),
+            },
+            Kind::Barrier => {
+                if init == 0 {
+                    return Err(invalid(&name, "a barrier needs at least one party"));
+                }
+                Obj::Barrier {
+                    parties: init,
+                    waiters: VecDeque::new(),
+                }
+            }
+            Kind::Namespace => Obj::Dict(BTreeMap::new()),
         };
         let h = u32::try_from(self.objects.len())
             .map_err(|_| Fault::Protocol("too many objects".into()))?;
@@ -431,6 +457,7 @@ impl Store {
     /// A call that may wait: `None` if it waits (answered later).
     fn blocking(
         e: &mut Entry,
+        clients: &HashMap<ClientId, Arc<Outbox>>,
         client: ClientId,
         id: u64,
         call: Call,
@@ -474,6 +501,38 @@ impl Store {
                 waiters.push_back((client, id));
                 None
             }
+            (
+                Obj::RLock {
+                    holder,
+                    count,
+                    waiters,
+                },
+                Call::AcquireAs(token),
+            ) => {
+                match holder {
+                    None => {
+                        *holder = Some((client, token));
+                        *count = 1;
+                    }
+                    Some(h) if *h == (client, token) => *count += 1,
+                    Some(_) => {
+                        waiters.push_back((client, id, token));
+                        return None;
+                    }
+                }
+                Some(Ok(Answer::Unit))
+            }
+            (Obj::Barrier { parties, waiters }, Call::Wait) => {
+                if waiters.len() as u64 + 1 < *parties {
+                    waiters.push_back((client, id));
+                    return None;
+                }
+                // The last party: everyone goes, each told its place (0 for the first).
+                for (place, (c, wid)) in waiters.drain(..).enumerate() {
+                    send(clients, c, wid, Ok(Answer::Len(place as u64)));
+                }
+                Some(Ok(Answer::Len(*parties - 1)))
+            }
             (_, call) => Some(Err(wrong_call(e, &call))),
         }
     }
@@ -488,12 +547,10 @@ impl Store {
                 failed = Some(Fault::Protocol(format!("no object with handle {obj}")));
                 break;
             };
-            if call.blocks()
-                || matches!(
-                    call,
-                    Call::Release | Call::TryAcquire | Call::Put(_) | Call::TryTake | Call::Set
-                )
-            {
+            if !matches!(
+                e.kind,
+                Kind::Dict | Kind::List | Kind::Value | Kind::Namespace
+            ) {
                 failed = Some(invalid(
                     &e.name,
                     "a transaction takes only dict, list and value calls",
@@ -594,11 +651,20 @@ impl Store {
     /// Withdraws the blocked call `id` of `client`, if it still waits.
     pub(crate) fn cancel(&mut self, client: ClientId, id: u64) {
         for e in &mut self.objects {
+            if let Obj::RLock { waiters, .. } = &mut e.obj {
+                if let Some(at) = waiters.iter().position(|w| (w.0, w.1) == (client, id)) {
+                    waiters.remove(at);
+                    send(&self.clients, client, id, Err(Fault::Cancelled));
+                    return;
+                }
+                continue;
+            }
             let waiters = match &mut e.obj {
                 Obj::Lock { waiters, .. }
                 | Obj::Semaphore { waiters, .. }
                 | Obj::Event { waiters, .. }
-                | Obj::Queue { waiters, .. } => waiters,
+                | Obj::Queue { waiters, .. }
+                | Obj::Barrier { waiters, .. } => waiters,
                 _ => continue,
             };
             if let Some(at) = waiters.iter().position(|w| *w == (client, id)) {
@@ -635,7 +701,23 @@ impl Store {
                         grant_permits(permits, held, waiters, &self.clients);
                     }
                 }
-                Obj::Event { waiters, .. } | Obj::Queue { waiters, .. } => {
+                Obj::RLock {
+                    holder,
+                    count,
+                    waiters,
+                } => {
+                    waiters.retain(|w| w.0 != client);
+                    if holder.is_some_and(|h| h.0 == client) {
+                        tracing::info!(lock = %e.name, client, "rlock released: its holder left");
+                        *holder = None;
+                        *count = 0;
+                        grant_rlock(holder, count, waiters, &self.clients);
+                    }
+                }
+                // A party that leaves frees its place: the barrier waits for another.
+                Obj::Event { waiters, .. }
+                | Obj::Queue { waiters, .. }
+                | Obj::Barrier { waiters, .. } => {
                     waiters.retain(|w| w.0 != client);
                 }
                 _ => {}
@@ -655,6 +737,24 @@ fn grant_lock(
         };
         if clients.contains_key(&c) {
             *holder = Some(c);
+            send(clients, c, id, Ok(Answer::Unit));
+        }
+    }
+}
+
+fn grant_rlock(
+    holder: &mut Option<(ClientId, u64)>,
+    count: &mut u64,
+    waiters: &mut VecDeque<(ClientId, u64, u64)>,
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+) {
+    while holder.is_none() {
+        let Some((c, id, token)) = waiters.pop_front() else {
+            return;
+        };
+        if clients.contains_key(&c) {
+            *holder = Some((c, token));
+            *count = 1;
             send(clients, c, id, Ok(Answer::Unit));
         }
     }
@@ -881,6 +981,36 @@ fn apply(
             }
             *holder = None;
             grant_lock(holder, waiters, clients);
+            no_change(Answer::Unit)
+        }
+        (Obj::RLock { holder, count, .. }, Call::TryAcquireAs(token)) => match holder {
+            None => {
+                *holder = Some((client, token));
+                *count = 1;
+                no_change(Answer::Bool(true))
+            }
+            Some(h) if *h == (client, token) => {
+                *count += 1;
+                no_change(Answer::Bool(true))
+            }
+            Some(_) => no_change(Answer::Bool(false)),
+        },
+        (
+            Obj::RLock {
+                holder,
+                count,
+                waiters,
+            },
+            Call::ReleaseAs(token),
+        ) => {
+            if *holder != Some((client, token)) {
+                return Err(invalid(name, "released by a thread that does not hold it"));
+            }
+            *count -= 1;
+            if *count == 0 {
+                *holder = None;
+                grant_rlock(holder, count, waiters, clients);
+            }
             no_change(Answer::Unit)
         }
         (Obj::Semaphore { permits, held, .. }, Call::TryAcquire) => {

@@ -646,3 +646,107 @@ fn many_threads_share_one_connection() {
     q.put(&7).unwrap();
     assert_eq!(blocked.join().unwrap().unwrap(), 7);
 }
+
+fn barrier_party(addr: String) -> Result<usize, String> {
+    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
+        .map_err(|e| e.to_string())?;
+    let b = m.barrier("b", 4).map_err(|e| e.to_string())?;
+    m.dict::<String, i64>("arrived")
+        .and_then(|d| d.incr("n", 1))
+        .map_err(|e| e.to_string())?;
+    b.with_timeout(PATIENCE).wait().map_err(|e| e.to_string())
+}
+
+#[test]
+fn rlock_barrier_and_namespace() {
+    enter(&[]);
+    let m = Manager::start().unwrap();
+
+    // A barrier of four: three processes and this one.
+    let addr = m.address().to_string();
+    let mut parties: Vec<_> = (0..3)
+        .map(|_| spawn(addr.clone(), barrier_party).unwrap())
+        .collect();
+    let arrived = m.dict::<String, i64>("arrived").unwrap();
+    wait_until("three parties at the barrier", || {
+        arrived.get("n").unwrap() == Some(3)
+    });
+    let b = m.barrier("b", 4).unwrap();
+    assert!(matches!(m.barrier("b", 5), Err(Error::WrongType { .. })));
+    let mut places = vec![b.with_timeout(PATIENCE).wait().unwrap()];
+    for p in &mut parties {
+        places.push(p.join_timeout(PATIENCE).unwrap().unwrap());
+    }
+    places.sort_unstable();
+    assert_eq!(places, [0, 1, 2, 3]);
+
+    // A re-entrant lock: the holding thread enters again; another thread waits.
+    let r = m.rlock("r").unwrap();
+    let g1 = r.acquire().unwrap();
+    let g2 = r.try_acquire().unwrap().expect("re-entered");
+    let r2 = r.clone();
+    let other = thread::spawn(move || {
+        let t = r2.try_acquire().unwrap().is_none();
+        (t, r2.acquire_timeout(PATIENCE).map(|g| g.release()))
+    });
+    thread::sleep(Duration::from_millis(50));
+    drop(g2);
+    g1.release().unwrap();
+    let (was_held, got) = other.join().unwrap();
+    assert!(was_held);
+    got.unwrap().unwrap();
+
+    // A namespace: attributes of any type.
+    let ns = m.namespace("ns").unwrap();
+    ns.set("title", "scoreboard").unwrap();
+    ns.set("round", &3u32).unwrap();
+    assert_eq!(
+        ns.get::<String>("title").unwrap().as_deref(),
+        Some("scoreboard")
+    );
+    assert_eq!(
+        ns.update("round", Update::Add(Value::Int(1))).unwrap(),
+        Value::Int(4)
+    );
+    assert!(matches!(ns.get::<String>("round"), Err(Error::Value(_))));
+    assert!(ns.remove("title").unwrap());
+    assert_eq!(ns.get::<String>("title").unwrap(), None);
+}
+
+fn hold_rlock(addr: String) -> Result<(), String> {
+    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
+        .map_err(|e| e.to_string())?;
+    let r = m.rlock("r").map_err(|e| e.to_string())?;
+    let _a = r.acquire().map_err(|e| e.to_string())?;
+    let _b = r.acquire().map_err(|e| e.to_string())?;
+    let _permit = m
+        .semaphore("s", 1)
+        .and_then(|s| s.acquire())
+        .map_err(|e| e.to_string())?;
+    m.event("held")
+        .and_then(|e| e.set())
+        .map_err(|e| e.to_string())?;
+    thread::sleep(PATIENCE * 2);
+    Ok(())
+}
+
+#[test]
+fn rlock_and_permits_of_a_killed_holder_come_back() {
+    enter(&[]);
+    let m = Manager::start().unwrap();
+    let mut holder = spawn(m.address().to_string(), hold_rlock).unwrap();
+    m.event("held")
+        .unwrap()
+        .with_timeout(PATIENCE)
+        .wait()
+        .unwrap();
+    let r = m.rlock("r").unwrap();
+    let s = m.semaphore("s", 1).unwrap();
+    assert!(r.try_acquire().unwrap().is_none());
+    assert!(s.try_acquire().unwrap().is_none());
+    holder.kill().unwrap();
+    let start = Instant::now();
+    let _g = r.acquire_timeout(Duration::from_secs(1)).unwrap();
+    let _p = s.acquire_timeout(Duration::from_secs(1)).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
