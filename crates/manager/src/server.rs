@@ -242,7 +242,10 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
             let reason = loop {
                 out.wait_room();
                 if let Err(e) = reader.recv_bytes_into(&mut buf) {
-                    break e.to_string();
+                    // A clean end is the client leaving; anything else (a frame above the
+                    // limit, a broken frame) is the client breaking the protocol.
+                    let bad = !matches!(e, ipckit_core::Error::Disconnected);
+                    break (bad, e.to_string());
                 }
                 if buf.len() > max_value {
                     // Answer it if its id can be read; either way, serve on.
@@ -272,15 +275,20 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
                     Ok(Request::Shutdown) => {
                         tracing::info!(client, "shutdown asked");
                         s.stop.store(true, Ordering::SeqCst);
-                        break "it asked the server to shut down".to_string();
+                        break (false, "it asked the server to shut down".to_string());
                     }
-                    Err(e) => break format!("it sent a malformed request ({e})"),
+                    Err(e) => break (true, format!("it sent a malformed request ({e})")),
                 }
             };
             lock(&s.store).remove_client(client);
             out.close();
             lock(&s.conns).retain(|(c, _)| *c != client);
-            tracing::info!(client, peer = %peer, reason = %reason, "client left");
+            let (bad, reason) = reason;
+            if bad {
+                tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");
+            } else {
+                tracing::info!(client, peer = %peer, reason = %reason, "client left");
+            }
         })
         .map_err(ipckit_core::Error::Io)?;
     Ok(())
