@@ -280,9 +280,19 @@ impl Drop for Owned {
     }
 }
 
-fn serve_child(addr: String, _: &mut Ctx) -> RoleResult<()> {
+/// The server process of [`Manager::start`]: its address, the largest value, the watch
+/// backlog and the authkey.
+type ChildArgs = (String, u64, u64, Option<Vec<u8>>);
+
+fn serve_child((addr, max_value, backlog, key): ChildArgs, _: &mut Ctx) -> RoleResult<()> {
     let addr: Address = addr.parse()?;
-    Server::run_here(&addr, ServeOptions::default())?;
+    let mut opts = ServeOptions::new()
+        .max_value(usize::try_from(max_value)?)
+        .watch_backlog(usize::try_from(backlog)?);
+    if let Some(k) = key {
+        opts = opts.authkey(&k);
+    }
+    Server::run_here(&addr, opts)?;
     Ok(())
 }
 
@@ -299,11 +309,28 @@ impl Manager {
     /// [`Error::Core`] if the process cannot start ([`EnterMissing`](crate::CoreError::EnterMissing)
     /// without `enter`) or its server does not answer within 10 s.
     pub fn start() -> Result<Manager> {
+        Self::start_with(ServeOptions::default())
+    }
+
+    /// As [`start`](Manager::start), with the server's options (the largest value, the
+    /// watch backlog, an authkey that [`connect`](Manager::connect) must then give).
+    ///
+    /// # Errors
+    /// As [`start`](Manager::start).
+    pub fn start_with(opts: ServeOptions) -> Result<Manager> {
         let addr = Address::Unix(ipckit_core::temp_path("manager"));
-        let child = Command::function(&addr.to_string(), serve_child)?
-            .quiet()
-            .spawn()?;
-        let m = Self::connect_opts(&addr, &ConnectOptions::new().timeout(CONNECT).retry(true))?;
+        let args: ChildArgs = (
+            addr.to_string(),
+            opts.max_value as u64,
+            opts.watch_backlog as u64,
+            opts.authkey.clone(),
+        );
+        let child = Command::function(&args, serve_child)?.quiet().spawn()?;
+        let mut connect = ConnectOptions::new().timeout(CONNECT).retry(true);
+        if let Some(k) = &opts.authkey {
+            connect = connect.authkey(k);
+        }
+        let m = Self::connect_opts(&addr, &connect)?;
         let owned = Owned {
             child: Mutex::new(child),
             conn: Arc::clone(&m.conn),

@@ -523,6 +523,25 @@ fn tcp_needs_and_checks_the_authkey() {
 }
 
 #[test]
+fn a_started_server_takes_options() {
+    enter(&[]);
+    let m = Manager::start_with(ServeOptions::new().max_value(512).authkey(b"k")).unwrap();
+    let d = m.dict::<String, String>("d").unwrap();
+    assert!(matches!(
+        d.insert("a", &"x".repeat(600)),
+        Err(Error::TooLarge { max: 512, .. })
+    ));
+    assert!(Manager::connect(m.address(), None).is_err());
+    let other = Manager::connect(m.address(), Some(b"k")).unwrap();
+    other
+        .dict::<String, String>("d")
+        .unwrap()
+        .insert("a", &"b".into())
+        .unwrap();
+    assert_eq!(d.get("a").unwrap().as_deref(), Some("b"));
+}
+
+#[test]
 fn nothing_left_behind() {
     enter(&[]);
     let m = Manager::start().unwrap();
