@@ -18,8 +18,8 @@ pub use {
     ipckit_sockets::{Address, ConnectOptions},
     protocol::{Change, Update},
     proxies::{
-        Barrier, Dict, Guard, List, Lock, Namespace, Queue, RGuard, RLock, Semaphore, Shared,
-        SharedEvent, Step,
+        Barrier, Condition, Dict, Guard, List, Lock, Namespace, Queue, RGuard, RLock, Semaphore,
+        Shared, SharedEvent, Step,
     },
     server::{ServeOptions, Server},
     value::{Value, ValueError},

@@ -28,6 +28,7 @@ pub(crate) enum Kind {
     RLock,
     Barrier,
     Namespace,
+    Condition,
 }
 
 impl Kind {
@@ -43,6 +44,7 @@ impl Kind {
             Kind::RLock => "rlock",
             Kind::Barrier => "barrier",
             Kind::Namespace => "namespace",
+            Kind::Condition => "condition",
         }
     }
 }
@@ -144,6 +146,8 @@ pub(crate) enum Call {
     AcquireAs(u64),
     TryAcquireAs(u64),
     ReleaseAs(u64),
+    // condition: wake up to n waiters
+    Notify(u64),
     // event
     Set,
     Unset,

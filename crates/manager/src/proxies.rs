@@ -810,6 +810,81 @@ impl RLock {
     }
 }
 
+/// A condition variable held by the manager (Python's `manager.Condition()`), with its own
+/// lock.
+///
+/// Made by [`Manager::condition`]. [`acquire`](Condition::acquire) its lock, then
+/// [`wait`](Condition::wait) (which gives the lock up while waiting and takes it back
+/// before returning) or [`notify`](Condition::notify). The lock is held per process, as
+/// [`Lock`]'s; a holder that dies gives it back, a waiter that dies is forgotten.
+pub struct Condition {
+    obj: Object,
+    _t: PhantomData<()>,
+}
+
+common!(Condition);
+
+impl Condition {
+    /// Waits for the condition's lock.
+    ///
+    /// # Errors
+    /// As [`Lock::acquire`].
+    pub fn acquire(&self) -> Result<Guard> {
+        acquire(&self.obj, self.obj.timeout.map(|t| Instant::now() + t))
+    }
+
+    /// Takes the lock if it is free.
+    ///
+    /// # Errors
+    /// As [`Lock::acquire`].
+    pub fn try_acquire(&self) -> Result<Option<Guard>> {
+        try_acquire(&self.obj)
+    }
+
+    /// Gives the lock up, waits to be notified, and takes the lock back.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] without the lock; [`Error::Disconnected`] when the server dies,
+    /// even while waiting.
+    pub fn wait(&self) -> Result<()> {
+        match self.obj.call_until(Call::Wait, None)? {
+            Answer::Bool(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// As [`wait`](Condition::wait), for at most `timeout`: `false` if it timed out. Either
+    /// way the lock is held again when it returns.
+    ///
+    /// # Errors
+    /// As [`wait`](Condition::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        match self
+            .obj
+            .call_until(Call::Wait, Some(Instant::now() + timeout))?
+        {
+            Answer::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Wakes up to `n` waiters (they run once they get the lock); gives how many.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] without the lock; [`Error::Disconnected`].
+    pub fn notify(&self, n: usize) -> Result<usize> {
+        length(self.obj.call(Call::Notify(n as u64))?)
+    }
+
+    /// Wakes every waiter; gives how many.
+    ///
+    /// # Errors
+    /// As [`notify`](Condition::notify).
+    pub fn notify_all(&self) -> Result<usize> {
+        length(self.obj.call(Call::Notify(u64::MAX))?)
+    }
+}
+
 /// A barrier held by the manager (Python's `manager.Barrier(n)`): `n` parties wait until
 /// all have come, then all go on, and it is ready for the next round.
 ///
@@ -1161,6 +1236,18 @@ impl Manager {
     pub fn barrier(&self, name: &str, parties: u64) -> Result<Barrier> {
         let obj = Object::open(self, name, Kind::Barrier, parties.to_string(), parties)?;
         Ok(Barrier {
+            obj,
+            _t: PhantomData,
+        })
+    }
+
+    /// The condition `name` (with its lock), created if there is none.
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    pub fn condition(&self, name: &str) -> Result<Condition> {
+        let obj = Object::open(self, name, Kind::Condition, String::new(), 0)?;
+        Ok(Condition {
             obj,
             _t: PhantomData,
         })

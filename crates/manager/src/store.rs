@@ -158,6 +158,23 @@ enum Obj {
         parties: u64,
         waiters: Waiters,
     },
+    /// A lock, and the callers waiting to be notified (who gave the lock up to wait).
+    Condition {
+        holder: Option<ClientId>,
+        lock_waiters: VecDeque<(ClientId, u64, Regain)>,
+        waiting: Waiters,
+    },
+}
+
+/// Why a caller waits for a condition's lock, and so what it is answered when it gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Regain {
+    /// `acquire`: nothing.
+    Acquire,
+    /// `wait`, notified: true.
+    Notified,
+    /// `wait`, timed out: false.
+    TimedOut,
 }
 
 #[derive(Debug)]
@@ -439,6 +456,11 @@ impl Store {
                 }
             }
             Kind::Namespace => Obj::Dict(BTreeMap::new()),
+            Kind::Condition => Obj::Condition {
+                holder: None,
+                lock_waiters: VecDeque::new(),
+                waiting: VecDeque::new(),
+            },
         };
         let h = u32::try_from(self.objects.len())
             .map_err(|_| Fault::Protocol("too many objects".into()))?;
@@ -532,6 +554,37 @@ impl Store {
                     send(clients, c, wid, Ok(Answer::Len(place as u64)));
                 }
                 Some(Ok(Answer::Len(*parties - 1)))
+            }
+            (
+                Obj::Condition {
+                    holder,
+                    lock_waiters,
+                    ..
+                },
+                Call::Acquire,
+            ) => {
+                if holder.is_none() {
+                    *holder = Some(client);
+                    return Some(Ok(Answer::Unit));
+                }
+                lock_waiters.push_back((client, id, Regain::Acquire));
+                None
+            }
+            (
+                Obj::Condition {
+                    holder,
+                    lock_waiters,
+                    waiting,
+                },
+                Call::Wait,
+            ) => {
+                if *holder != Some(client) {
+                    return Some(Err(invalid(&e.name, "wait without holding its lock")));
+                }
+                *holder = None;
+                waiting.push_back((client, id));
+                grant_condition(holder, lock_waiters, clients);
+                None
             }
             (_, call) => Some(Err(wrong_call(e, &call))),
         }
@@ -651,6 +704,29 @@ impl Store {
     /// Withdraws the blocked call `id` of `client`, if it still waits.
     pub(crate) fn cancel(&mut self, client: ClientId, id: u64) {
         for e in &mut self.objects {
+            if let Obj::Condition {
+                holder,
+                lock_waiters,
+                waiting,
+            } = &mut e.obj
+            {
+                if let Some(at) = waiting.iter().position(|w| *w == (client, id)) {
+                    // A timed-out wait takes the lock back before it returns (false).
+                    waiting.remove(at);
+                    lock_waiters.push_back((client, id, Regain::TimedOut));
+                    grant_condition(holder, lock_waiters, &self.clients);
+                    return;
+                }
+                if let Some(at) = lock_waiters
+                    .iter()
+                    .position(|w| *w == (client, id, Regain::Acquire))
+                {
+                    lock_waiters.remove(at);
+                    send(&self.clients, client, id, Err(Fault::Cancelled));
+                    return;
+                }
+                continue;
+            }
             if let Obj::RLock { waiters, .. } = &mut e.obj {
                 if let Some(at) = waiters.iter().position(|w| (w.0, w.1) == (client, id)) {
                     waiters.remove(at);
@@ -714,6 +790,19 @@ impl Store {
                         grant_rlock(holder, count, waiters, &self.clients);
                     }
                 }
+                Obj::Condition {
+                    holder,
+                    lock_waiters,
+                    waiting,
+                } => {
+                    waiting.retain(|w| w.0 != client);
+                    lock_waiters.retain(|w| w.0 != client);
+                    if *holder == Some(client) {
+                        tracing::info!(lock = %e.name, client, "condition's lock released: its holder left");
+                        *holder = None;
+                        grant_condition(holder, lock_waiters, &self.clients);
+                    }
+                }
                 // A party that leaves frees its place: the barrier waits for another.
                 Obj::Event { waiters, .. }
                 | Obj::Queue { waiters, .. }
@@ -738,6 +827,27 @@ fn grant_lock(
         if clients.contains_key(&c) {
             *holder = Some(c);
             send(clients, c, id, Ok(Answer::Unit));
+        }
+    }
+}
+
+fn grant_condition(
+    holder: &mut Option<ClientId>,
+    lock_waiters: &mut VecDeque<(ClientId, u64, Regain)>,
+    clients: &HashMap<ClientId, Arc<Outbox>>,
+) {
+    while holder.is_none() {
+        let Some((c, id, why)) = lock_waiters.pop_front() else {
+            return;
+        };
+        if clients.contains_key(&c) {
+            *holder = Some(c);
+            let answer = match why {
+                Regain::Acquire => Answer::Unit,
+                Regain::Notified => Answer::Bool(true),
+                Regain::TimedOut => Answer::Bool(false),
+            };
+            send(clients, c, id, Ok(answer));
         }
     }
 }
@@ -982,6 +1092,45 @@ fn apply(
             *holder = None;
             grant_lock(holder, waiters, clients);
             no_change(Answer::Unit)
+        }
+        (Obj::Condition { holder, .. }, Call::TryAcquire) => {
+            if holder.is_none() {
+                *holder = Some(client);
+                return no_change(Answer::Bool(true));
+            }
+            no_change(Answer::Bool(false))
+        }
+        (
+            Obj::Condition {
+                holder,
+                lock_waiters,
+                ..
+            },
+            Call::Release,
+        ) => {
+            if *holder != Some(client) {
+                return Err(invalid(name, "released by a client that does not hold it"));
+            }
+            *holder = None;
+            grant_condition(holder, lock_waiters, clients);
+            no_change(Answer::Unit)
+        }
+        (
+            Obj::Condition {
+                holder,
+                lock_waiters,
+                waiting,
+            },
+            Call::Notify(n),
+        ) => {
+            if *holder != Some(client) {
+                return Err(invalid(name, "notify without holding its lock"));
+            }
+            let k = waiting.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            for (c, id) in waiting.drain(..k) {
+                lock_waiters.push_back((c, id, Regain::Notified));
+            }
+            no_change(Answer::Len(k as u64))
         }
         (Obj::RLock { holder, count, .. }, Call::TryAcquireAs(token)) => match holder {
             None => {

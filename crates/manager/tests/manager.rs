@@ -769,3 +769,45 @@ fn rlock_and_permits_of_a_killed_holder_come_back() {
     let _p = s.acquire_timeout(Duration::from_secs(1)).unwrap();
     assert!(start.elapsed() < Duration::from_secs(1));
 }
+
+fn wait_for_ready(addr: String) -> Result<i64, String> {
+    let run = || -> ipckit_manager::Result<i64> {
+        let m = Manager::connect(&addr.parse()?, None)?;
+        let c = m.condition("c")?;
+        let v = m.value::<i64>("ready")?;
+        let _g = c.acquire()?;
+        m.event("waiting")?.set()?;
+        while v.get()?.is_none() {
+            c.with_timeout(PATIENCE).wait()?;
+        }
+        Ok(v.get()?.unwrap_or(0))
+    };
+    run().map_err(|e| e.to_string())
+}
+
+#[test]
+fn condition_across_processes() {
+    enter(&[]);
+    let m = Manager::start().unwrap();
+    let c = m.condition("c").unwrap();
+    assert!(matches!(c.notify(1), Err(Error::Invalid { .. })));
+    {
+        let _g = c.acquire().unwrap();
+        assert!(!c.wait_timeout(Duration::from_millis(50)).unwrap());
+        // The lock is ours again after the timeout.
+        assert_eq!(c.notify_all().unwrap(), 0);
+    }
+    let mut waiter = spawn(m.address().to_string(), wait_for_ready).unwrap();
+    m.event("waiting")
+        .unwrap()
+        .with_timeout(PATIENCE)
+        .wait()
+        .unwrap();
+    {
+        // Taken only once the waiter gave it up to wait.
+        let _g = c.with_timeout(PATIENCE).acquire().unwrap();
+        m.value::<i64>("ready").unwrap().set(&7).unwrap();
+        assert_eq!(c.notify(1).unwrap(), 1);
+    }
+    assert_eq!(waiter.join_timeout(PATIENCE).unwrap().unwrap(), 7);
+}
