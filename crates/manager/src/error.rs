@@ -31,14 +31,6 @@ pub enum Error {
         /// The maximum.
         max: usize,
     },
-    /// A key that is not in the dict.
-    #[error("no key {key} in `{name}`")]
-    NoKey {
-        /// The dict's name.
-        name: String,
-        /// The key, as the server shows it.
-        key: String,
-    },
     /// An index out of a list's range.
     #[error("index {index} is out of range for `{name}` of length {len}")]
     Index {

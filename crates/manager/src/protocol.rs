@@ -237,10 +237,6 @@ pub(crate) enum Fault {
         expected: String,
         found: String,
     },
-    NoKey {
-        name: String,
-        key: String,
-    },
     Index {
         name: String,
         index: i64,
@@ -270,7 +266,6 @@ impl From<Fault> for Error {
                 expected,
                 found,
             },
-            Fault::NoKey { name, key } => Error::NoKey { name, key },
             Fault::Index { name, index, len } => Error::Index {
                 name,
                 index,
