@@ -12,13 +12,13 @@ use std::{
 };
 
 use ipckit_core::{RecvBytes, SendBytes};
-use ipckit_sockets::{Address, Connection, Listener, Writer};
+use ipckit_sockets::{Address, Connection, Listener};
 use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::{
     Result,
     protocol::{Answer, Fault, Hello, Reply, Request, VERSION},
-    store::{ClientId, Outbox, Store, lock},
+    store::{ClientId, Outbox, Store, kick_pending, lock},
 };
 
 /// How a manager server runs: its authkey, the largest value it takes, how many watch
@@ -185,7 +185,7 @@ fn run(listener: &Listener, opts: &ServeOptions, shared: &Arc<Shared>) {
             .spawn(move || {
                 while !s.stop.load(Ordering::SeqCst) {
                     thread::sleep(TICK);
-                    lock(&s.store).report_lag();
+                    with_store(&s, Store::report_lag);
                 }
             })
             .ok()
@@ -222,15 +222,18 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
     })
     .map_err(|e| ipckit_core::Error::Codec(e.to_string()))?;
     writer.send_bytes(&hello)?;
-    let out = Arc::new(Outbox::new(opts.watch_backlog, ANSWER_BACKLOG));
-    let writer = Arc::new(Mutex::new(writer));
-    lock(&shared.store).add_client(client, Arc::clone(&out));
+    let out = Arc::new(Outbox::new(
+        opts.watch_backlog,
+        ANSWER_BACKLOG,
+        Some(writer),
+    ));
+    with_store(shared, |st| st.add_client(client, Arc::clone(&out)));
     tracing::debug!(client, peer = %peer, "client joined");
 
-    let (w_out, w_writer) = (Arc::clone(&out), Arc::clone(&writer));
+    let w_out = Arc::clone(&out);
     thread::Builder::new()
         .name(format!("manager-w{client}"))
-        .spawn(move || while w_out.wait_frame() && flush(&w_out, &w_writer) {})
+        .spawn(move || while w_out.wait_frame() && w_out.flush() {})
         .map_err(ipckit_core::Error::Io)?;
 
     let s = Arc::clone(shared);
@@ -259,18 +262,20 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
                         })
                         .unwrap_or_default();
                         out.push_answer(frame);
-                        flush(&out, &writer);
+                        out.flush();
                         continue;
                     }
                 }
                 match postcard::from_bytes::<Request>(&buf) {
                     Ok(Request::Call { id, op }) => {
                         lock(&s.store).call(client, id, op);
-                        flush(&out, &writer);
+                        out.flush();
+                        kick_pending();
                     }
                     Ok(Request::Cancel { id }) => {
                         lock(&s.store).cancel(client, id);
-                        flush(&out, &writer);
+                        out.flush();
+                        kick_pending();
                     }
                     Ok(Request::Shutdown) => {
                         tracing::info!(client, "shutdown asked");
@@ -280,7 +285,7 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
                     Err(e) => break (true, format!("it sent a malformed request ({e})")),
                 }
             };
-            lock(&s.store).remove_client(client);
+            with_store(&s, |st| st.remove_client(client));
             out.close();
             lock(&s.conns).retain(|(c, _)| *c != client);
             let (bad, reason) = reason;
@@ -294,20 +299,11 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
     Ok(())
 }
 
-/// Writes every queued frame of a client, in order; `false` (and the client's connection
-/// ended, so that its reader thread sees the end and releases what it held) once the client
-/// is gone. Called by the client's reader thread after each call, so an answer needs no
-/// other thread, and by its writer thread for what other clients' calls queued.
-fn flush(out: &Outbox, writer: &Mutex<Writer>) -> bool {
-    let mut w = lock(writer);
-    while let Some(frame) = out.try_pop() {
-        if w.send_bytes(&frame).is_err() {
-            out.close();
-            let _ = shutdown(w.as_fd().as_raw_fd(), Shutdown::Both);
-            return false;
-        }
-    }
-    true
+/// Uses the store, then writes what that queued for other clients.
+fn with_store<R>(shared: &Shared, f: impl FnOnce(&mut Store) -> R) -> R {
+    let r = f(&mut lock(&shared.store));
+    kick_pending();
+    r
 }
 
 /// Reads the id of a `Request::Call` without decoding the rest.

@@ -4,9 +4,20 @@
 //! outboxes, written by their writer threads.
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, HashMap, VecDeque},
+    os::fd::{AsFd, AsRawFd},
     sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
 };
+
+use ipckit_core::{MAX_HEADER, SendBytes, TrySendError, Writer};
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{Shutdown, shutdown},
+};
+
+/// The most bytes a thread writes to another client's socket (see [`Outbox::kick`]).
+const KICK_BUDGET: usize = 4096;
 
 use crate::{
     Value,
@@ -15,9 +26,13 @@ use crate::{
 
 pub(crate) type ClientId = u64;
 
-/// A client's outgoing frames, written by its writer thread.
+/// A client's outgoing frames and the writing half of its connection. Its own answers are
+/// written by its reader thread ([`flush`](Outbox::flush)); what other clients' calls
+/// queue (grants, watch events) is written by the thread that queued it if that does not
+/// block ([`kick`](Outbox::kick)), else by the client's writer thread.
 #[derive(Debug)]
 pub(crate) struct Outbox {
+    writer: Option<Mutex<Writer>>,
     state: Mutex<OutState>,
     cv: Condvar,
     /// How many watch events may wait here before the watch lags.
@@ -39,8 +54,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Outbox {
-    pub(crate) fn new(event_cap: usize, answer_cap: usize) -> Self {
+    pub(crate) fn new(event_cap: usize, answer_cap: usize, writer: Option<Writer>) -> Self {
         Outbox {
+            writer: writer.map(Mutex::new),
             state: Mutex::default(),
             cv: Condvar::new(),
             event_cap,
@@ -48,9 +64,9 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. `wake`: the writer thread must write it (it comes from another
-    /// client's thread); the client's own reader thread writes its answers itself.
-    fn push(&self, frame: Vec<u8>, event: bool, wake: bool) -> bool {
+    /// Queues a frame (written by `flush` or `kick`, which wakes the writer thread when it
+    /// cannot write); `false` if it is a watch event and the backlog is full.
+    fn push(&self, frame: Vec<u8>, event: bool) -> bool {
         let mut s = lock(&self.state);
         if s.closed {
             return true;
@@ -62,14 +78,11 @@ impl Outbox {
             s.events += 1;
         }
         s.frames.push_back((frame, event));
-        if wake {
-            self.cv.notify_all();
-        }
         true
     }
 
     pub(crate) fn push_answer(&self, frame: Vec<u8>) {
-        self.push(frame, false, false);
+        self.push(frame, false);
     }
 
     /// Waits until fewer than `cap` frames wait (the client reads its answers), or the
@@ -97,7 +110,7 @@ impl Outbox {
 
     /// The next queued frame, if any. Taken only under the client's writer lock, so that
     /// frames leave in the order they were queued.
-    pub(crate) fn try_pop(&self) -> Option<Vec<u8>> {
+    fn try_pop(&self) -> Option<(Vec<u8>, bool)> {
         let mut s = lock(&self.state);
         let (frame, event) = s.frames.pop_front()?;
         if event {
@@ -107,7 +120,86 @@ impl Outbox {
             // The reader thread may wait for room (`wait_room`).
             self.cv.notify_all();
         }
-        Some(frame)
+        Some((frame, event))
+    }
+
+    /// Puts back a frame that could not be written yet.
+    fn unpop(&self, frame: Vec<u8>, event: bool) {
+        let mut s = lock(&self.state);
+        if event {
+            s.events += 1;
+        }
+        s.frames.push_front((frame, event));
+    }
+
+    /// Ends the client: its connection is shut down, so that its reader thread sees the
+    /// end and releases what it held.
+    fn fail(&self, w: &Writer) {
+        self.close();
+        let _ = shutdown(w.as_fd().as_raw_fd(), Shutdown::Both);
+    }
+
+    /// Writes every queued frame, in order, waiting for room; `false` once the client is
+    /// gone. Only the client's own threads call it.
+    pub(crate) fn flush(&self) -> bool {
+        let Some(writer) = &self.writer else {
+            return true;
+        };
+        let mut w = lock(writer);
+        while let Some((frame, _)) = self.try_pop() {
+            if w.send_bytes(&frame).is_err() {
+                self.fail(&w);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes what is queued if that needs no waiting (the socket has room, no other
+    /// thread is writing); otherwise wakes the client's writer thread to do it. Called by
+    /// other clients' threads, which must never wait for this client.
+    ///
+    /// A frame that is begun is finished whatever it takes, so this writes only while the
+    /// socket says it is writable (Linux: a quarter or more of its buffer free, far more
+    /// than [`KICK_BUDGET`]) and at most that budget: it never waits.
+    fn kick(&self) {
+        let Some(Ok(mut w)) = self.writer.as_ref().map(Mutex::try_lock) else {
+            self.wake();
+            return;
+        };
+        let mut fds = [PollFd::new(w.as_fd(), PollFlags::POLLOUT)];
+        let writable = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLOUT));
+        let mut budget = if writable { KICK_BUDGET } else { 0 };
+        while let Some((frame, event)) = self.try_pop() {
+            if frame.len() + MAX_HEADER > budget {
+                self.unpop(frame, event);
+                drop(w);
+                self.wake();
+                return;
+            }
+            budget -= frame.len() + MAX_HEADER;
+            match w.try_send_bytes(&frame) {
+                Ok(()) => {}
+                Err(TrySendError::Full(())) => {
+                    self.unpop(frame, event);
+                    drop(w);
+                    self.wake();
+                    return;
+                }
+                Err(_) => {
+                    self.fail(&w);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wake(&self) {
+        let _s = lock(&self.state);
+        self.cv.notify_all();
     }
 
     pub(crate) fn close(&self) {
@@ -204,7 +296,36 @@ fn encode(reply: &Reply) -> Vec<u8> {
     postcard::to_stdvec(reply).unwrap_or_default()
 }
 
-/// Answers call `id` of `client` later (a grant, a wake-up): its writer thread sends it.
+thread_local! {
+    /// The outboxes this thread queued frames in for other clients, under the store lock:
+    /// written by [`kick_pending`] once the lock is released.
+    static KICKS: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Queues a frame for another client (a grant, a wake-up, a watch event), to be written
+/// by [`kick_pending`] after the store lock; `false` if a watch event found no room.
+fn push_other(out: &Arc<Outbox>, frame: Vec<u8>, event: bool) -> bool {
+    let queued = out.push(frame, event);
+    if queued {
+        KICKS.with(|k| {
+            let mut k = k.borrow_mut();
+            if !k.iter().any(|o| Arc::ptr_eq(o, out)) {
+                k.push(Arc::clone(out));
+            }
+        });
+    }
+    queued
+}
+
+/// Writes what this thread queued for other clients while it held the store lock: called
+/// after every use of the store (see `server::with_store`).
+pub(crate) fn kick_pending() {
+    for out in KICKS.with(|k| std::mem::take(&mut *k.borrow_mut())) {
+        out.kick();
+    }
+}
+
+/// Answers call `id` of `client` later (a grant, a wake-up).
 fn send(
     clients: &HashMap<ClientId, Arc<Outbox>>,
     client: ClientId,
@@ -212,7 +333,7 @@ fn send(
     result: Result<Answer, Fault>,
 ) {
     if let Some(out) = clients.get(&client) {
-        out.push(encode(&Reply::Done { id, result }), false, true);
+        push_other(out, encode(&Reply::Done { id, result }), false);
     }
 }
 
@@ -655,7 +776,7 @@ impl Store {
                         watch: w.watch,
                         missed: w.missed,
                     });
-                    if out.push(lag, true, true) {
+                    if push_other(out, lag, true) {
                         w.missed = 0;
                     }
                 }
@@ -664,7 +785,7 @@ impl Store {
                     seq: e.seq,
                     change: change.clone(),
                 });
-                if w.missed > 0 || !out.push(frame, true, true) {
+                if w.missed > 0 || !push_other(out, frame, true) {
                     w.missed += 1;
                     self.lagging = true;
                 }
@@ -691,7 +812,7 @@ impl Store {
                     watch: w.watch,
                     missed: w.missed,
                 });
-                if out.push(lag, true, true) {
+                if push_other(out, lag, true) {
                     w.missed = 0;
                 } else {
                     still = true;
@@ -1252,7 +1373,7 @@ mod tests {
     #[test]
     fn unknown_objects_and_operations_are_refused() {
         let mut store = Store::default();
-        let out = Arc::new(Outbox::new(8, 64));
+        let out = Arc::new(Outbox::new(8, 64, None));
         store.add_client(1, Arc::clone(&out));
         store.call(
             1,
@@ -1291,7 +1412,10 @@ mod tests {
     #[test]
     fn a_lock_released_by_a_leaving_client_goes_to_the_next_waiter() {
         let mut store = Store::default();
-        let (a, b) = (Arc::new(Outbox::new(8, 64)), Arc::new(Outbox::new(8, 64)));
+        let (a, b) = (
+            Arc::new(Outbox::new(8, 64, None)),
+            Arc::new(Outbox::new(8, 64, None)),
+        );
         store.add_client(1, Arc::clone(&a));
         store.add_client(2, Arc::clone(&b));
         let open = || Op::Open {
