@@ -274,9 +274,13 @@ fn main() -> anyhow::Result<()> {
         println!("{name}: target ipckit/raw_uds ≤ 1.3×: {ratio:.2}× {verdict}");
         if let Some(p) = py(&python, "get_rtt_us") {
             let us = ours.as_secs_f64() * 1e6;
+            let (times, word) = if p >= us {
+                (p / us, "faster")
+            } else {
+                (us / p, "slower")
+            };
             println!(
-                "{name}: Python multiprocessing.Manager d.get {p:.1} µs → ipckit is {:.1}× faster",
-                p / us
+                "{name}: Python multiprocessing.Manager d.get {p:.1} µs → ipckit is {times:.1}× {word}"
             );
         }
     }
