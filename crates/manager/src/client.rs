@@ -17,7 +17,7 @@ use ipckit_sockets::{Address, ConnectOptions, Reader, Writer, connect_with};
 use crate::{
     Error, Result,
     protocol::{Answer, Hello, Op, Reply, Request, VERSION},
-    server::{ServeOptions, Server},
+    server::{MAX_ANSWER, ServeOptions, Server},
     store::lock,
     watch::WatchState,
 };
@@ -385,7 +385,7 @@ impl Manager {
     }
 
     fn connect_opts(addr: &Address, opts: &ConnectOptions) -> Result<Manager> {
-        let mut c = connect_with(addr, opts)?;
+        let mut c = connect_with(addr, opts)?.max_message(MAX_ANSWER);
         let hello = c
             .recv_bytes_timeout(CONNECT)
             .map_err(|e| Error::Protocol(format!("no greeting from the manager: {e}")))?;

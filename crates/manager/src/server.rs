@@ -87,6 +87,10 @@ impl ServeOptions {
 /// How many answers may wait unsent for one client before the server stops reading its
 /// requests (the client is not reading its answers).
 const ANSWER_BACKLOG: usize = 1024;
+/// What a request frame may hold beyond its largest value (the key, the call).
+const REQUEST_OVERHEAD: usize = 4096;
+/// The largest answer or event frame (a snapshot of a whole dict), either way.
+pub(crate) const MAX_ANSWER: usize = 1 << 30;
 /// How often lagging watchers are retried, and the stop flag is looked at.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -213,9 +217,11 @@ fn run(listener: &Listener, opts: &ServeOptions, shared: &Arc<Shared>) {
 fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> Result<()> {
     let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let peer = conn.peer().to_string();
-    let conn = conn.max_message(opts.max_value.saturating_add(4096));
     lock(&shared.conns).push((client, conn.try_clone()?));
-    let (mut reader, mut writer) = conn.split()?;
+    let (reader, writer) = conn.split()?;
+    // Requests are at most a value and its key; answers (a whole dict) may be far larger.
+    let mut reader = reader.max_message(opts.max_value.saturating_add(REQUEST_OVERHEAD));
+    let mut writer = writer.max_message(MAX_ANSWER);
     let hello = postcard::to_stdvec(&Hello {
         version: VERSION,
         max_value: opts.max_value as u64,

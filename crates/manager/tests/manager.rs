@@ -558,7 +558,6 @@ fn nothing_left_behind() {
     wait_until("the server process exits", || {
         !ipckit_core::is_alive(pid as i32)
     });
-    let _ = BTreeMap::<u8, u8>::new();
 }
 
 fn stopped_watcher(addr: String) -> Result<u64, String> {
@@ -810,4 +809,28 @@ fn condition_across_processes() {
         assert_eq!(c.notify(1).unwrap(), 1);
     }
     assert_eq!(waiter.join_timeout(PATIENCE).unwrap().unwrap(), 7);
+}
+
+#[test]
+fn answers_may_exceed_the_largest_value() {
+    enter(&[]);
+    let addr = fresh_addr();
+    let _server = Manager::serve(&addr, ServeOptions::new().max_value(8192)).unwrap();
+    let m = Manager::connect(&addr, None).unwrap();
+    let d = m.dict::<u32, String>("d").unwrap();
+    let v = "x".repeat(4000);
+    for k in 0..100 {
+        d.insert(&k, &v).unwrap();
+    }
+    // 400 kB in one answer, 50 times the largest value.
+    assert_eq!(d.items().unwrap().len(), 100);
+    assert_eq!(
+        d.watch()
+            .unwrap()
+            .snapshot()
+            .to_typed::<BTreeMap<u32, String>>()
+            .unwrap()
+            .len(),
+        100
+    );
 }
