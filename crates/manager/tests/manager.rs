@@ -466,6 +466,14 @@ fn server_killed_disconnects_every_client_and_blocked_call() {
         Err(Error::Disconnected)
     ));
     assert!(matches!(lock.try_acquire(), Err(Error::Disconnected)));
+    // A SIGKILLed server leaves its socket file: stale, replaced by the next bind there.
+    let Address::Unix(path) = &addr else {
+        panic!("a Unix socket")
+    };
+    assert!(path.exists());
+    let again = Manager::serve(&addr, ServeOptions::new()).unwrap();
+    drop(again);
+    assert!(!path.exists());
 }
 
 #[test]
