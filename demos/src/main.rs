@@ -17,6 +17,7 @@ mod pipes;
 mod producer_consumer;
 mod restaurant;
 mod rpc;
+mod scoreboard;
 mod sensor;
 mod support;
 mod sync;
@@ -88,6 +89,15 @@ enum Scenario {
         #[arg(long)]
         addr: Option<Address>,
     },
+    /// Python's Manager example: four player processes score five rounds each in a dict
+    /// held by a manager process, a monitor process prints the board from watch events,
+    /// and the final ranking is checked point for point.
+    Scoreboard {
+        /// How players add their points: one server-side incr, or the tutorial's lock,
+        /// get and set.
+        #[arg(long, value_enum, default_value_t)]
+        style: scoreboard::Style,
+    },
     /// A chat server and four client processes: they join, talk through the server's
     /// broadcasts, leave, and the server shuts down; each must hear every line meant for
     /// it. `chat serve` and `chat join` play it by hand.
@@ -137,6 +147,8 @@ const ROLES: &[Role] = &[
     Role::new("echo-server", echo::server),
     Role::new("echo-client", echo::client),
     Role::new("chat-server", chat::scripted_server),
+    Role::new("scoreboard-player", scoreboard::player),
+    Role::new("scoreboard-monitor", scoreboard::monitor),
     Role::new("chat-client", chat::scripted_client),
     Role::new("rpc-server", rpc::server),
     Role::new("rpc-client", rpc::client),
@@ -170,6 +182,7 @@ fn main() -> ExitCode {
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),
         Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
         Scenario::Rpc { mode, addr } => rpc::rpc(mode, addr, pace),
+        Scenario::Scoreboard { style } => scoreboard::scoreboard(style, pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -479,6 +479,7 @@ fn every_scenario_has_help() {
         "chat",
         "chat serve",
         "chat join",
+        "scoreboard",
     ] {
         let args: Vec<&str> = scenario.split(' ').chain(["--help"]).collect();
         let out = demo(&args);
@@ -1165,4 +1166,67 @@ fn rpc_call_calls_the_tutorials_python_server() {
     };
     ipckit_testkit::wait_until("Python's server answers", || call().status.success());
     assert_eq!(String::from_utf8_lossy(&call().stdout), "Result: 8\n");
+}
+
+/// The numbers after "Player_N: " in the final ranking, by player.
+fn final_totals(out: &str) -> Vec<(String, u64)> {
+    let results = &out[out.find("Final Game Results").expect("final results")..];
+    results
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(". Player_")?;
+            let (id, points) = rest.split_once(": ")?;
+            Some((
+                id.to_string(),
+                points.strip_suffix(" points")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn scoreboard_counts_every_point(out: &str) {
+    assert_in_order(
+        out,
+        &[
+            "📊 Current Scoreboard:",
+            "The monitor saw",
+            "its board matches the server's",
+            "🏆 Final Game Results:",
+            "🥇 1. Player_",
+            "🥈 2. Player_",
+            "🥉 3. Player_",
+            "🏅 4. Player_",
+            "✅ Every point counted once",
+        ],
+    );
+    let totals = final_totals(out);
+    assert_eq!(totals.len(), 4, "{out}");
+    assert!(
+        totals.windows(2).all(|w| w[0].1 >= w[1].1),
+        "ranked: {totals:?}"
+    );
+    // Each player's last "Total" line is its final total.
+    for (id, total) in &totals {
+        let last = out
+            .lines()
+            .rfind(|l| l.starts_with(&format!("🎮 Player {id} scored")))
+            .expect("the player's rounds");
+        assert!(
+            last.ends_with(&format!("Total: {total}")),
+            "{last} vs {total}"
+        );
+    }
+    assert_eq!(out.matches("🎮 Player").count(), 20, "4 players × 5 rounds");
+}
+
+#[test]
+fn scoreboard_counts_every_point_with_incr() {
+    scoreboard_counts_every_point(&demo(&["scoreboard", "--fast"]));
+}
+
+#[test]
+fn scoreboard_counts_every_point_under_the_lock() {
+    let out = demo(&["scoreboard", "--style", "lock", "--fast"]);
+    assert!(out.contains("lock, get, set"), "{out}");
+    scoreboard_counts_every_point(&out);
 }

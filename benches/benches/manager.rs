@@ -1,0 +1,322 @@
+//! Manager workloads: `manager_get_rtt` and `manager_dict_incr_4x`.
+//!
+//! - `manager_get_rtt` (µs per call): one `Dict::get` of a small value from a manager
+//!   server in a child process (`Manager::start`, a Unix socket). Its floor `raw_uds` is a
+//!   32-byte round trip over a Unix socket pair to a child echoing with plain
+//!   `read(2)`/`write(2)`: what a request and its answer cost at the least. Target:
+//!   ipckit ≤ 1.3× the floor.
+//! - `manager_dict_incr_4x` (operations per second, all processes together): four worker
+//!   processes (`Worker`, ordered over a control connection) add 1 to one key of one dict,
+//!   each a quarter of the batch: `incr` is one server-side update per call;
+//!   `lock_get_set` is the Python tutorial's way (`with lock: d[k] = d[k] + 1`: four round
+//!   trips). After each row the key must hold every increment. Target: incr ≥ 100 k ops/s.
+//!
+//! Python's own `multiprocessing.Manager` does the same (`benches/python/manager_bench.py`:
+//! `d.get`, and four processes doing lock + get + set, and without the lock) in the same
+//! run when `python3` is on the `PATH`, first, bounded to two minutes; its figures are
+//! printed beside ours.
+//!
+//! ```text
+//! cargo bench -p ipckit-benches --bench manager -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, ensure};
+use criterion::Criterion;
+use ipckit_benches::{Fd, Figure, Group, PATIENCE, Rig, Worker, mean, serve, spawn};
+use ipckit_core::{Child, Ctx, Handle, Role, RoleResult};
+use ipckit_manager::{Dict, Manager};
+
+const RAW_ECHO: &str = "manager-raw-echo";
+const INCR: &str = "manager-incr";
+const LOCKED: &str = "manager-lock-get-set";
+const ROLES: &[Role] = &[
+    Role::new(RAW_ECHO, raw_echo),
+    Role::new(INCR, incr_worker),
+    Role::new(LOCKED, locked_worker),
+];
+/// The request size of the raw floor.
+const MSG: usize = 32;
+
+/// Echoes `MSG`-byte messages on the socket `sock` until the parent closes it.
+fn raw_echo(ctx: &mut Ctx) -> RoleResult {
+    let Fd(fd) = ctx.handle("sock")?;
+    let mut s = UnixStream::from(fd);
+    let mut buf = [0u8; MSG];
+    loop {
+        match s.read_exact(&mut buf) {
+            Ok(()) => s.write_all(&buf)?,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn scores(addr: &str) -> anyhow::Result<(Manager, Dict<String, i64>)> {
+    let m = Manager::connect(&addr.parse()?, None)?;
+    let d = m.dict("scores")?;
+    Ok((m, d))
+}
+
+fn incr_worker(ctx: &mut Ctx) -> RoleResult {
+    let addr: String = ctx.arg()?;
+    let (_m, d) = scores(&addr)?;
+    serve(ctx, |n| {
+        for _ in 0..n {
+            d.incr("x", 1)?;
+        }
+        Ok(n)
+    })
+}
+
+fn locked_worker(ctx: &mut Ctx) -> RoleResult {
+    let addr: String = ctx.arg()?;
+    let (m, d) = scores(&addr)?;
+    let lock = m.lock("lock")?;
+    serve(ctx, |n| {
+        for _ in 0..n {
+            let _held = lock.acquire()?;
+            let v = d.get("x")?.unwrap_or(0);
+            d.insert("x", &(v + 1))?;
+        }
+        Ok(n)
+    })
+}
+
+/// `Dict::get` against a manager process.
+struct GetRig {
+    _m: Manager,
+    d: Dict<String, i64>,
+}
+
+impl GetRig {
+    fn start() -> anyhow::Result<Self> {
+        let m = Manager::start()?;
+        let d = m.dict("scores")?;
+        d.insert("x", &42)?;
+        Ok(GetRig { _m: m, d })
+    }
+}
+
+impl Rig for GetRig {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        for _ in 0..iters {
+            ensure!(self.d.get("x")? == Some(42), "a wrong value");
+        }
+        Ok(began.elapsed())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The raw floor: a round trip of `MSG` bytes over a Unix socket pair.
+struct RawRig {
+    sock: UnixStream,
+    child: Child,
+}
+
+impl RawRig {
+    fn start() -> anyhow::Result<Self> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let child = spawn(RAW_ECHO, &(), [("sock", Fd(theirs.into()).into_handoff())])?;
+        Ok(RawRig { sock: ours, child })
+    }
+}
+
+impl Rig for RawRig {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let mut buf = [7u8; MSG];
+        let began = Instant::now();
+        for _ in 0..iters {
+            self.sock.write_all(&buf)?;
+            self.sock.read_exact(&mut buf)?;
+        }
+        Ok(began.elapsed())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        let RawRig { sock, mut child } = self;
+        drop(sock);
+        let status = child.join_timeout(PATIENCE)?;
+        ensure!(status.success(), "the echo ended with {status}");
+        Ok(())
+    }
+}
+
+/// Four workers adding to one key of a manager's dict.
+struct FourRig {
+    m: Manager,
+    workers: Vec<Worker>,
+    done: i64,
+}
+
+impl FourRig {
+    fn start(role: &'static str) -> anyhow::Result<Self> {
+        let m = Manager::start()?;
+        let addr = m.address().to_string();
+        let workers = (0..4)
+            .map(|_| Worker::start(role, &addr, []))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(FourRig {
+            m,
+            workers,
+            done: 0,
+        })
+    }
+}
+
+impl Rig for FourRig {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let share = iters.div_ceil(4);
+        let began = Instant::now();
+        for w in &mut self.workers {
+            w.order(share)?;
+        }
+        for w in &mut self.workers {
+            w.report()?;
+        }
+        let took = began.elapsed();
+        self.done += i64::try_from(share * 4)?;
+        // The batch ran `share * 4` operations; scale to the `iters` criterion asked for.
+        Ok(took.mul_f64(iters as f64 / (share * 4) as f64))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        let got = self.m.dict::<String, i64>("scores")?.get("x")?.unwrap_or(0);
+        ensure!(
+            got == self.done,
+            "{} increments, the key holds {got}",
+            self.done
+        );
+        self.workers.into_iter().try_for_each(Worker::finish)
+    }
+}
+
+/// Runs Python's manager script for `seconds` per figure, at most two minutes; its
+/// `name value` lines, or why there are none.
+fn python(seconds: f64) -> anyhow::Result<Vec<(String, f64)>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/manager_bench.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(seconds.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("python3")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("python3 took more than two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .context("python3's output")?
+        .read_to_string(&mut out)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+fn benchmarking() -> bool {
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+    flag("--bench") && !flag("--test")
+}
+
+/// Python's figure `row`, if it ran.
+fn py(rows: &[(String, f64)], row: &str) -> Option<f64> {
+    rows.iter().find(|(r, _)| r == row).map(|(_, v)| *v)
+}
+
+fn main() -> anyhow::Result<()> {
+    ipckit_core::enter(ROLES);
+    let mut c = Criterion::default().configure_from_args();
+    // Python first, so that its figures stand beside ours in each group's lines.
+    let python = if benchmarking() {
+        python(2.0).unwrap_or_else(|e| {
+            println!("python multiprocessing.Manager: not run ({e:#})");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+
+    let name = "manager_get_rtt";
+    let mut g = Group::new(&mut c, name, Figure::RoundTrip);
+    g.row("ipckit", GetRig::start)?;
+    g.row("raw_uds", RawRig::start)?;
+    let printed = g.finish(&[("ipckit", &["raw_uds"])], &[]);
+    if printed && let (Some(ours), Some(raw)) = (mean(name, "ipckit"), mean(name, "raw_uds")) {
+        let ratio = ours.as_secs_f64() / raw.as_secs_f64();
+        let verdict = if ratio <= 1.3 { "met" } else { "missed" };
+        println!("{name}: target ipckit/raw_uds ≤ 1.3×: {ratio:.2}× {verdict}");
+        if let Some(p) = py(&python, "get_rtt_us") {
+            let us = ours.as_secs_f64() * 1e6;
+            let (times, word) = if p >= us {
+                (p / us, "faster")
+            } else {
+                (us / p, "slower")
+            };
+            println!(
+                "{name}: Python multiprocessing.Manager d.get {p:.1} µs → ipckit is {times:.1}× {word}"
+            );
+        }
+    }
+
+    let name = "manager_dict_incr_4x";
+    let mut g = Group::new(&mut c, name, Figure::Rate);
+    g.row("incr", || FourRig::start(INCR))?;
+    g.row("lock_get_set", || FourRig::start(LOCKED))?;
+    if g.finish(&[], &[]) {
+        let k = |row| mean(name, row).map(|m| 1.0 / m.as_secs_f64() / 1e3);
+        if let (Some(incr), Some(locked)) = (k("incr"), k("lock_get_set")) {
+            let verdict = if incr >= 100.0 { "met" } else { "missed" };
+            println!(
+                "{name}: incr {incr:.1} k ops/s, lock_get_set {locked:.1} k ops/s (4 processes, one key)"
+            );
+            println!("{name}: target incr ≥ 100 k ops/s: {verdict}");
+            if let Some(p) = py(&python, "lock_get_set_4x_ops") {
+                let p = p / 1e3;
+                println!(
+                    "{name}: Python multiprocessing.Manager lock+get+set {p:.1} k ops/s → \
+                     ipckit lock_get_set is {:.1}×, incr {:.1}× Python's",
+                    locked / p,
+                    incr / p
+                );
+            }
+            if let (Some(p), Some(lost)) = (
+                py(&python, "unlocked_4x_ops"),
+                py(&python, "unlocked_4x_lost"),
+            ) {
+                println!(
+                    "{name}: Python without the lock {:.1} k ops/s, {lost:.0} of 8000 updates lost",
+                    p / 1e3
+                );
+            }
+        }
+    }
+    c.final_summary();
+    Ok(())
+}

@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod client;
+mod error;
+mod protocol;
+mod proxies;
+mod server;
+mod store;
+mod value;
+mod watch;
+
+ipckit_core::reexport_core!(own_errors);
+
+pub use {
+    client::Manager,
+    error::{Error, Result},
+    ipckit_sockets::{Address, ConnectOptions},
+    protocol::{Change, Update},
+    proxies::{
+        Barrier, Condition, Dict, Guard, List, Lock, Namespace, Queue, RGuard, RLock, Semaphore,
+        Shared, SharedEvent, Step,
+    },
+    server::{ServeOptions, Server},
+    value::{Value, ValueError},
+    watch::{Event, Watch},
+};

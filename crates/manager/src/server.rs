@@ -1,0 +1,322 @@
+//! The server: an accept thread, and per client a reader thread (which applies the
+//! client's calls to the store) and a writer thread (which drains its outbox).
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use ipckit_core::{RecvBytes, SendBytes};
+use ipckit_sockets::{Address, Connection, Listener};
+use nix::sys::socket::{Shutdown, shutdown};
+
+use crate::{
+    Result,
+    protocol::{Answer, Fault, Hello, Reply, Request, VERSION},
+    store::{ClientId, Outbox, Store, kick_pending, lock},
+};
+
+/// How a manager server runs: its authkey, the largest value it takes, how many watch
+/// events may wait for a slow client.
+///
+/// `ServeOptions::default()` takes values up to 16 MiB, no authkey (a Unix socket file is
+/// mode 0600: only its owner connects), and lets 4096 events wait per client.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub(crate) authkey: Option<Vec<u8>>,
+    pub(crate) max_value: usize,
+    pub(crate) watch_backlog: usize,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("authkey", &self.authkey.as_ref().map(|_| "…"))
+            .field("max_value", &self.max_value)
+            .field("watch_backlog", &self.watch_backlog)
+            .finish()
+    }
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            authkey: None,
+            max_value: 16 << 20,
+            watch_backlog: 4096,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The defaults (see the type's documentation).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires every client to prove it knows `key` (Python's `authkey`). A TCP server
+    /// must have one.
+    #[must_use]
+    pub fn authkey(mut self, key: &[u8]) -> Self {
+        self.authkey = Some(key.to_vec());
+        self
+    }
+
+    /// The largest request (a value with its key) the server takes, in encoded bytes;
+    /// larger ones are [`Error::TooLarge`](crate::Error::TooLarge).
+    #[must_use]
+    pub fn max_value(mut self, bytes: usize) -> Self {
+        self.max_value = bytes;
+        self
+    }
+
+    /// How many watch events may wait unsent for one client before its watches lag
+    /// (the watcher is then told how many it missed and gets a fresh snapshot).
+    #[must_use]
+    pub fn watch_backlog(mut self, events: usize) -> Self {
+        self.watch_backlog = events.max(1);
+        self
+    }
+}
+
+/// How many answers may wait unsent for one client before the server stops reading its
+/// requests (the client is not reading its answers).
+const ANSWER_BACKLOG: usize = 1024;
+/// What a request frame may hold beyond its largest value (the key, the call).
+const REQUEST_OVERHEAD: usize = 4096;
+/// The largest answer or event frame (a snapshot of a whole dict), either way.
+pub(crate) const MAX_ANSWER: usize = 1 << 30;
+/// How often lagging watchers are retried, and the stop flag is looked at.
+const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Default)]
+struct Shared {
+    store: Mutex<Store>,
+    stop: AtomicBool,
+    next_client: AtomicU64,
+    /// Every client's connection, to end them all when the server stops.
+    conns: Mutex<Vec<(ClientId, Connection)>>,
+}
+
+/// A manager server running in a thread of this process, made by
+/// [`Manager::serve`](crate::Manager::serve).
+///
+/// Clients connect to [`address`](Server::address) with
+/// [`Manager::connect`](crate::Manager::connect). Dropping it (or [`stop`](Server::stop))
+/// stops the server: every client sees `Disconnected`, the socket file is removed.
+#[derive(Debug)]
+pub struct Server {
+    addr: Address,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub(crate) fn bind(addr: &Address, opts: ServeOptions) -> Result<(Listener, ServeOptions)> {
+        if matches!(addr, Address::Tcp(_)) && opts.authkey.is_none() {
+            return Err(ipckit_core::Error::InvalidOptions(format!(
+                "a manager on TCP ({addr}) must have an authkey"
+            ))
+            .into());
+        }
+        let mut listener = Listener::bind(addr)?;
+        if let Some(key) = &opts.authkey {
+            listener = listener.authkey(key);
+        }
+        Ok((listener, opts))
+    }
+
+    pub(crate) fn start(addr: &Address, opts: ServeOptions) -> Result<Server> {
+        let (listener, opts) = Self::bind(addr, opts)?;
+        let addr = listener.address().clone();
+        let shared = Arc::new(Shared::default());
+        let s = Arc::clone(&shared);
+        let accept = thread::Builder::new()
+            .name("manager-accept".into())
+            .spawn(move || run(&listener, &opts, &s))
+            .map_err(ipckit_core::Error::Io)?;
+        Ok(Server {
+            addr,
+            shared,
+            accept: Some(accept),
+        })
+    }
+
+    /// Serves on the calling thread until a client asks the server to shut down.
+    pub(crate) fn run_here(addr: &Address, opts: ServeOptions) -> Result<()> {
+        let (listener, opts) = Self::bind(addr, opts)?;
+        let shared = Arc::new(Shared::default());
+        run(&listener, &opts, &shared);
+        Ok(())
+    }
+
+    /// The address clients connect to (with the real port for `tcp://…:0`).
+    pub fn address(&self) -> &Address {
+        &self.addr
+    }
+
+    /// Stops the server: it accepts no one more, every client is disconnected.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// The accept loop; returns when the server stops, after ending every client.
+fn run(listener: &Listener, opts: &ServeOptions, shared: &Arc<Shared>) {
+    tracing::info!(addr = %listener.address(), "manager serving");
+    let ticker = {
+        let s = Arc::clone(shared);
+        thread::Builder::new()
+            .name("manager-tick".into())
+            .spawn(move || {
+                while !s.stop.load(Ordering::SeqCst) {
+                    thread::sleep(TICK);
+                    with_store(&s, Store::report_lag);
+                }
+            })
+            .ok()
+    };
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept_timeout(TICK) {
+            Ok(conn) => {
+                if let Err(e) = start_client(conn, opts, shared) {
+                    tracing::warn!(error = %e, "cannot serve a client");
+                }
+            }
+            Err(ipckit_core::Error::Timeout) => {}
+            Err(e) => tracing::warn!(error = %e, "a client was not accepted"),
+        }
+    }
+    for (_, c) in lock(&shared.conns).drain(..) {
+        let _ = shutdown(c.as_fd().as_raw_fd(), Shutdown::Both);
+    }
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    tracing::info!(addr = %listener.address(), "manager stopped");
+}
+
+fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> Result<()> {
+    let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    let peer = conn.peer().to_string();
+    lock(&shared.conns).push((client, conn.try_clone()?));
+    let (reader, writer) = conn.split()?;
+    // Requests are at most a value and its key; answers (a whole dict) may be far larger.
+    let mut reader = reader.max_message(opts.max_value.saturating_add(REQUEST_OVERHEAD));
+    let mut writer = writer.max_message(MAX_ANSWER);
+    let hello = postcard::to_stdvec(&Hello {
+        version: VERSION,
+        max_value: opts.max_value as u64,
+    })
+    .map_err(|e| ipckit_core::Error::Codec(e.to_string()))?;
+    writer.send_bytes(&hello)?;
+    let out = Arc::new(Outbox::new(
+        opts.watch_backlog,
+        ANSWER_BACKLOG,
+        Some(writer),
+    ));
+    with_store(shared, |st| st.add_client(client, Arc::clone(&out)));
+    tracing::debug!(client, peer = %peer, "client joined");
+
+    let w_out = Arc::clone(&out);
+    thread::Builder::new()
+        .name(format!("manager-w{client}"))
+        .spawn(move || while w_out.wait_frame() && w_out.flush() {})
+        .map_err(ipckit_core::Error::Io)?;
+
+    let s = Arc::clone(shared);
+    let max_value = opts.max_value;
+    thread::Builder::new()
+        .name(format!("manager-r{client}"))
+        .spawn(move || {
+            let mut buf = Vec::new();
+            let reason = loop {
+                out.wait_room();
+                if let Err(e) = reader.recv_bytes_into(&mut buf) {
+                    // A clean end is the client leaving; anything else (a frame above the
+                    // limit, a broken frame) is the client breaking the protocol.
+                    let bad = !matches!(e, ipckit_core::Error::Disconnected);
+                    break (bad, e.to_string());
+                }
+                if buf.len() > max_value {
+                    // Answer it if its id can be read; either way, serve on.
+                    if let Ok((id, _)) = peek_id(&buf) {
+                        let frame = postcard::to_stdvec(&Reply::Done {
+                            id,
+                            result: Err::<Answer, _>(Fault::TooLarge {
+                                len: buf.len() as u64,
+                                max: max_value as u64,
+                            }),
+                        })
+                        .unwrap_or_default();
+                        out.push_answer(frame);
+                        out.flush();
+                        continue;
+                    }
+                }
+                match postcard::from_bytes::<Request>(&buf) {
+                    Ok(Request::Call { id, op }) => {
+                        lock(&s.store).call(client, id, op);
+                        out.flush();
+                        kick_pending();
+                    }
+                    Ok(Request::Cancel { id }) => {
+                        lock(&s.store).cancel(client, id);
+                        out.flush();
+                        kick_pending();
+                    }
+                    Ok(Request::Shutdown) => {
+                        tracing::info!(client, "shutdown asked");
+                        s.stop.store(true, Ordering::SeqCst);
+                        break (false, "it asked the server to shut down".to_string());
+                    }
+                    Err(e) => break (true, format!("it sent a malformed request ({e})")),
+                }
+            };
+            with_store(&s, |st| st.remove_client(client));
+            out.close();
+            lock(&s.conns).retain(|(c, _)| *c != client);
+            let (bad, reason) = reason;
+            if bad {
+                tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");
+            } else {
+                tracing::info!(client, peer = %peer, reason = %reason, "client left");
+            }
+        })
+        .map_err(ipckit_core::Error::Io)?;
+    Ok(())
+}
+
+/// Uses the store, then writes what that queued for other clients.
+fn with_store<R>(shared: &Shared, f: impl FnOnce(&mut Store) -> R) -> R {
+    let r = f(&mut lock(&shared.store));
+    kick_pending();
+    r
+}
+
+/// Reads the id of a `Request::Call` without decoding the rest.
+fn peek_id(buf: &[u8]) -> std::result::Result<(u64, &[u8]), postcard::Error> {
+    let (tag, rest) = postcard::take_from_bytes::<u32>(buf)?;
+    if tag != 0 {
+        return Err(postcard::Error::DeserializeBadEnum);
+    }
+    postcard::take_from_bytes::<u64>(rest)
+}
