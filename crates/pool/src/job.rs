@@ -192,6 +192,20 @@ struct Slots {
     done: Vec<Option<Done>>,
     /// Chunks in the order they were done.
     order: VecDeque<usize>,
+    /// Chunks done so far (taken or not).
+    finished: usize,
+    /// What the waiting caller waits for: only that wakes it.
+    want: Want,
+}
+
+/// What a caller waits for, so that the pool's thread wakes it only when it comes (a
+/// wake-up costs more than a small task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Nothing,
+    Chunk(usize),
+    Any,
+    All,
 }
 
 impl Job {
@@ -205,6 +219,8 @@ impl Job {
             slots: Mutex::new(Slots {
                 done: (0..chunks).map(|_| None).collect(),
                 order: VecDeque::new(),
+                finished: 0,
+                want: Want::Nothing,
             }),
             cond: Condvar::new(),
         }
@@ -237,8 +253,17 @@ impl Job {
         if let Some(slot @ None) = slots.done.get_mut(chunk) {
             *slot = Some(done);
             slots.order.push_back(chunk);
+            slots.finished += 1;
+            let wake = match slots.want {
+                Want::Nothing => false,
+                Want::Chunk(c) => c == chunk,
+                Want::Any => true,
+                Want::All => slots.finished == slots.done.len(),
+            };
             drop(slots);
-            self.cond.notify_all();
+            if wake {
+                self.cond.notify_all();
+            }
         }
     }
 
@@ -246,13 +271,16 @@ impl Job {
     fn take_with(
         &self,
         deadline: Option<Instant>,
+        want: Want,
         mut pick: impl FnMut(&mut Slots) -> Option<(usize, Done)>,
     ) -> Result<(usize, Done), Error> {
         let mut slots = lock(&self.slots);
         loop {
             if let Some(found) = pick(&mut slots) {
+                slots.want = Want::Nothing;
                 return Ok(found);
             }
+            slots.want = want;
             slots = match deadline {
                 None => self
                     .cond
@@ -261,6 +289,7 @@ impl Job {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        slots.want = Want::Nothing;
                         return Err(Error::Timeout);
                     }
                     self.cond
@@ -274,7 +303,7 @@ impl Job {
 
     /// Takes chunk `chunk`'s outcome, waiting for it until `deadline`.
     pub(crate) fn take(&self, chunk: usize, deadline: Option<Instant>) -> Result<Done, Error> {
-        self.take_with(deadline, |s| {
+        self.take_with(deadline, Want::Chunk(chunk), |s| {
             s.done
                 .get_mut(chunk)
                 .and_then(Option::take)
@@ -285,10 +314,24 @@ impl Job {
 
     /// Takes the outcome of whichever chunk was done first of those not taken yet.
     pub(crate) fn take_any(&self, deadline: Option<Instant>) -> Result<(usize, Done), Error> {
-        self.take_with(deadline, |s| {
+        self.take_with(deadline, Want::Any, |s| {
             let chunk = s.order.pop_front()?;
             s.done[chunk].take().map(|d| (chunk, d))
         })
+    }
+
+    /// Waits until every chunk has its outcome (taken or not): one wake-up for a whole
+    /// `map`.
+    pub(crate) fn wait_all(&self) {
+        let mut slots = lock(&self.slots);
+        while slots.finished < slots.done.len() {
+            slots.want = Want::All;
+            slots = self
+                .cond
+                .wait(slots)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        slots.want = Want::Nothing;
     }
 
     /// Whether chunk `chunk` has its outcome (and it was not taken).
