@@ -11,8 +11,3 @@ pub use {
     fifo::{Fifo, open_read, open_read_timeout, open_write, open_write_timeout},
     ipckit_core::{Connection, Framing, PeerCredentials, Reader, Writer},
 };
-
-/// The workspace README's examples, compiled and run as doc tests so that they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct WorkspaceReadme;

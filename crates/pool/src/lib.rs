@@ -17,3 +17,9 @@ pub use {
     options::PoolOptions,
     pool::{Imap, ImapUnordered, Pool, TaskHandle},
 };
+
+/// The workspace README's examples (pipes, spawning, the pool), compiled and run as doc
+/// tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadme;
