@@ -16,7 +16,7 @@ use ipckit_sockets::{Address, ConnectOptions, Reader, Writer, connect_with};
 
 use crate::{
     Error, Result,
-    protocol::{Answer, Hello, Op, Reply, Request, VERSION},
+    protocol::{Answer, CLIENT_HELLO, Hello, Op, Reply, Request, VERSION},
     server::{MAX_ANSWER, ServeOptions, Server},
     store::lock,
     watch::WatchState,
@@ -386,6 +386,7 @@ impl Manager {
 
     fn connect_opts(addr: &Address, opts: &ConnectOptions) -> Result<Manager> {
         let mut c = connect_with(addr, opts)?.max_message(MAX_ANSWER);
+        c.send_bytes(CLIENT_HELLO)?;
         let hello = c
             .recv_bytes_timeout(CONNECT)
             .map_err(|e| Error::Protocol(format!("no greeting from the manager: {e}")))?;

@@ -3,8 +3,10 @@
 
 mod client;
 mod error;
+mod pickle;
 mod protocol;
 mod proxies;
+mod python;
 mod server;
 mod store;
 mod value;

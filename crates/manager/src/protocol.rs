@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Value};
 
 /// The protocol's version, sent in [`Hello`].
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
+
+/// An ipckit client's first frame (a Python client's first frame is a pickle, which
+/// starts with 0x80): the server answers it with [`Hello`].
+pub(crate) const CLIENT_HELLO: &[u8] = b"ipckit-manager";
 
 /// The server's first frame on every connection.
 #[derive(Debug, Serialize, Deserialize)]

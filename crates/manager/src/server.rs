@@ -11,13 +11,14 @@ use std::{
     time::Duration,
 };
 
-use ipckit_core::{RecvBytes, SendBytes};
+use ipckit_core::{Reader, RecvBytes, SendBytes, Writer};
 use ipckit_sockets::{Address, Connection, Listener};
 use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::{
     Result,
-    protocol::{Answer, Fault, Hello, Reply, Request, VERSION},
+    protocol::{Answer, CLIENT_HELLO, Fault, Hello, Reply, Request, VERSION},
+    python::{Ctx, PyState},
     store::{ClientId, Outbox, Store, kick_pending, lock},
 };
 
@@ -31,6 +32,7 @@ pub struct ServeOptions {
     pub(crate) authkey: Option<Vec<u8>>,
     pub(crate) max_value: usize,
     pub(crate) watch_backlog: usize,
+    pub(crate) legacy_md5: bool,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -39,6 +41,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("authkey", &self.authkey.as_ref().map(|_| "…"))
             .field("max_value", &self.max_value)
             .field("watch_backlog", &self.watch_backlog)
+            .field("legacy_md5", &self.legacy_md5)
             .finish()
     }
 }
@@ -49,6 +52,7 @@ impl Default for ServeOptions {
             authkey: None,
             max_value: 16 << 20,
             watch_backlog: 4096,
+            legacy_md5: false,
         }
     }
 }
@@ -72,6 +76,14 @@ impl ServeOptions {
     #[must_use]
     pub fn max_value(mut self, bytes: usize) -> Self {
         self.max_value = bytes;
+        self
+    }
+
+    /// Also accepts the HMAC-MD5 handshake of Python 3.11 and older (a Python 3.11
+    /// `BaseManager` client); by default only Python 3.12's SHA-256 one.
+    #[must_use]
+    pub fn legacy_md5(mut self, allow: bool) -> Self {
+        self.legacy_md5 = allow;
         self
     }
 
@@ -101,6 +113,7 @@ struct Shared {
     next_client: AtomicU64,
     /// Every client's connection, to end them all when the server stops.
     conns: Mutex<Vec<(ClientId, Connection)>>,
+    py: PyState,
 }
 
 /// A manager server running in a thread of this process, made by
@@ -126,7 +139,7 @@ impl Server {
         }
         let mut listener = Listener::bind(addr)?;
         if let Some(key) = &opts.authkey {
-            listener = listener.authkey(key);
+            listener = listener.authkey(key).legacy_md5(opts.legacy_md5);
         }
         Ok((listener, opts))
     }
@@ -221,88 +234,140 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
     let (reader, writer) = conn.split()?;
     // Requests are at most a value and its key; answers (a whole dict) may be far larger.
     let mut reader = reader.max_message(opts.max_value.saturating_add(REQUEST_OVERHEAD));
-    let mut writer = writer.max_message(MAX_ANSWER);
+    let writer = writer.max_message(MAX_ANSWER);
+    let s = Arc::clone(shared);
+    let opts = opts.clone();
+    thread::Builder::new()
+        .name(format!("manager-r{client}"))
+        .spawn(move || {
+            // The client speaks first: ipckit's greeting, or a Python request (a pickle).
+            let mut first = Vec::new();
+            let outcome = match reader.recv_bytes_into(&mut first) {
+                Err(e) => Err(format!("it sent nothing ({e})")),
+                Ok(()) if first.first() == Some(&0x80) => {
+                    serve_python(client, first, reader, writer, &s);
+                    Ok(())
+                }
+                Ok(()) if first == CLIENT_HELLO => {
+                    serve_rust(client, &peer, reader, writer, &opts, &s);
+                    Ok(())
+                }
+                Ok(()) => Err("it speaks neither ipckit's protocol nor Python's".to_string()),
+            };
+            if let Err(reason) = outcome {
+                tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");
+            }
+            lock(&s.conns).retain(|(c, _)| *c != client);
+        })
+        .map_err(ipckit_core::Error::Io)?;
+    Ok(())
+}
+
+/// Serves a Python `BaseManager` client's connection (see the crate README).
+fn serve_python(client: ClientId, first: Vec<u8>, reader: Reader, writer: Writer, s: &Arc<Shared>) {
+    let out = Arc::new(Outbox::new(usize::MAX, usize::MAX, None));
+    with_store(s, |st| st.add_client(client, Arc::clone(&out)));
+    let ctx = Ctx {
+        store: &s.store,
+        stop: &s.stop,
+        py: &s.py,
+        client,
+        out,
+        address: String::new(),
+    };
+    ctx.serve(first, reader, writer);
+    with_store(s, |st| st.remove_client(client));
+}
+
+/// Serves an ipckit client: a writer thread drains its outbox, this thread reads.
+fn serve_rust(
+    client: ClientId,
+    peer: &str,
+    mut reader: Reader,
+    mut writer: Writer,
+    opts: &ServeOptions,
+    s: &Arc<Shared>,
+) {
     let hello = postcard::to_stdvec(&Hello {
         version: VERSION,
         max_value: opts.max_value as u64,
     })
-    .map_err(|e| ipckit_core::Error::Codec(e.to_string()))?;
-    writer.send_bytes(&hello)?;
+    .unwrap_or_default();
+    if writer.send_bytes(&hello).is_err() {
+        return;
+    }
     let out = Arc::new(Outbox::new(
         opts.watch_backlog,
         ANSWER_BACKLOG,
         Some(writer),
     ));
-    with_store(shared, |st| st.add_client(client, Arc::clone(&out)));
+    with_store(s, |st| st.add_client(client, Arc::clone(&out)));
     tracing::debug!(client, peer = %peer, "client joined");
 
     let w_out = Arc::clone(&out);
-    thread::Builder::new()
+    if thread::Builder::new()
         .name(format!("manager-w{client}"))
         .spawn(move || while w_out.wait_frame() && w_out.flush() {})
-        .map_err(ipckit_core::Error::Io)?;
+        .is_err()
+    {
+        with_store(s, |st| st.remove_client(client));
+        tracing::warn!(client, "no thread to write to a client");
+        return;
+    }
 
-    let s = Arc::clone(shared);
     let max_value = opts.max_value;
-    thread::Builder::new()
-        .name(format!("manager-r{client}"))
-        .spawn(move || {
-            let mut buf = Vec::new();
-            let reason = loop {
-                out.wait_room();
-                if let Err(e) = reader.recv_bytes_into(&mut buf) {
-                    // A clean end is the client leaving; anything else (a frame above the
-                    // limit, a broken frame) is the client breaking the protocol.
-                    let bad = !matches!(e, ipckit_core::Error::Disconnected);
-                    break (bad, e.to_string());
-                }
-                if buf.len() > max_value {
-                    // Answer it if its id can be read; either way, serve on.
-                    if let Ok((id, _)) = peek_id(&buf) {
-                        let frame = postcard::to_stdvec(&Reply::Done {
-                            id,
-                            result: Err::<Answer, _>(Fault::TooLarge {
-                                len: buf.len() as u64,
-                                max: max_value as u64,
-                            }),
-                        })
-                        .unwrap_or_default();
-                        out.push_answer(frame);
-                        out.flush();
-                        continue;
-                    }
-                }
-                match postcard::from_bytes::<Request>(&buf) {
-                    Ok(Request::Call { id, op }) => {
-                        lock(&s.store).call(client, id, op);
-                        out.flush();
-                        kick_pending();
-                    }
-                    Ok(Request::Cancel { id }) => {
-                        lock(&s.store).cancel(client, id);
-                        out.flush();
-                        kick_pending();
-                    }
-                    Ok(Request::Shutdown) => {
-                        tracing::info!(client, "shutdown asked");
-                        s.stop.store(true, Ordering::SeqCst);
-                        break (false, "it asked the server to shut down".to_string());
-                    }
-                    Err(e) => break (true, format!("it sent a malformed request ({e})")),
-                }
-            };
-            with_store(&s, |st| st.remove_client(client));
-            out.close();
-            lock(&s.conns).retain(|(c, _)| *c != client);
-            let (bad, reason) = reason;
-            if bad {
-                tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");
-            } else {
-                tracing::info!(client, peer = %peer, reason = %reason, "client left");
+    let mut buf = Vec::new();
+    let reason = loop {
+        out.wait_room();
+        if let Err(e) = reader.recv_bytes_into(&mut buf) {
+            // A clean end is the client leaving; anything else (a frame above the
+            // limit, a broken frame) is the client breaking the protocol.
+            let bad = !matches!(e, ipckit_core::Error::Disconnected);
+            break (bad, e.to_string());
+        }
+        if buf.len() > max_value {
+            // Answer it if its id can be read; either way, serve on.
+            if let Ok((id, _)) = peek_id(&buf) {
+                let frame = postcard::to_stdvec(&Reply::Done {
+                    id,
+                    result: Err::<Answer, _>(Fault::TooLarge {
+                        len: buf.len() as u64,
+                        max: max_value as u64,
+                    }),
+                })
+                .unwrap_or_default();
+                out.push_answer(frame);
+                out.flush();
+                continue;
             }
-        })
-        .map_err(ipckit_core::Error::Io)?;
-    Ok(())
+        }
+        match postcard::from_bytes::<Request>(&buf) {
+            Ok(Request::Call { id, op }) => {
+                lock(&s.store).call(client, id, op);
+                out.flush();
+                kick_pending();
+            }
+            Ok(Request::Cancel { id }) => {
+                lock(&s.store).cancel(client, id);
+                out.flush();
+                kick_pending();
+            }
+            Ok(Request::Shutdown) => {
+                tracing::info!(client, "shutdown asked");
+                s.stop.store(true, Ordering::SeqCst);
+                break (false, "it asked the server to shut down".to_string());
+            }
+            Err(e) => break (true, format!("it sent a malformed request ({e})")),
+        }
+    };
+    with_store(s, |st| st.remove_client(client));
+    out.close();
+    let (bad, reason) = reason;
+    if bad {
+        tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");
+    } else {
+        tracing::info!(client, peer = %peer, reason = %reason, "client left");
+    }
 }
 
 /// Uses the store, then writes what that queued for other clients.

@@ -202,6 +202,38 @@ impl Outbox {
         self.cv.notify_all();
     }
 
+    /// Takes the next queued frame, waiting for one until `deadline`; `None` at the
+    /// deadline or once closed. For a client served without a writer (a Python client),
+    /// whose thread reads its own answers here.
+    pub(crate) fn next_frame(&self, deadline: Option<std::time::Instant>) -> Option<Vec<u8>> {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some((frame, event)) = s.frames.pop_front() {
+                if event {
+                    s.events -= 1;
+                }
+                return Some(frame);
+            }
+            if s.closed {
+                return None;
+            }
+            match deadline {
+                None => s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    s = self
+                        .cv
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+    }
+
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;
         self.cv.notify_all();
@@ -462,6 +494,26 @@ fn less(a: &Value, b: &Value) -> bool {
 }
 
 impl Store {
+    /// The handle of the object named `name`, if there is one.
+    pub(crate) fn find(&self, name: &str) -> Option<u32> {
+        self.names.get(name).copied()
+    }
+
+    /// The kind and name of the object with handle `h`, and a barrier's parties.
+    pub(crate) fn describe(&self, h: u32) -> Option<(Kind, &str, u64)> {
+        let e = self.objects.get(h as usize)?;
+        let parties = match e.obj {
+            Obj::Barrier { parties, .. } => parties,
+            _ => 0,
+        };
+        Some((e.kind, &e.name, parties))
+    }
+
+    /// How many objects the server holds.
+    pub(crate) fn len(&self) -> usize {
+        self.objects.len()
+    }
+
     pub(crate) fn add_client(&mut self, client: ClientId, out: Arc<Outbox>) {
         self.clients.insert(client, out);
     }

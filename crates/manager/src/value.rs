@@ -37,6 +37,10 @@ pub enum Value {
     List(Vec<Value>),
     /// A map or a struct, in order.
     Map(Vec<(Value, Value)>),
+    /// An object only Python knows (a class instance, a set, a `datetime`), stored by a
+    /// Python client: its pickle (protocol 4), kept and given back unchanged. Rust reads
+    /// it as bytes.
+    Python(Vec<u8>),
 }
 
 impl Value {
@@ -76,6 +80,7 @@ impl Value {
             Value::Bytes(_) => "bytes",
             Value::List(_) => "list",
             Value::Map(_) => "map",
+            Value::Python(_) => "python object",
         }
     }
 
@@ -89,6 +94,7 @@ impl Value {
             Value::Bytes(_) => 5,
             Value::List(_) => 6,
             Value::Map(_) => 7,
+            Value::Python(_) => 8,
         }
     }
 }
@@ -117,6 +123,7 @@ impl Ord for Value {
             (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::List(a), Value::List(b)) => a.cmp(b),
             (Value::Map(a), Value::Map(b)) => a.cmp(b),
+            (Value::Python(a), Value::Python(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
         }
     }
@@ -131,6 +138,7 @@ impl fmt::Display for Value {
             Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => write!(f, "{s:?}"),
             Value::Bytes(b) => write!(f, "<{} bytes>", b.len()),
+            Value::Python(b) => write!(f, "<python object, {} bytes>", b.len()),
             Value::List(items) => {
                 f.write_str("[")?;
                 for (i, v) in items.iter().enumerate() {
@@ -527,7 +535,7 @@ impl<'de> de::Deserializer<'de> for Value {
             Value::Int(i) => visitor.visit_i64(i),
             Value::Float(x) => visitor.visit_f64(x),
             Value::Str(s) => visitor.visit_string(s),
-            Value::Bytes(b) => visitor.visit_byte_buf(b),
+            Value::Bytes(b) | Value::Python(b) => visitor.visit_byte_buf(b),
             Value::List(items) => visitor.visit_seq(Items {
                 iter: items.into_iter(),
                 value: None,
