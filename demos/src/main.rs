@@ -97,6 +97,10 @@ enum Scenario {
         /// get and set.
         #[arg(long, value_enum, default_value_t)]
         style: scoreboard::Style,
+        /// Players 3 and 4 are Python processes running the tutorial's own player code
+        /// against the same manager (needs Python 3.12 or newer).
+        #[arg(long)]
+        python: bool,
     },
     /// A chat server and four client processes: they join, talk through the server's
     /// broadcasts, leave, and the server shuts down; each must hear every line meant for
@@ -182,7 +186,7 @@ fn main() -> ExitCode {
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),
         Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
         Scenario::Rpc { mode, addr } => rpc::rpc(mode, addr, pace),
-        Scenario::Scoreboard { style } => scoreboard::scoreboard(style, pace),
+        Scenario::Scoreboard { style, python } => scoreboard::scoreboard(style, python, pace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,13 +6,15 @@
 //!
 //! By default each score is one server-side `incr`; `--style lock` plays it the
 //! tutorial's way: under the manager's lock, read the score, then write it back plus the
-//! points.
+//! points. `--python` makes players 3 and 4 Python processes running the tutorial's own
+//! `game_player` (demos/python/scoreboard_player.py), connected to the same manager with
+//! `BaseManager`; their random points are summed from what they print.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, bail};
 use ipckit_core::{Ctx, RoleResult};
-use ipckit_manager::{Change, Event, Manager};
+use ipckit_manager::{Change, Event, Manager, ServeOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{PATIENCE, Pace, join_all, role};
@@ -55,7 +57,7 @@ fn pause(pace: Pace, id: u32, round: u32) {
 }
 
 fn connect(addr: &str) -> anyhow::Result<Manager> {
-    Ok(Manager::connect(&addr.parse()?, None)?)
+    Ok(Manager::connect(&addr.parse()?, Some(AUTHKEY))?)
 }
 
 /// A player process: registers, then plays five rounds.
@@ -147,14 +149,121 @@ pub(crate) fn monitor(ctx: &mut Ctx) -> RoleResult {
     Ok(())
 }
 
+/// The tutorial's Python player, run by a Python 3.12 or newer.
+const PYTHON_PLAYER: &str = include_str!("../python/scoreboard_player.py");
+
+/// The key the manager asks of every client (Python always authenticates).
+const AUTHKEY: &[u8] = b"scoreboard";
+
+/// A Python 3.12 or newer on the `PATH` or under pyenv.
+fn find_python() -> anyhow::Result<std::path::PathBuf> {
+    let mut candidates: Vec<std::path::PathBuf> = ["python3.13", "python3.12", "python3"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    if let Some(root) = std::env::var_os("PYENV_ROOT").or_else(|| {
+        std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv").into())
+    }) {
+        for v in ["3.13", "3.12"] {
+            if let Ok(dir) = std::fs::read_dir(std::path::Path::new(&root).join("versions")) {
+                candidates.extend(
+                    dir.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(v))
+                        .map(|e| e.path().join("bin/python3")),
+                );
+            }
+        }
+    }
+    let check = "import sys; sys.exit(sys.version_info < (3, 12))";
+    candidates
+        .into_iter()
+        .find(|py| {
+            std::process::Command::new(py)
+                .args(["-c", check])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .context("--python needs Python 3.12 or newer (python3.12, python3.13 or pyenv)")
+}
+
+/// The Python players: their processes, started with the tutorial's player code.
+struct PythonPlayers {
+    children: Vec<(u32, std::process::Child)>,
+}
+
+impl PythonPlayers {
+    fn start(ids: &[u32], socket: &str) -> anyhow::Result<Self> {
+        let py = find_python()?;
+        let mut children = Vec::new();
+        for &id in ids {
+            let child = std::process::Command::new(&py)
+                .args(["-c", PYTHON_PLAYER, socket])
+                .arg(std::str::from_utf8(AUTHKEY)?)
+                .arg(id.to_string())
+                .env("PYTHONIOENCODING", "utf-8")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting Python player {id}"))?;
+            children.push((id, child));
+        }
+        Ok(PythonPlayers { children })
+    }
+
+    /// Waits for each Python player, echoes what it printed, and sums its points.
+    fn finish(mut self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let mut totals = BTreeMap::new();
+        for (id, child) in std::mem::take(&mut self.children) {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            let mut child = child;
+            while child.try_wait()?.is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("Python player {id} did not finish within {PATIENCE:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            print!("{text}");
+            if !out.status.success() {
+                bail!("Python player {id} failed ({})", out.status);
+            }
+            let scored: i64 = text
+                .lines()
+                .filter_map(|l| {
+                    l.split(" scored ")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<i64>()
+                        .ok()
+                })
+                .sum();
+            totals.insert(name(id), scored);
+        }
+        Ok(totals)
+    }
+}
+
+impl Drop for PythonPlayers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The `scoreboard` scenario.
-pub(crate) fn scoreboard(style: Style, pace: Pace) -> anyhow::Result<()> {
+pub(crate) fn scoreboard(style: Style, python: bool, pace: Pace) -> anyhow::Result<()> {
     println!("🏟️ A manager process holds `scores` (a dict), `players` (a list) and a lock");
     match style {
         Style::Incr => println!("⚛️ Each score is one server-side incr: no lock needed"),
         Style::Lock => println!("🔒 Each score is lock, get, set: the tutorial's way"),
     }
-    let m = Manager::start().context("starting the manager")?;
+    let m = Manager::start_with(ServeOptions::new().authkey(AUTHKEY))
+        .context("starting the manager")?;
     let addr = m.address().to_string();
     let args = |id| Args {
         addr: addr.clone(),
@@ -164,11 +273,25 @@ pub(crate) fn scoreboard(style: Style, pace: Pace) -> anyhow::Result<()> {
     };
     let mut monitor = vec![role("scoreboard-monitor").arg(&args(0))?.spawn()?];
     m.event("monitor-ready")?.with_timeout(PATIENCE).wait()?;
-    // Every player registers, then they all start together.
+    // The objects exist before any Python player asks for them by name.
+    let _ = (m.dict::<String, i64>("scores")?, m.lock("lock")?);
+    // Every player registers, then the Rust ones start together (Python's play at once).
     let mut joined = m.list::<String>("players")?.watch()?;
-    let mut players = (1..=PLAYERS)
-        .map(|id| Ok(role("scoreboard-player").arg(&args(id))?.spawn()?))
+    let python_ids: &[u32] = if python { &[3, 4] } else { &[] };
+    let rust_ids: Vec<u32> = (1..=PLAYERS)
+        .filter(|id| !python_ids.contains(id))
+        .collect();
+    let mut players = rust_ids
+        .iter()
+        .map(|&id| Ok(role("scoreboard-player").arg(&args(id))?.spawn()?))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let socket = addr.strip_prefix("unix://").unwrap_or(&addr).to_string();
+    let pythons = if python {
+        println!("🐍 Players 3 and 4 are Python processes: the tutorial's game_player, unchanged");
+        Some(PythonPlayers::start(python_ids, &socket)?)
+    } else {
+        None
+    };
     let mut registered = joined.seq();
     while registered < u64::from(PLAYERS) {
         joined
@@ -180,6 +303,10 @@ pub(crate) fn scoreboard(style: Style, pace: Pace) -> anyhow::Result<()> {
     println!("👥 {PLAYERS} players registered; play!");
     m.event("start")?.set()?;
     join_all(&mut players)?;
+    let python_totals = match pythons {
+        Some(p) => p.finish()?,
+        None => BTreeMap::new(),
+    };
     m.event("game-over")?.set()?;
     join_all(&mut monitor)?;
 
@@ -193,9 +320,11 @@ pub(crate) fn scoreboard(style: Style, pace: Pace) -> anyhow::Result<()> {
     }
     let mut registered = m.list::<String>("players")?.snapshot()?;
     registered.sort();
-    let expected: BTreeMap<String, i64> = (1..=PLAYERS)
-        .map(|id| (name(id), (0..ROUNDS).map(|r| points(id, r)).sum()))
+    let mut expected: BTreeMap<String, i64> = rust_ids
+        .iter()
+        .map(|&id| (name(id), (0..ROUNDS).map(|r| points(id, r)).sum()))
         .collect();
+    expected.extend(python_totals);
     if registered != expected.keys().cloned().collect::<Vec<_>>() {
         bail!("players registered: {registered:?}");
     }

@@ -1230,3 +1230,25 @@ fn scoreboard_counts_every_point_under_the_lock() {
     assert!(out.contains("lock, get, set"), "{out}");
     scoreboard_counts_every_point(&out);
 }
+
+/// Two of the four players are Python processes running the tutorial's `game_player`
+/// through `BaseManager.connect()` against the same ipckit manager.
+#[test]
+fn scoreboard_with_python_players_counts_every_point() {
+    if ipckit_testkit::python(12..=99).is_none() {
+        return;
+    }
+    let out = demo(&["scoreboard", "--python", "--fast"]);
+    assert!(
+        out.contains("Players 3 and 4 are Python processes"),
+        "{out}"
+    );
+    for id in [3, 4] {
+        assert_eq!(
+            out.matches(&format!("🎮 Player {id} scored ")).count(),
+            5,
+            "Python player {id} played five rounds:\n{out}"
+        );
+    }
+    scoreboard_counts_every_point(&out);
+}
