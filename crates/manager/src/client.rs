@@ -282,13 +282,19 @@ impl Drop for Owned {
 
 /// The server process of [`Manager::start`]: its address, the largest value, the watch
 /// backlog and the authkey.
-type ChildArgs = (String, u64, u64, Option<Vec<u8>>);
+/// What the server child is told: address, value maximum, watch backlog, authkey, and
+/// whether Python 3.11's MD5 handshake is allowed.
+type ChildArgs = (String, u64, u64, Option<Vec<u8>>, bool);
 
-fn serve_child((addr, max_value, backlog, key): ChildArgs, _: &mut Ctx) -> RoleResult<()> {
+fn serve_child(
+    (addr, max_value, backlog, key, legacy_md5): ChildArgs,
+    _: &mut Ctx,
+) -> RoleResult<()> {
     let addr: Address = addr.parse()?;
     let mut opts = ServeOptions::new()
         .max_value(usize::try_from(max_value)?)
-        .watch_backlog(usize::try_from(backlog)?);
+        .watch_backlog(usize::try_from(backlog)?)
+        .legacy_md5(legacy_md5);
     if let Some(k) = key {
         opts = opts.authkey(&k);
     }
@@ -324,6 +330,7 @@ impl Manager {
             opts.max_value as u64,
             opts.watch_backlog as u64,
             opts.authkey.clone(),
+            opts.legacy_md5,
         );
         let child = Command::function(&args, serve_child)?.quiet().spawn()?;
         let mut connect = ConnectOptions::new().timeout(CONNECT).retry(true);
