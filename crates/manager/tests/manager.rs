@@ -466,12 +466,18 @@ fn server_killed_disconnects_every_client_and_blocked_call() {
         Err(Error::Disconnected)
     ));
     assert!(matches!(lock.try_acquire(), Err(Error::Disconnected)));
-    // A SIGKILLed server leaves its socket file: stale, replaced by the next bind there.
+    // A SIGKILLed server leaves its socket file: stale, replaced by the next bind there
+    // (once the process is gone for good: its listening socket dies with it).
+    assert!(matches!(
+        server.join_timeout(PATIENCE),
+        Err(ipckit_manager::CoreError::RoleKilled { .. })
+    ));
     let Address::Unix(path) = &addr else {
         panic!("a Unix socket")
     };
     assert!(path.exists());
-    let again = Manager::serve(&addr, ServeOptions::new()).unwrap();
+    let again = Manager::serve(&addr, ServeOptions::new())
+        .expect("a new server binds where the killed one was");
     drop(again);
     assert!(!path.exists());
 }
