@@ -6,6 +6,7 @@ mod mqueue;
 mod scratch;
 mod senders;
 mod shm;
+mod sync;
 
 ipckit_core::reexport_core!();
 
@@ -13,6 +14,7 @@ pub use {
     joinable::JoinableQueue,
     mqueue::{
         HARD_MSG_MAX, HARD_MSGSIZE_MAX, MessageQueue, MqLimits, MqOptions, MqReceiver, MqSender,
+        remove_stale_message_queues, stale_message_queues,
     },
     shm::{Queue, QueueOptions, QueueReceiver, QueueSender},
 };

@@ -11,7 +11,13 @@ mod os;
 )]
 mod sys;
 
-use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    os::fd::AsFd,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use ipckit_core::{
     Codec, Deadline, Handle, Handoff, Postcard, Receiver, RecvBytes, RecvTimeoutError, Result,
@@ -20,12 +26,30 @@ use ipckit_core::{
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use limits::{HARD_MSG_MAX, HARD_MSGSIZE_MAX, MqLimits};
+pub use os::{remove_stale_message_queues, stale_message_queues};
 
 use crate::{
     scratch::{SPARE, decode_with, encode_with, with_buffer},
-    senders::Registration,
+    senders::{Registration, marked, token_for},
 };
 use os::Inner;
+
+/// How a handle that counts as a sender travels to a child: as a description of the
+/// queue's table of its own that carries the count (see [`Registration::hand_over`]).
+fn handoff_counted(inner: Arc<Inner>, registration: Registration<Arc<Inner>>) -> Handoff {
+    match token_for(&inner.table()) {
+        Some(token) => {
+            registration.hand_over(&token);
+            // The queue is reached from its table's name.
+            drop(inner);
+            Handoff::Fd(token)
+        }
+        None => {
+            registration.leave();
+            os::handoff(inner)
+        }
+    }
+}
 
 /// How a [`MessageQueue`] is sized: `MqOptions::new(capacity)`, then chained setters.
 ///
@@ -139,6 +163,8 @@ impl MqOptions {
 pub struct MessageQueue<T, C = Postcard> {
     inner: Arc<Inner>,
     codec: C,
+    /// This handle's count as a sender, from its first put.
+    counted: OnceLock<Registration<Arc<Inner>>>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -173,6 +199,7 @@ impl<T, C: Codec + Default> MessageQueue<T, C> {
         MessageQueue {
             inner,
             codec: C::default(),
+            counted: OnceLock::new(),
             _t: PhantomData,
         }
     }
@@ -188,6 +215,7 @@ impl<T, C: Codec + Clone> MessageQueue<T, C> {
         Ok(MessageQueue {
             inner: Arc::clone(&self.inner),
             codec: self.codec.clone(),
+            counted: OnceLock::new(),
             _t: PhantomData,
         })
     }
@@ -279,6 +307,13 @@ impl<T: Serialize, C: Codec + Clone> MessageQueue<T, C> {
     /// [`max_message`](MessageQueue::max_message), [`Error::Codec`](crate::Error::Codec)
     /// if it cannot be encoded.
     pub fn put_deadline(&self, msg: &T, deadline: Deadline) -> Result<()> {
+        if self.counted.get().is_none() {
+            // Another thread of this process may have counted it meanwhile: then this one
+            // is released again.
+            let _ = self
+                .counted
+                .set(Registration::new(Arc::clone(&self.inner))?);
+        }
         encode_with(&self.codec, msg, |bytes| self.inner.send(bytes, deadline))
     }
 
@@ -372,14 +407,25 @@ impl<T, C> fmt::Debug for MessageQueue<T, C> {
     }
 }
 
-/// Passes by name; the child's handle does not own the name.
+/// Passes by name; the child's handle does not own the name. A handle that counts as a
+/// sender (it has put) passes with its count, as an [`MqSender`] does.
 impl<T, C: Codec + Default> Handle for MessageQueue<T, C> {
     fn into_handoff(self) -> Handoff {
-        os::handoff(self.inner)
+        match self.counted.into_inner() {
+            Some(registration) => handoff_counted(self.inner, registration),
+            None => os::handoff(self.inner),
+        }
     }
 
     fn from_handoff(h: Handoff) -> Result<Self> {
-        Ok(Self::wrap(Arc::new(os::open_handoff(h)?)))
+        let (inner, token) = os::open_counted(h)?;
+        let queue = Self::wrap(Arc::new(inner));
+        if let Some(token) = token.filter(|t| marked(t.as_fd()).is_some()) {
+            let registration =
+                Registration::take_over(Arc::clone(&queue.inner), Some(token.as_fd()))?;
+            let _ = queue.counted.set(registration);
+        }
+        Ok(queue)
     }
 }
 
@@ -431,13 +477,14 @@ impl Handle for MqSender {
             inner,
             registration,
         } = self;
-        registration.hand_over();
-        os::handoff(inner)
+        handoff_counted(inner, registration)
     }
 
     fn from_handoff(h: Handoff) -> Result<Self> {
-        let inner = Arc::new(os::open_handoff(h)?);
-        let registration = Registration::take_over(Arc::clone(&inner))?;
+        let (inner, token) = os::open_counted(h)?;
+        let inner = Arc::new(inner);
+        let registration =
+            Registration::take_over(Arc::clone(&inner), token.as_ref().map(AsFd::as_fd))?;
         Ok(MqSender {
             inner,
             registration,
