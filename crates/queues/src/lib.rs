@@ -10,6 +10,11 @@ mod sync;
 
 ipckit_core::reexport_core!();
 
+/// The slot protocol's model for loom, built only with `--cfg loom` (`tests/loom.rs`).
+#[cfg(loom)]
+#[doc(hidden)]
+pub use shm::model;
+
 pub use {
     joinable::JoinableQueue,
     mqueue::{

@@ -2,6 +2,8 @@
 //! `QueueReceiver`, `QueueOptions`) over the slot protocol of `raw`, whose one unsafe step
 //! (viewing the segment's atomics) is in `sys`.
 
+#[cfg(loom)]
+pub mod model;
 mod raw;
 mod slots;
 #[expect(

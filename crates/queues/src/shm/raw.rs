@@ -202,6 +202,9 @@ impl RawQueue {
                     })?;
                 }
                 Step::Busy => self.wait(&h.not_full.0, &mut waited, deadline, spin, || false)?,
+                // Only the model's processes are stopped.
+                #[cfg(loom)]
+                Step::Stopped => return Err(Error::Timeout),
             }
         }
     }
@@ -230,6 +233,9 @@ impl RawQueue {
                 Step::Closed | Step::Busy => {
                     self.wait(&h.not_empty.0, &mut waited, deadline, spin, || false)?;
                 }
+                // Only the model's processes are stopped.
+                #[cfg(loom)]
+                Step::Stopped => return Err(Error::Timeout),
             }
         }
     }

@@ -54,7 +54,11 @@ pub(crate) const FULL: u64 = 2;
 pub(crate) const READING: u64 = 3;
 const TURN_MASK: u64 = (1 << 30) - 1;
 /// How many times one call retries after losing a race before it reports [`Step::Busy`].
+#[cfg(not(loom))]
 pub(crate) const RETRIES: u32 = 1 << 12;
+/// In the model, where every retry is a branch to explore, fewer.
+#[cfg(loom)]
+pub(crate) const RETRIES: u32 = 4;
 
 pub(crate) fn state(turn: u64, kind: u64, pid: u32) -> u64 {
     (turn & TURN_MASK) << 34 | kind << 32 | u64::from(pid)
