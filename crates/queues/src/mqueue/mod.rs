@@ -150,15 +150,20 @@ impl MqOptions {
 ///   order they went in.
 /// - **A dead peer**: receivers get `Disconnected` once the queue is
 ///   [`close`](MessageQueue::close)d, or every sender is gone (dropped, or its process
-///   killed) and the queue is drained, within 50 ms. The kernel does not tell senders when
+///   killed) and the queue is drained, within 50 ms. Senders are every [`MqSender`], and
+///   every `MessageQueue` handle that has put (from its first `put` until it is dropped).
+///   A queue whose creator was killed stays in the kernel:
+///   [`stale_message_queues`](crate::stale_message_queues) lists such queues and
+///   [`remove_stale_message_queues`](crate::remove_stale_message_queues) removes them. The kernel does not tell senders when
 ///   receivers are gone: a send to a queue nobody reads waits while it is full (use
 ///   `put_timeout` / `send_timeout`).
 /// - **Limits**: the kernel bounds the capacity, the message size, the number of queues and
 ///   the bytes of queues per user; without privileges, 10 messages of up to 8 KiB per
 ///   queue and about 800 KB in all. [`create`](MessageQueue::create) turns a refusal into
 ///   an error that names the limit, its value and the fix; [`MqLimits`] has the table.
-///   Queues live in the kernel, not in a file system: `/dev/mqueue` (if mounted) only lists
-///   them, and ipckit does not need it. Message memory is allocated by the kernel when a
+///   When the limit is met, it first removes the queues of this user whose creator was
+///   killed, and tries once more. Queues live in the kernel, not in a file system:
+///   `/dev/mqueue` (if mounted) only lists them, and ipckit does not need it. Message memory is allocated by the kernel when a
 ///   message is sent and freed when it is received.
 pub struct MessageQueue<T, C = Postcard> {
     inner: Arc<Inner>,
@@ -298,9 +303,12 @@ impl<T: Serialize, C: Codec + Clone> MessageQueue<T, C> {
         Ok(Sender::with_codec(self.byte_sender()?, self.codec.clone()))
     }
 
-    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use.
+    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use. The
+    /// first put counts this handle as a sender (see [`MessageQueue`]).
     ///
     /// # Errors
+    /// [`Error::LimitReached`](crate::Error::LimitReached) if this handle is not yet
+    /// counted and 64 other live processes hold senders;
     /// [`Error::Timeout`](crate::Error::Timeout) if there was no room in time,
     /// [`Error::Disconnected`](crate::Error::Disconnected) if the queue was closed,
     /// [`Error::TooLarge`](crate::Error::TooLarge) if the encoded message exceeds
@@ -437,8 +445,10 @@ impl<T, C: Codec + Default> Handle for MessageQueue<T, C> {
 /// say when receivers are gone). Every live `MqSender`, in any process, keeps receivers
 /// waiting; when the last one is dropped or its process dies, they drain the queue and get
 /// `Disconnected`. Handed to a child with `Command::handle` (the child takes it with
-/// `Ctx::handle::<MqSender>`), it passes by name with its count: the child counts itself
-/// before it releases this process's count, so receivers never see a moment with no sender.
+/// `Ctx::handle::<MqSender>`), it passes with its count, as a descriptor of its own of the
+/// queue's sender table: the count lasts while the `Command`, then the child, holds it, and
+/// the child counts itself before it releases it, so receivers never see a moment with no
+/// sender; a child killed before it took it ends the count.
 pub struct MqSender {
     inner: Arc<Inner>,
     registration: Registration<Arc<Inner>>,

@@ -181,11 +181,14 @@ impl QueueOptions {
 ///   `send`/`recv`, and an iterator.
 /// - **A dead peer**: [`close`](Queue::close) ends it (puts fail, gets drain what was
 ///   put, then say `Disconnected`: no `None` sentinel). Consumers also get `Disconnected`
-///   once every [`QueueSender`] is gone, dropped or its process killed, within 50 ms. A
-///   process killed at any moment (mid-put, mid-get, waiting) never corrupts it, never
-///   loses a message whose `put` returned, and never blocks the others: the slot it was
-///   working on carries its pid, and survivors repair it. Producers are not told when
-///   consumers die (a queue has no receiving end to lose): use `put_timeout`.
+///   once every sender is gone, dropped or its process killed, within 50 ms: every
+///   [`QueueSender`], and every `Queue` handle that has put (a handle counts as a sender
+///   from its first `put` until it is dropped; one that only gets never counts). A process
+///   killed at any moment (mid-put, mid-get, waiting) never corrupts it, never loses a
+///   message whose `put` returned, and never blocks the others: the slot it was working on
+///   carries its pid, and the first call that finds it stuck repairs it (`try_get` and
+///   `try_put` included). Producers are not told when consumers die (a queue has no
+///   receiving end to lose): use `put_timeout`.
 /// - An idle waiter sleeps in the kernel after a brief spin; [`spin`](Queue::spin) makes
 ///   this handle busy-wait instead, for the lowest latency.
 ///
@@ -373,12 +376,15 @@ impl<T: Serialize, C: Codec + Clone> Queue<T, C> {
         Ok(Sender::with_codec(self.byte_sender()?, self.codec.clone()))
     }
 
-    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use.
+    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use. The
+    /// first put counts this handle as a sender (see [`Queue`]).
     ///
     /// # Errors
     /// [`Error::Timeout`] if there was no room in time, [`Error::Disconnected`] if the
     /// queue was closed, [`Error::TooLarge`] if the encoded message exceeds
-    /// [`max_message`](Queue::max_message), [`Error::Codec`] if it cannot be encoded.
+    /// [`max_message`](Queue::max_message), [`Error::Codec`] if it cannot be encoded,
+    /// [`Error::LimitReached`] if this handle is not yet counted and 64 other live
+    /// processes hold senders.
     pub fn put_deadline(&self, msg: &T, deadline: Deadline) -> Result<()> {
         self.count()?;
         encode_with(&self.codec, msg, |bytes| {
@@ -501,9 +507,11 @@ impl<T, C: Codec + Default> Handle for Queue<T, C> {
 /// one). Every live `QueueSender`, in any process, keeps the queue's consumers waiting; when
 /// the last one is dropped or its process dies, they drain the queue and get
 /// `Disconnected`. Handed to a child with `Command::handle` (the child takes it with
-/// `Ctx::handle::<QueueSender>`), it passes with its count: the child counts itself before
-/// it releases this process's count, so consumers never see a moment with no sender. A
-/// send waits while the queue is full; it fails with `Disconnected` only once the queue is
+/// `Ctx::handle::<QueueSender>`), it passes with its count, as a descriptor of its own:
+/// the count lasts while the `Command`, then the child, holds it, and the child counts
+/// itself before it releases it, so consumers never see a moment with no sender; a child
+/// killed before it took it (or a `Command` dropped unspawned) ends the count. A send
+/// waits while the queue is full; it fails with `Disconnected` only once the queue is
 /// closed.
 pub struct QueueSender {
     raw: RawQueue,
