@@ -40,8 +40,9 @@ fn handoff_counted(inner: Arc<Inner>, registration: Registration<Arc<Inner>>) ->
     match token_for(&inner.table()) {
         Some(token) => {
             registration.hand_over(&token);
-            // The queue is reached from its table's name.
-            drop(inner);
+            // The child reaches the queue from its table's name (and is told, as for any
+            // handle, if this was the creator's last handle, which removes the name).
+            let _ = os::handoff(inner);
             Handoff::Fd(token)
         }
         None => {
