@@ -8,8 +8,8 @@
 //! ```
 //!
 //! The argument is the storm's length in seconds (10 by default). Four producers put
-//! through byte senders with `put_timeout`-style waits of 200 ms; four consumers get, two
-//! blocking (200 ms deadlines) and two polling (`try_`). A quarter of the messages are
+//! through byte senders with deadlines of 1 to 50 ms (retrying a put that timed out);
+//! four consumers get, two blocking (deadlines of 1 to 50 ms) and two polling (`try_`). A quarter of the messages are
 //! empty (0 bytes); the others are 16 bytes or 64 KiB, and carry their producer and
 //! sequence number. Each consumer reports what it got through a second queue to this
 //! process, which keeps a bitmap per producer. Every 0–40 ms one process is killed and
@@ -31,8 +31,8 @@ use ipckit_shmem::Shared;
 const PRODUCERS: usize = 4;
 const CONSUMERS: usize = 4;
 const BIG: usize = 64 << 10;
-/// Every call in the storm waits at most this long.
-const WAIT: Duration = Duration::from_millis(200);
+/// The longest deadline of a call in the storm.
+const WAIT: Duration = Duration::from_millis(50);
 /// How late past its deadline a call may return on a loaded machine before it counts as
 /// an overrun.
 const SLACK: Duration = Duration::from_millis(100);
@@ -48,6 +48,8 @@ struct Books {
     worst_us: Shared<AtomicU64>,
     /// Calls that returned more than `SLACK` past their deadline.
     overruns: Shared<AtomicU64>,
+    /// Calls that reached their deadline.
+    timeouts: Shared<AtomicU64>,
 }
 
 impl Books {
@@ -56,6 +58,7 @@ impl Books {
             stop: Shared::create(0).expect("shared memory"),
             worst_us: Shared::create(0).expect("shared memory"),
             overruns: Shared::create(0).expect("shared memory"),
+            timeouts: Shared::create(0).expect("shared memory"),
         }
     }
 
@@ -63,6 +66,7 @@ impl Books {
         cmd.handle("stop", self.stop.try_clone().expect("clone"))
             .handle("worst", self.worst_us.try_clone().expect("clone"))
             .handle("overruns", self.overruns.try_clone().expect("clone"))
+            .handle("timeouts", self.timeouts.try_clone().expect("clone"))
     }
 
     fn take(ctx: &mut Ctx) -> ipckit_queues::Result<Books> {
@@ -70,14 +74,34 @@ impl Books {
             stop: ctx.handle("stop")?,
             worst_us: ctx.handle("worst")?,
             overruns: ctx.handle("overruns")?,
+            timeouts: ctx.handle("timeouts")?,
         })
     }
 
-    /// Notes a call that began at `start` with a deadline `WAIT` later.
-    fn timed(&self, start: Instant) {
-        let late = start.elapsed().saturating_sub(WAIT);
+    /// A deadline of 1 to 50 ms from now, and its length.
+    fn deadline(rng: &mut Rng) -> (Deadline, Duration) {
+        let wait = Duration::from_millis(1 + rng.below(WAIT.as_millis() as u64));
+        (Deadline::after(wait), wait)
+    }
+
+    /// Notes a call that began at `start` with a deadline `wait` later, and whether it
+    /// reached it.
+    fn timed(&self, start: Instant, wait: Duration, timed_out: bool) {
+        if timed_out {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        let late = start.elapsed().saturating_sub(wait);
         self.worst_us
             .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+        if late > SLACK {
+            // Which call: a deadline missed by this much is a bug, or a machine too loaded
+            // to run the process in time.
+            eprintln!(
+                "  late: pid {} waited {:?} for a deadline of {wait:?} (timed out: {timed_out})",
+                std::process::id(),
+                start.elapsed()
+            );
+        }
         if late > SLACK {
             self.overruns.fetch_add(1, Ordering::Relaxed);
         }
@@ -119,16 +143,17 @@ fn producer(ctx: &mut Ctx) -> RoleResult {
             if rng.below(2) == 0 { &big[..16] } else { &big }
         };
         let start = Instant::now();
-        match tx.send_bytes_deadline(msg, Deadline::after(WAIT)) {
+        let (deadline, wait) = Books::deadline(&mut rng);
+        match tx.send_bytes_deadline(msg, deadline) {
             Ok(()) => {
                 // Pairs with the Acquire load of the parent after the kill.
                 acked.store(seq + 1, Ordering::Release);
                 seq += 1;
+                books.timed(start, wait, false);
             }
-            Err(Error::Timeout) => {}
+            Err(Error::Timeout) => books.timed(start, wait, true),
             Err(e) => return Err(e.into()),
         }
-        books.timed(start);
     }
     Ok(())
 }
@@ -142,18 +167,19 @@ fn consumer(ctx: &mut Ctx) -> RoleResult {
         .handle::<QueueSender>("report")?
         .into_sender::<(u32, u64)>();
     let books = Books::take(ctx)?;
+    let mut rng = Rng(u64::from(std::process::id()) | 1);
     let mut buf = Vec::new();
     loop {
         let start = Instant::now();
-        let deadline = if blocking {
-            Deadline::after(WAIT)
+        let (deadline, wait) = if blocking {
+            Books::deadline(&mut rng)
         } else {
-            Deadline::Now
+            (Deadline::Now, Duration::ZERO)
         };
         match rx.recv_bytes_into_deadline(&mut buf, deadline) {
             Ok(()) => {
                 if blocking {
-                    books.timed(start);
+                    books.timed(start, wait, false);
                 }
                 let got = if buf.is_empty() {
                     (EMPTY_ID, 0)
@@ -163,16 +189,17 @@ fn consumer(ctx: &mut Ctx) -> RoleResult {
                 };
                 loop {
                     let start = Instant::now();
-                    match report.send_deadline(&got, Deadline::after(WAIT)) {
+                    let (deadline, wait) = Books::deadline(&mut rng);
+                    match report.send_deadline(&got, deadline) {
                         Ok(()) => break,
-                        Err(Error::Timeout) => books.timed(start),
+                        Err(Error::Timeout) => books.timed(start, wait, true),
                         Err(e) => return Err(e.into()),
                     }
                 }
             }
             Err(Error::Timeout) => {
                 if blocking {
-                    books.timed(start);
+                    books.timed(start, wait, true);
                 } else {
                     std::thread::yield_now();
                 }
@@ -363,6 +390,7 @@ fn main() {
     let lost_unexplained = lost.saturating_sub(consumer_kills);
     let worst_ms = storm.books.worst_us.load(Ordering::Relaxed) as f64 / 1000.0;
     let overruns = storm.books.overruns.load(Ordering::Relaxed);
+    let timeouts = storm.books.timeouts.load(Ordering::Relaxed);
 
     println!(
         "kill storm: {secs} s, {PRODUCERS} producers and {CONSUMERS} consumers (2 blocking, 2 polling)"
@@ -383,7 +411,7 @@ fn main() {
         stuck.len()
     );
     println!(
-        "  deadlines: worst overrun {worst_ms:.1} ms; {overruns} calls more than {SLACK:?} late"
+        "  deadlines: {timeouts} calls reached theirs; worst overrun {worst_ms:.1} ms; {overruns} calls more than {SLACK:?} late"
     );
     for s in &stuck {
         println!("  stuck: {s}");
