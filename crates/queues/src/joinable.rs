@@ -23,10 +23,10 @@ use crate::shm::{Queue, QueueOptions};
 ///   [`join`](JoinableQueue::join) waits until the count is zero.
 /// - **A dead peer**: a consumer that dies holding a task never marks it done, so Python's
 ///   `join` would wait for ever; [`join_timeout`](JoinableQueue::join_timeout) gives up
-///   instead. A joinable queue has no sender handles, so its consumers learn that no more
-///   will come only from [`close`](JoinableQueue::close): they drain it, then get
-///   `Disconnected`. Crash safety is the [`Queue`]'s: a process killed mid-put or mid-get
-///   never corrupts it.
+///   instead. A handle counts as a sender from its first `put`, as a [`Queue`]'s does: once
+///   every handle that put is dropped or its process dead (or the queue is
+///   [`close`](JoinableQueue::close)d), consumers drain it, then get `Disconnected`. Crash
+///   safety is the [`Queue`]'s: a process killed mid-put or mid-get never corrupts it.
 ///
 /// ```
 /// use ipckit_queues::JoinableQueue;

@@ -187,7 +187,7 @@ fn exists(name: &str) -> bool {
 /// The companion segment of queue `name` in `/dev/shm`.
 fn peers_path(name: &str) -> std::path::PathBuf {
     let suffix = name.strip_prefix("/ipckit-mq-").expect("an ipckit name");
-    std::path::Path::new("/dev/shm").join(format!("ipckit-shm-{suffix}"))
+    std::path::Path::new("/dev/shm").join(format!("ipckit-mqtable.{suffix}"))
 }
 
 #[test]

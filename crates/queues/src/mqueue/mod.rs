@@ -11,7 +11,13 @@ mod os;
 )]
 mod sys;
 
-use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    os::fd::AsFd,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use ipckit_core::{
     Codec, Deadline, Handle, Handoff, Postcard, Receiver, RecvBytes, RecvTimeoutError, Result,
@@ -20,12 +26,31 @@ use ipckit_core::{
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use limits::{HARD_MSG_MAX, HARD_MSGSIZE_MAX, MqLimits};
+pub use os::{remove_stale_message_queues, stale_message_queues};
 
 use crate::{
     scratch::{SPARE, decode_with, encode_with, with_buffer},
-    senders::Registration,
+    senders::{Registration, marked, token_for},
 };
 use os::Inner;
+
+/// How a handle that counts as a sender travels to a child: as a description of the
+/// queue's table of its own that carries the count (see [`Registration::hand_over`]).
+fn handoff_counted(inner: Arc<Inner>, registration: Registration<Arc<Inner>>) -> Handoff {
+    match token_for(&inner.table()) {
+        Some(token) => {
+            registration.hand_over(&token);
+            // The child reaches the queue from its table's name (and is told, as for any
+            // handle, if this was the creator's last handle, which removes the name).
+            let _ = os::handoff(inner);
+            Handoff::Fd(token)
+        }
+        None => {
+            registration.leave();
+            os::handoff(inner)
+        }
+    }
+}
 
 /// How a [`MessageQueue`] is sized: `MqOptions::new(capacity)`, then chained setters.
 ///
@@ -126,19 +151,26 @@ impl MqOptions {
 ///   order they went in.
 /// - **A dead peer**: receivers get `Disconnected` once the queue is
 ///   [`close`](MessageQueue::close)d, or every sender is gone (dropped, or its process
-///   killed) and the queue is drained, within 50 ms. The kernel does not tell senders when
+///   killed) and the queue is drained, within 50 ms. Senders are every [`MqSender`], and
+///   every `MessageQueue` handle that has put (from its first `put` until it is dropped).
+///   A queue whose creator was killed stays in the kernel:
+///   [`stale_message_queues`](crate::stale_message_queues) lists such queues and
+///   [`remove_stale_message_queues`](crate::remove_stale_message_queues) removes them. The kernel does not tell senders when
 ///   receivers are gone: a send to a queue nobody reads waits while it is full (use
 ///   `put_timeout` / `send_timeout`).
 /// - **Limits**: the kernel bounds the capacity, the message size, the number of queues and
 ///   the bytes of queues per user; without privileges, 10 messages of up to 8 KiB per
 ///   queue and about 800 KB in all. [`create`](MessageQueue::create) turns a refusal into
 ///   an error that names the limit, its value and the fix; [`MqLimits`] has the table.
-///   Queues live in the kernel, not in a file system: `/dev/mqueue` (if mounted) only lists
-///   them, and ipckit does not need it. Message memory is allocated by the kernel when a
+///   When the limit is met, it first removes the queues of this user whose creator was
+///   killed, and tries once more. Queues live in the kernel, not in a file system:
+///   `/dev/mqueue` (if mounted) only lists them, and ipckit does not need it. Message memory is allocated by the kernel when a
 ///   message is sent and freed when it is received.
 pub struct MessageQueue<T, C = Postcard> {
     inner: Arc<Inner>,
     codec: C,
+    /// This handle's count as a sender, from its first put.
+    counted: OnceLock<Registration<Arc<Inner>>>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -173,6 +205,7 @@ impl<T, C: Codec + Default> MessageQueue<T, C> {
         MessageQueue {
             inner,
             codec: C::default(),
+            counted: OnceLock::new(),
             _t: PhantomData,
         }
     }
@@ -188,6 +221,7 @@ impl<T, C: Codec + Clone> MessageQueue<T, C> {
         Ok(MessageQueue {
             inner: Arc::clone(&self.inner),
             codec: self.codec.clone(),
+            counted: OnceLock::new(),
             _t: PhantomData,
         })
     }
@@ -270,15 +304,25 @@ impl<T: Serialize, C: Codec + Clone> MessageQueue<T, C> {
         Ok(Sender::with_codec(self.byte_sender()?, self.codec.clone()))
     }
 
-    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use.
+    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use. The
+    /// first put counts this handle as a sender (see [`MessageQueue`]).
     ///
     /// # Errors
+    /// [`Error::LimitReached`](crate::Error::LimitReached) if this handle is not yet
+    /// counted and 64 other live processes hold senders;
     /// [`Error::Timeout`](crate::Error::Timeout) if there was no room in time,
     /// [`Error::Disconnected`](crate::Error::Disconnected) if the queue was closed,
     /// [`Error::TooLarge`](crate::Error::TooLarge) if the encoded message exceeds
     /// [`max_message`](MessageQueue::max_message), [`Error::Codec`](crate::Error::Codec)
     /// if it cannot be encoded.
     pub fn put_deadline(&self, msg: &T, deadline: Deadline) -> Result<()> {
+        if self.counted.get().is_none() {
+            // Another thread of this process may have counted it meanwhile: then this one
+            // is released again.
+            let _ = self
+                .counted
+                .set(Registration::new(Arc::clone(&self.inner))?);
+        }
         encode_with(&self.codec, msg, |bytes| self.inner.send(bytes, deadline))
     }
 
@@ -372,14 +416,25 @@ impl<T, C> fmt::Debug for MessageQueue<T, C> {
     }
 }
 
-/// Passes by name; the child's handle does not own the name.
+/// Passes by name; the child's handle does not own the name. A handle that counts as a
+/// sender (it has put) passes with its count, as an [`MqSender`] does.
 impl<T, C: Codec + Default> Handle for MessageQueue<T, C> {
     fn into_handoff(self) -> Handoff {
-        os::handoff(self.inner)
+        match self.counted.into_inner() {
+            Some(registration) => handoff_counted(self.inner, registration),
+            None => os::handoff(self.inner),
+        }
     }
 
     fn from_handoff(h: Handoff) -> Result<Self> {
-        Ok(Self::wrap(Arc::new(os::open_handoff(h)?)))
+        let (inner, token) = os::open_counted(h)?;
+        let queue = Self::wrap(Arc::new(inner));
+        if let Some(token) = token.filter(|t| marked(t.as_fd()).is_some()) {
+            let registration =
+                Registration::take_over(Arc::clone(&queue.inner), Some(token.as_fd()))?;
+            let _ = queue.counted.set(registration);
+        }
+        Ok(queue)
     }
 }
 
@@ -391,8 +446,10 @@ impl<T, C: Codec + Default> Handle for MessageQueue<T, C> {
 /// say when receivers are gone). Every live `MqSender`, in any process, keeps receivers
 /// waiting; when the last one is dropped or its process dies, they drain the queue and get
 /// `Disconnected`. Handed to a child with `Command::handle` (the child takes it with
-/// `Ctx::handle::<MqSender>`), it passes by name with its count: the child counts itself
-/// before it releases this process's count, so receivers never see a moment with no sender.
+/// `Ctx::handle::<MqSender>`), it passes with its count, as a descriptor of its own of the
+/// queue's sender table: the count lasts while the `Command`, then the child, holds it, and
+/// the child counts itself before it releases it, so receivers never see a moment with no
+/// sender; a child killed before it took it ends the count.
 pub struct MqSender {
     inner: Arc<Inner>,
     registration: Registration<Arc<Inner>>,
@@ -431,13 +488,14 @@ impl Handle for MqSender {
             inner,
             registration,
         } = self;
-        registration.hand_over();
-        os::handoff(inner)
+        handoff_counted(inner, registration)
     }
 
     fn from_handoff(h: Handoff) -> Result<Self> {
-        let inner = Arc::new(os::open_handoff(h)?);
-        let registration = Registration::take_over(Arc::clone(&inner))?;
+        let (inner, token) = os::open_counted(h)?;
+        let inner = Arc::new(inner);
+        let registration =
+            Registration::take_over(Arc::clone(&inner), token.as_ref().map(AsFd::as_fd))?;
         Ok(MqSender {
             inner,
             registration,

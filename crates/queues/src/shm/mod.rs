@@ -2,14 +2,23 @@
 //! `QueueReceiver`, `QueueOptions`) over the slot protocol of `raw`, whose one unsafe step
 //! (viewing the segment's atomics) is in `sys`.
 
+#[cfg(loom)]
+pub mod model;
 mod raw;
+mod slots;
 #[expect(
     unsafe_code,
     reason = "views the queue's header and slots, made of atomics, in its shared segment"
 )]
 mod sys;
 
-use std::{fmt, marker::PhantomData, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    os::fd::{AsFd, OwnedFd},
+    sync::OnceLock,
+    time::Duration,
+};
 
 use ipckit_core::{
     Codec, Deadline, Error, Handle, Handoff, Postcard, Receiver, RecvBytes, RecvTimeoutError,
@@ -22,8 +31,35 @@ pub(crate) use raw::RawQueue;
 
 use crate::{
     scratch::{decode_with, encode_with},
-    senders::Registration,
+    senders::{Registration, marked, token_for},
 };
+
+/// How a handle that counts as a sender travels to a child: as a description of its
+/// segment of its own that carries the count (see [`Registration::hand_over`]).
+fn handoff_counted(raw: RawQueue, registration: Registration<RawQueue>) -> Handoff {
+    let h = Handle::into_handoff(raw.into_segment());
+    match token_for(&h) {
+        Some(token) => {
+            registration.hand_over(&token);
+            Handoff::Fd(token)
+        }
+        None => {
+            registration.leave();
+            h
+        }
+    }
+}
+
+/// The queue a handle was handed as, and the description it came through if it carries a
+/// count (see [`handoff_counted`]).
+fn take_handoff(h: Handoff) -> Result<(RawQueue, Option<OwnedFd>)> {
+    let token = match &h {
+        Handoff::Fd(fd) => fd.try_clone().ok(),
+        Handoff::Name(_) => None,
+    };
+    let raw = RawQueue::from_segment(Segment::from_handoff(h)?)?;
+    Ok((raw, token))
+}
 
 /// How a [`Queue`] is sized: `QueueOptions::new(capacity)`, then chained setters.
 ///
@@ -145,11 +181,14 @@ impl QueueOptions {
 ///   `send`/`recv`, and an iterator.
 /// - **A dead peer**: [`close`](Queue::close) ends it (puts fail, gets drain what was
 ///   put, then say `Disconnected`: no `None` sentinel). Consumers also get `Disconnected`
-///   once every [`QueueSender`] is gone, dropped or its process killed, within 50 ms. A
-///   process killed at any moment (mid-put, mid-get, waiting) never corrupts it, never
-///   loses a message whose `put` returned, and never blocks the others: the slot it was
-///   working on carries its pid, and survivors repair it. Producers are not told when
-///   consumers die (a queue has no receiving end to lose): use `put_timeout`.
+///   once every sender is gone, dropped or its process killed, within 50 ms: every
+///   [`QueueSender`], and every `Queue` handle that has put (a handle counts as a sender
+///   from its first `put` until it is dropped; one that only gets never counts). A process
+///   killed at any moment (mid-put, mid-get, waiting) never corrupts it, never loses a
+///   message whose `put` returned, and never blocks the others: the slot it was working on
+///   carries its pid, and the first call that finds it stuck repairs it (`try_get` and
+///   `try_put` included). Producers are not told when consumers die (a queue has no
+///   receiving end to lose): use `put_timeout`.
 /// - An idle waiter sleeps in the kernel after a brief spin; [`spin`](Queue::spin) makes
 ///   this handle busy-wait instead, for the lowest latency.
 ///
@@ -179,6 +218,8 @@ pub struct Queue<T, C = Postcard> {
     raw: RawQueue,
     spin: bool,
     codec: C,
+    /// This handle's count as a sender, from its first put.
+    counted: OnceLock<Registration<RawQueue>>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -219,6 +260,7 @@ impl<T, C: Codec + Default> Queue<T, C> {
             raw,
             spin: false,
             codec: C::default(),
+            counted: OnceLock::new(),
             _t: PhantomData,
         }
     }
@@ -235,6 +277,7 @@ impl<T, C: Codec + Clone> Queue<T, C> {
             raw: self.raw.try_clone()?,
             spin: self.spin,
             codec: self.codec.clone(),
+            counted: OnceLock::new(),
             _t: PhantomData,
         })
     }
@@ -306,6 +349,17 @@ impl<T, C: Codec + Clone> Queue<T, C> {
         })
     }
 
+    /// Counts this handle as a sender, if its first put has not yet.
+    fn count(&self) -> Result<()> {
+        if self.counted.get().is_none() {
+            let registration = Registration::new(self.raw.try_clone()?)?;
+            // Another thread of this process may have counted it meanwhile: then this one
+            // is released again.
+            let _ = self.counted.set(registration);
+        }
+        Ok(())
+    }
+
     /// The queue's own handle on its memory (for the joinable queue's counters).
     pub(crate) fn raw(&self) -> &RawQueue {
         &self.raw
@@ -322,13 +376,17 @@ impl<T: Serialize, C: Codec + Clone> Queue<T, C> {
         Ok(Sender::with_codec(self.byte_sender()?, self.codec.clone()))
     }
 
-    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use.
+    /// Puts `msg`, waiting for room no later than `deadline`; the form the others use. The
+    /// first put counts this handle as a sender (see [`Queue`]).
     ///
     /// # Errors
     /// [`Error::Timeout`] if there was no room in time, [`Error::Disconnected`] if the
     /// queue was closed, [`Error::TooLarge`] if the encoded message exceeds
-    /// [`max_message`](Queue::max_message), [`Error::Codec`] if it cannot be encoded.
+    /// [`max_message`](Queue::max_message), [`Error::Codec`] if it cannot be encoded,
+    /// [`Error::LimitReached`] if this handle is not yet counted and 64 other live
+    /// processes hold senders.
     pub fn put_deadline(&self, msg: &T, deadline: Deadline) -> Result<()> {
+        self.count()?;
         encode_with(&self.codec, msg, |bytes| {
             self.raw.put(bytes, deadline, self.spin)
         })
@@ -421,16 +479,25 @@ impl<T, C> fmt::Debug for Queue<T, C> {
 }
 
 /// A queue handle passes as its segment: by name if it has one and does not own it,
-/// otherwise as a descriptor.
+/// otherwise as a descriptor. A handle that counts as a sender (it has put) passes with
+/// its count, as a [`QueueSender`] does.
 impl<T, C: Codec + Default> Handle for Queue<T, C> {
     fn into_handoff(self) -> Handoff {
-        Handle::into_handoff(self.raw.into_segment())
+        match self.counted.into_inner() {
+            Some(registration) => handoff_counted(self.raw, registration),
+            None => Handle::into_handoff(self.raw.into_segment()),
+        }
     }
 
     fn from_handoff(h: Handoff) -> Result<Self> {
-        Ok(Self::wrap(RawQueue::from_segment(Segment::from_handoff(
-            h,
-        )?)?))
+        let (raw, token) = take_handoff(h)?;
+        let queue = Self::wrap(raw);
+        if let Some(token) = token.filter(|t| marked(t.as_fd()).is_some()) {
+            let registration =
+                Registration::take_over(queue.raw.try_clone()?, Some(token.as_fd()))?;
+            let _ = queue.counted.set(registration);
+        }
+        Ok(queue)
     }
 }
 
@@ -440,9 +507,11 @@ impl<T, C: Codec + Default> Handle for Queue<T, C> {
 /// one). Every live `QueueSender`, in any process, keeps the queue's consumers waiting; when
 /// the last one is dropped or its process dies, they drain the queue and get
 /// `Disconnected`. Handed to a child with `Command::handle` (the child takes it with
-/// `Ctx::handle::<QueueSender>`), it passes with its count: the child counts itself before
-/// it releases this process's count, so consumers never see a moment with no sender. A
-/// send waits while the queue is full; it fails with `Disconnected` only once the queue is
+/// `Ctx::handle::<QueueSender>`), it passes with its count, as a descriptor of its own:
+/// the count lasts while the `Command`, then the child, holds it, and the child counts
+/// itself before it releases it, so consumers never see a moment with no sender; a child
+/// killed before it took it (or a `Command` dropped unspawned) ends the count. A send
+/// waits while the queue is full; it fails with `Disconnected` only once the queue is
 /// closed.
 pub struct QueueSender {
     raw: RawQueue,
@@ -478,13 +547,13 @@ impl Handle for QueueSender {
         let QueueSender {
             raw, registration, ..
         } = self;
-        registration.hand_over();
-        Handle::into_handoff(raw.into_segment())
+        handoff_counted(raw, registration)
     }
 
     fn from_handoff(h: Handoff) -> Result<Self> {
-        let raw = RawQueue::from_segment(Segment::from_handoff(h)?)?;
-        let registration = Registration::take_over(raw.try_clone()?)?;
+        let (raw, token) = take_handoff(h)?;
+        let registration =
+            Registration::take_over(raw.try_clone()?, token.as_ref().map(AsFd::as_fd))?;
         Ok(QueueSender {
             raw,
             spin: false,

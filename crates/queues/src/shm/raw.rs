@@ -1,36 +1,27 @@
-//! The byte queue in shared memory: slots claimed by compare-and-swap, each carrying the
-//! pid of the process working on it, so that survivors can repair what a killed process
-//! left half done.
-//!
-//! A slot's state word is `turn << 34 | kind << 32 | pid`, where `turn` counts the laps of
-//! the ring (position / capacity) and `kind` is FREE (ready for the producer of `turn`),
-//! WRITING, FULL or READING (by `pid`). A producer claims position `p` by turning
-//! FREE(turn p) into WRITING, writes, then publishes FULL; a consumer turns FULL into
-//! READING, copies, then frees the slot for the next lap. `tail` and `head` only say where
-//! to look first: anyone who finds a position already claimed moves them on.
+//! A handle on a queue segment: its layout in this process, the waits around the slot
+//! protocol of `slots` (which says how a killed process's slot is repaired), and whether
+//! anything more can come.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
-use ipckit_core::{Deadline, Error, Result};
+use ipckit_core::{Deadline, Error, Handle, Result};
 use ipckit_shmem::Segment;
 
 use super::{
     QueueOptions,
+    slots::{self, Ring, Step},
     sys::{self, Header, SLOT_HEAD, SLOTS, SlotHead},
 };
 use crate::senders::{SenderTable, Senders};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE1");
-const FREE: u64 = 0;
-const WRITING: u64 = 1;
-const FULL: u64 = 2;
-const READING: u64 = 3;
-const TURN_MASK: u64 = (1 << 30) - 1;
-/// The length of a slot whose producer died before finishing it: consumers skip it.
-const ABANDONED: u32 = u32::MAX;
+const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE2");
 /// How often a waiter looks for dead processes that block it.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Spins before a waiter sleeps in the kernel.
@@ -58,22 +49,6 @@ fn epoch_millis() -> u64 {
         .as_millis() as u64
 }
 
-fn state(turn: u64, kind: u64, pid: u32) -> u64 {
-    (turn & TURN_MASK) << 34 | kind << 32 | u64::from(pid)
-}
-
-fn turn_of(s: u64) -> u64 {
-    s >> 34
-}
-
-fn kind_of(s: u64) -> u64 {
-    (s >> 32) & 3
-}
-
-fn pid_of(s: u64) -> u32 {
-    s as u32
-}
-
 pub(super) fn prev_power_of_two(n: usize) -> usize {
     if n == 0 {
         0
@@ -99,6 +74,9 @@ pub(crate) struct RawQueue {
     checked_at: AtomicU64,
     /// What it learnt.
     finished: AtomicBool,
+    /// A descriptor of the segment through which the locks of senders on their way to a
+    /// child are seen; opened the first time one is.
+    probe: OnceLock<Option<OwnedFd>>,
 }
 
 impl RawQueue {
@@ -153,6 +131,7 @@ impl RawQueue {
             pid: std::process::id(),
             checked_at: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            probe: OnceLock::new(),
         })
     }
 
@@ -176,16 +155,8 @@ impl RawQueue {
         sys::header(&self.seg)
     }
 
-    fn slot(&self, pos: u64) -> (&SlotHead, usize) {
-        let index = (pos & (self.capacity - 1)) as usize;
-        (
-            sys::slot(&self.seg, self.slot_size, index),
-            SLOTS + index * self.slot_size + SLOT_HEAD,
-        )
-    }
-
-    fn turn(&self, pos: u64) -> u64 {
-        (pos / self.capacity) & TURN_MASK
+    fn index(&self, pos: u64) -> usize {
+        (pos & (self.capacity - 1)) as usize
     }
 
     pub(crate) fn max_message(&self) -> usize {
@@ -204,11 +175,6 @@ impl RawQueue {
         tail.saturating_sub(head).min(self.capacity) as usize
     }
 
-    /// Moves `cursor` on from `pos` if nobody has yet.
-    fn advance(cursor: &AtomicU64, pos: u64) {
-        let _ = cursor.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
-    }
-
     /// Puts one message; waits for room until `deadline`.
     pub(crate) fn put(&self, msg: &[u8], deadline: Deadline, spin: bool) -> Result<()> {
         if msg.len() > self.max_message {
@@ -220,70 +186,26 @@ impl RawQueue {
         let h = self.header();
         let mut waited = 0u32;
         loop {
-            if h.senders.is_closed() {
-                return Err(Error::Disconnected);
-            }
-            let pos = h.tail.0.load(Ordering::Acquire);
-            let turn = self.turn(pos);
-            let (slot, data) = self.slot(pos);
-            let s = slot.state.load(Ordering::Acquire);
-            if turn_of(s) == turn {
-                if kind_of(s) == FREE {
-                    // Acquire pairs with the consumer's Release that freed the slot.
-                    if slot
-                        .state
-                        .compare_exchange(
-                            s,
-                            state(turn, WRITING, self.pid),
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                    {
-                        Self::advance(&h.tail.0, pos);
-                        slot.len.store(msg.len() as u32, Ordering::Relaxed);
-                        self.seg.write(data, msg).map_err(shm)?;
-                        // Pairs with the consumer's Acquire load of the state.
-                        slot.state.store(state(turn, FULL, 0), Ordering::Release);
-                        h.not_empty.0.notify_one();
-                        return Ok(());
+            // Whether a slot held up by a dead process is looked into: before answering
+            // `Full`, or before sleeping; never on the fast path.
+            let check = !deadline.is_blocking() || due(waited, spin);
+            match slots::put(self, self.pid, msg, check)? {
+                Step::Done => return Ok(()),
+                Step::Closed => return Err(Error::Disconnected),
+                Step::Blocked { pos, seen } => {
+                    if !deadline.is_blocking() {
+                        return Err(Error::Timeout);
                     }
-                } else {
-                    // Claimed already: move the tail on and try the next position.
-                    Self::advance(&h.tail.0, pos);
+                    let slot = sys::slot(&self.seg, self.slot_size, self.index(pos));
+                    self.wait(&h.not_full.0, &mut waited, deadline, spin, || {
+                        !h.senders.is_closed() && slot.state.load(Ordering::Acquire) == seen
+                    })?;
                 }
-                continue;
+                Step::Busy => self.wait(&h.not_full.0, &mut waited, deadline, spin, || false)?,
+                // Only the model's processes are stopped.
+                #[cfg(loom)]
+                Step::Stopped => return Err(Error::Timeout),
             }
-            if turn_of(s) != turn.wrapping_sub(1) & TURN_MASK {
-                // The tail we read is stale.
-                continue;
-            }
-            // The slot still holds (or is being emptied of) the message of the lap before:
-            // the queue is full here. A consumer that died mid-get holds it up: free it.
-            if kind_of(s) == READING
-                && due(waited, spin)
-                && !ipckit_core::is_alive(pid_of(s) as i32)
-            {
-                if slot
-                    .state
-                    .compare_exchange(s, state(turn, FREE, 0), Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    tracing::warn!(
-                        pid = pid_of(s),
-                        "queue: consumer died mid-get; its message is lost with it"
-                    );
-                    Self::advance(&h.head.0, pos - self.capacity);
-                    h.not_full.0.notify();
-                }
-                continue;
-            }
-            if !deadline.is_blocking() {
-                return Err(Error::Timeout);
-            }
-            self.wait(&h.not_full.0, &mut waited, deadline, spin, || {
-                !h.senders.is_closed() && slot.state.load(Ordering::Acquire) == s
-            })?;
         }
     }
 
@@ -292,104 +214,44 @@ impl RawQueue {
         let h = self.header();
         let mut waited = 0u32;
         loop {
-            let pos = h.head.0.load(Ordering::Acquire);
-            let turn = self.turn(pos);
-            let (slot, data) = self.slot(pos);
-            let s = slot.state.load(Ordering::Acquire);
-            if turn_of(s) == turn {
-                match kind_of(s) {
-                    FULL => {
-                        // Acquire pairs with the producer's Release store of FULL.
-                        if slot
-                            .state
-                            .compare_exchange(
-                                s,
-                                state(turn, READING, self.pid),
-                                Ordering::Acquire,
-                                Ordering::Relaxed,
-                            )
-                            .is_err()
-                        {
-                            continue;
-                        }
-                        Self::advance(&h.head.0, pos);
-                        let len = slot.len.load(Ordering::Relaxed);
-                        if len != ABANDONED {
-                            out.resize(len as usize, 0);
-                            self.seg.read(data, out).map_err(shm)?;
-                        }
-                        // Pairs with the producer's Acquire of the next lap's claim.
-                        slot.state
-                            .store(state(turn + 1, FREE, 0), Ordering::Release);
-                        h.not_full.0.notify();
-                        if len != ABANDONED {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    WRITING if due(waited, spin) && !ipckit_core::is_alive(pid_of(s) as i32) => {
-                        self.abandon(slot, s, pos);
-                        continue;
-                    }
+            let check = !deadline.is_blocking() || due(waited, spin);
+            match slots::get(self, self.pid, out, check)? {
+                Step::Done => return Ok(()),
+                Step::Blocked { pos, seen } => {
                     // Nothing at the head. Is anything coming?
-                    FREE if self.no_more_coming(pos) => return Err(Error::Disconnected),
-                    // READING: another consumer has this one; WRITING: a live producer is on it.
-                    READING => {
-                        Self::advance(&h.head.0, pos);
-                        continue;
+                    if self.no_more_coming(pos, seen) {
+                        return Err(Error::Disconnected);
                     }
-                    _ => {}
+                    if !deadline.is_blocking() {
+                        return Err(Error::Timeout);
+                    }
+                    let slot = sys::slot(&self.seg, self.slot_size, self.index(pos));
+                    self.wait(&h.not_empty.0, &mut waited, deadline, spin, || {
+                        slot.state.load(Ordering::Acquire) == seen
+                    })?;
                 }
-            } else if turn_of(s) == (turn + 1) & TURN_MASK {
-                // Already got and freed: the head we read is stale.
-                Self::advance(&h.head.0, pos);
-                continue;
-            } else {
-                continue;
+                Step::Closed | Step::Busy => {
+                    self.wait(&h.not_empty.0, &mut waited, deadline, spin, || false)?;
+                }
+                // Only the model's processes are stopped.
+                #[cfg(loom)]
+                Step::Stopped => return Err(Error::Timeout),
             }
-            if !deadline.is_blocking() {
-                return Err(Error::Timeout);
-            }
-            self.wait(&h.not_empty.0, &mut waited, deadline, spin, || {
-                slot.state.load(Ordering::Acquire) == s
-            })?;
         }
     }
 
-    /// A producer died between claiming position `pos` and publishing it: mark the slot
-    /// abandoned so consumers skip it (its `put` never returned: nothing it promised is lost).
-    fn abandon(&self, slot: &SlotHead, seen: u64, pos: u64) {
-        let turn = self.turn(pos);
-        // Take the claim over first, so only one survivor repairs it.
-        if slot
-            .state
-            .compare_exchange(
-                seen,
-                state(turn, WRITING, self.pid),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
-            tracing::warn!(
-                pid = pid_of(seen),
-                "queue: producer died mid-put; its message is lost with it"
-            );
-            slot.len.store(ABANDONED, Ordering::Relaxed);
-            slot.state.store(state(turn, FULL, 0), Ordering::Release);
-            Self::advance(&self.header().tail.0, pos);
-        }
-    }
-
-    /// Whether a consumer that found position `pos` empty will never get more: the queue is
-    /// closed, or every sender is gone, and nothing was put meanwhile.
-    fn no_more_coming(&self, pos: u64) -> bool {
+    /// Whether a consumer that found position `pos` empty (its slot in state `seen`) will
+    /// never get more: the queue is closed, or every sender is gone, and nothing was put
+    /// meanwhile.
+    fn no_more_coming(&self, pos: u64, seen: u64) -> bool {
         let h = self.header();
         // Recheck after deciding: a put that raced with the check must not be missed.
-        self.senders_finished() && h.tail.0.load(Ordering::Acquire) <= pos && {
-            let (slot, _) = self.slot(pos);
-            kind_of(slot.state.load(Ordering::Acquire)) == FREE
-        }
+        self.senders_finished()
+            && h.tail.0.load(Ordering::Acquire) <= pos
+            && sys::slot(&self.seg, self.slot_size, self.index(pos))
+                .state
+                .load(Ordering::Acquire)
+                == seen
     }
 
     /// Whether every sender is gone (or the queue closed), asking the system whether sender
@@ -405,10 +267,21 @@ impl RawQueue {
         if now.saturating_sub(last) < LIVENESS_EVERY && last != 0 {
             return self.finished.load(Ordering::Relaxed);
         }
-        let finished = h.senders.finished();
+        let finished = h.senders.finished(|| self.probe());
         self.finished.store(finished, Ordering::Relaxed);
         self.checked_at.store(now.max(1), Ordering::Relaxed);
         finished
+    }
+
+    /// A descriptor of the segment, for seeing hand-over locks (see `senders`).
+    fn probe(&self) -> Option<BorrowedFd<'_>> {
+        self.probe
+            .get_or_init(|| {
+                let h = self.seg.try_clone().ok()?.into_handoff();
+                crate::senders::reopen(&h).ok()
+            })
+            .as_ref()
+            .map(AsFd::as_fd)
     }
 
     /// Waits once: a few spins, then a sleep of at most `CHECK_EVERY` while `blocked()`.
@@ -459,5 +332,88 @@ impl SenderTable for RawQueue {
 
     fn wake_receivers(&self) {
         self.header().not_empty.0.notify();
+    }
+}
+
+/// One slot of the segment: its fixed part and where its bytes start.
+pub(crate) struct ShmSlot<'a> {
+    head: &'a SlotHead,
+    seg: &'a Segment,
+    data: usize,
+}
+
+impl slots::Slot for ShmSlot<'_> {
+    #[inline]
+    fn state(&self) -> &crate::sync::AtomicU64 {
+        &self.head.state
+    }
+
+    #[inline]
+    fn len(&self) -> &crate::sync::AtomicU32 {
+        &self.head.len
+    }
+
+    #[inline]
+    fn write(&self, msg: &[u8]) -> Result<()> {
+        self.seg.write(self.data, msg).map_err(shm)
+    }
+
+    #[inline]
+    fn read(&self, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        out.resize(len, 0);
+        self.seg.read(self.data, out).map_err(shm)
+    }
+}
+
+impl Ring for RawQueue {
+    type Slot<'a> = ShmSlot<'a>;
+
+    #[inline]
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    #[inline]
+    fn tail(&self) -> &crate::sync::AtomicU64 {
+        &self.header().tail.0
+    }
+
+    #[inline]
+    fn head(&self) -> &crate::sync::AtomicU64 {
+        &self.header().head.0
+    }
+
+    #[inline]
+    fn slot(&self, pos: u64) -> ShmSlot<'_> {
+        let index = self.index(pos);
+        ShmSlot {
+            head: sys::slot(&self.seg, self.slot_size, index),
+            seg: &self.seg,
+            data: SLOTS + index * self.slot_size + SLOT_HEAD,
+        }
+    }
+
+    #[inline]
+    fn is_closed(&self) -> bool {
+        self.header().senders.is_closed()
+    }
+
+    fn is_alive(&self, pid: u32) -> bool {
+        ipckit_core::is_alive(pid as i32)
+    }
+
+    #[inline]
+    fn wake_getter(&self) {
+        self.header().not_empty.0.notify_one();
+    }
+
+    #[inline]
+    fn wake_putters(&self) {
+        self.header().not_full.0.notify();
+    }
+
+    #[cfg(loom)]
+    fn stop_here(&self) -> bool {
+        false
     }
 }

@@ -1,11 +1,11 @@
 //! The one unsafe step of the shared-memory queue: seeing its header and slots, which are
 //! made of atomics, in the shared segment.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use ipckit_shmem::{Notify, Segment};
 
-use crate::senders::Senders;
+use crate::{senders::Senders, sync};
 
 /// Keeps a value on a cache line of its own.
 #[repr(C, align(64))]
@@ -22,9 +22,9 @@ pub(crate) struct Header {
     pub(crate) slot_size: AtomicU64,
     pub(crate) max_message: AtomicU64,
     /// Next position to put at.
-    pub(crate) tail: Line<AtomicU64>,
+    pub(crate) tail: Line<sync::AtomicU64>,
     /// Next position to get from.
-    pub(crate) head: Line<AtomicU64>,
+    pub(crate) head: Line<sync::AtomicU64>,
     pub(crate) not_empty: Line<Notify>,
     pub(crate) not_full: Line<Notify>,
     /// Tasks put and not yet marked done (JoinableQueue).
@@ -37,8 +37,8 @@ pub(crate) struct Header {
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct SlotHead {
-    pub(crate) state: AtomicU64,
-    pub(crate) len: AtomicU32,
+    pub(crate) state: sync::AtomicU64,
+    pub(crate) len: sync::AtomicU32,
     _pad: u32,
 }
 
