@@ -534,6 +534,28 @@ impl<T: Serialize + DeserializeOwned, C: Codec + Clone> RedisQueue<T, C> {
         })
     }
 
+    /// Messages delivered to a consumer and not yet acknowledged (the group's pending
+    /// entries), a dead consumer's included until another claims them.
+    ///
+    /// # Errors
+    /// [`Error::Os`] naming the broker when it cannot be reached.
+    pub fn pending(&self) -> Result<usize> {
+        let mut conn = self.conn.lock().map_err(|_| poisoned())?;
+        let summary: Value = conn.run(Deadline::Never, Duration::ZERO, |c| {
+            redis::cmd("XPENDING")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .query(c)
+        })?;
+        match summary {
+            Value::Array(parts) => match parts.first() {
+                Some(Value::Int(n)) => Ok(*n as usize),
+                _ => Ok(0),
+            },
+            _ => Ok(0),
+        }
+    }
+
     /// Whether [`len`](RedisQueue::len) is zero.
     ///
     /// # Errors
