@@ -67,6 +67,10 @@ enum Scenario {
         /// What carries the orders between the stations.
         #[arg(long, value_enum, default_value_t)]
         mechanism: restaurant::Mechanism,
+        /// With `--mechanism redis`: the broker, `redis://[:password@]host[:port][/db]`
+        /// (without it, the demo starts a private redis-server and stops it after).
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Three producer processes make 5 items each into a small bounded queue; one consumer
     /// process takes them all, until every producer is gone.
@@ -176,7 +180,10 @@ fn main() -> ExitCode {
         }
         Scenario::Sync => sync::sync(pace),
         Scenario::Sensor => sensor::sensor(pace),
-        Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
+        Scenario::Restaurant {
+            mechanism,
+            redis_url,
+        } => restaurant::restaurant(mechanism, redis_url, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
         Scenario::Workers { kill_one } => workers::workers(cli.fast, kill_one),
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),

@@ -6,7 +6,7 @@
 //! stations only ever see a typed `Sender<Order, _>` / `Receiver<Order, _>`, whichever
 //! mechanism `--mechanism` picks to carry the orders.
 
-use std::time::Duration;
+use std::{any::Any, time::Duration};
 
 use clap::ValueEnum;
 use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RoleResult, SendBytes};
@@ -14,6 +14,7 @@ use ipckit_pipes::{Connection, Reader, Writer};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
 };
+use ipckit_redis::{RedisOptions, RedisQueue, RedisReceiver, RedisSender, RedisServer};
 use ipckit_sockets::{Address, Listener};
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,10 @@ pub(crate) enum Mechanism {
     /// A Unix socket, connected through a listener on a socket file in /tmp; the end comes
     /// when the peer closes.
     Socket,
+    /// A queue on a Redis broker (a stream and a consumer group, ipckit-redis): the one
+    /// of `--redis-url`, or a private redis-server the demo starts; the end comes when the
+    /// last sender is gone.
+    Redis,
 }
 
 /// One end of a link, on its way to a child: the handle the mechanism made, already turned
@@ -72,12 +77,14 @@ impl Mechanism {
             Mechanism::Duplex => "duplex pipes (socket pairs), used one way",
             Mechanism::Mqueue => "POSIX message queues",
             Mechanism::Socket => "Unix sockets, one listener and connection per link",
+            Mechanism::Redis => "Redis streams, one consumer group per link",
         }
     }
 
     /// A new link: its sending end and its receiving end, for two children, and what must
     /// stay alive in the parent meanwhile (a named object's owner, which removes its name).
-    fn link(self) -> anyhow::Result<(End, End, Option<MessageQueue<Order>>)> {
+    /// `redis_url` is the broker of `Mechanism::Redis`.
+    fn link(self, redis_url: &str) -> anyhow::Result<(End, End, Option<Box<dyn Any>>)> {
         Ok(match self {
             Mechanism::Queue => {
                 let queue: Queue<Order> = Queue::create(QueueOptions::new(8).max_message(1 << 10))?;
@@ -101,12 +108,21 @@ impl Mechanism {
                 (
                     End::new(mq.byte_sender()?),
                     End::new(mq.byte_receiver()?),
-                    Some(mq),
+                    Some(Box::new(mq)),
                 )
             }
             Mechanism::Socket => {
                 let (client, accepted) = socket_link()?;
                 (End::new(client), End::new(accepted), None)
+            }
+            Mechanism::Redis => {
+                let queue: RedisQueue<Order> =
+                    RedisQueue::create(redis_url, RedisOptions::new(8).max_message(1 << 10))?;
+                (
+                    End::new(queue.byte_sender()?),
+                    End::new(queue.byte_receiver()?),
+                    Some(Box::new(RedisLink(Some(queue)))),
+                )
             }
         })
     }
@@ -119,6 +135,7 @@ impl Mechanism {
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
+            Mechanism::Redis => Box::new(ctx.handle::<RedisSender>(key)?),
         })
     }
 
@@ -130,7 +147,21 @@ impl Mechanism {
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
+            Mechanism::Redis => Box::new(ctx.handle::<RedisReceiver>(key)?),
         })
+    }
+}
+
+/// A Redis queue's keys, removed from the broker once the stations are done with them.
+struct RedisLink(Option<RedisQueue<Order>>);
+
+impl Drop for RedisLink {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take()
+            && let Err(e) = queue.destroy()
+        {
+            eprintln!("could not remove the queue's keys from the broker: {e}");
+        }
     }
 }
 
@@ -173,15 +204,28 @@ struct Args {
 }
 
 /// The `restaurant` scenario.
-pub(crate) fn restaurant(mechanism: Mechanism, pace: Pace) -> anyhow::Result<()> {
+pub(crate) fn restaurant(
+    mechanism: Mechanism,
+    redis_url: Option<String>,
+    pace: Pace,
+) -> anyhow::Result<()> {
     println!(
         "🍕 Restaurant: an order taker, a kitchen and a server, three processes; \
          orders pass between them over {}",
         mechanism.describe()
     );
+    // A private broker when none is given; stopped (its files removed) when dropped, after
+    // the links below.
+    let private = match (&redis_url, mechanism) {
+        (None, Mechanism::Redis) => Some(RedisServer::start()?),
+        _ => None,
+    };
+    let redis_url = redis_url
+        .or_else(|| private.as_ref().map(RedisServer::url))
+        .unwrap_or_default();
     // The owners stay alive until every station has finished.
-    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link()?;
-    let (to_server, server_orders, _server_link) = mechanism.link()?;
+    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link(&redis_url)?;
+    let (to_server, server_orders, _server_link) = mechanism.link(&redis_url)?;
     let args = Args { mechanism, pace };
     let mut children = vec![
         role("restaurant-order-taker")
