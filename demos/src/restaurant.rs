@@ -64,6 +64,9 @@ impl Handle for End {
     }
 }
 
+/// What a link's creator keeps alive until the stations are done (a named object's owner).
+type Owner = Box<dyn Any>;
+
 /// A station's sending end, whatever the mechanism.
 type Out = Box<dyn SendBytes>;
 /// A station's receiving end, whatever the mechanism.
@@ -84,7 +87,7 @@ impl Mechanism {
     /// A new link: its sending end and its receiving end, for two children, and what must
     /// stay alive in the parent meanwhile (a named object's owner, which removes its name).
     /// `redis_url` is the broker of `Mechanism::Redis`.
-    fn link(self, redis_url: &str) -> anyhow::Result<(End, End, Option<Box<dyn Any>>)> {
+    fn link(self, redis_url: &str) -> anyhow::Result<(End, End, Option<Owner>)> {
         Ok(match self {
             Mechanism::Queue => {
                 let queue: Queue<Order> = Queue::create(QueueOptions::new(8).max_message(1 << 10))?;
