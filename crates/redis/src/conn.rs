@@ -9,8 +9,9 @@ use std::{
 use ipckit_core::{Deadline, Error, Result};
 use redis::{ConnectionLike, RedisError};
 
-/// The shortest time a call gives the broker, even a `try_` call: one round trip.
-const MIN_WAIT: Duration = Duration::from_millis(50);
+/// The shortest time a call gives the broker, even a `try_` call: one round trip on a
+/// loaded machine. A broker that stalls can hold a call this long past its deadline.
+const MIN_WAIT: Duration = Duration::from_millis(250);
 
 pub(crate) struct Conn {
     client: redis::Client,
