@@ -71,6 +71,11 @@ enum Scenario {
         /// (without it, the demo starts a private redis-server and stops it after).
         #[arg(long)]
         redis_url: Option<String>,
+        /// With `--mechanism redis`: the kitchen is SIGKILLed after sending order #2 to the
+        /// server and before acknowledging it; a new kitchen claims the order, cooks it
+        /// again, and the server serves it once (it de-duplicates on the order id).
+        #[arg(long)]
+        kill_kitchen: bool,
     },
     /// Three producer processes make 5 items each into a small bounded queue; one consumer
     /// process takes them all, until every producer is gone.
@@ -183,7 +188,8 @@ fn main() -> ExitCode {
         Scenario::Restaurant {
             mechanism,
             redis_url,
-        } => restaurant::restaurant(mechanism, redis_url, pace),
+            kill_kitchen,
+        } => restaurant::restaurant(mechanism, redis_url, kill_kitchen, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
         Scenario::Workers { kill_one } => workers::workers(cli.fast, kill_one),
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),

@@ -204,14 +204,21 @@ fn cooking_time(id: u32) -> f64 {
 struct Args {
     mechanism: Mechanism,
     pace: Pace,
+    /// The kitchen SIGKILLs itself after sending this order to the server, before it
+    /// acknowledges it (`--kill-kitchen`).
+    crash_after: Option<u32>,
 }
 
 /// The `restaurant` scenario.
 pub(crate) fn restaurant(
     mechanism: Mechanism,
     redis_url: Option<String>,
+    kill_kitchen: bool,
     pace: Pace,
 ) -> anyhow::Result<()> {
+    if kill_kitchen && mechanism != Mechanism::Redis {
+        anyhow::bail!("--kill-kitchen needs --mechanism redis (a queue that redelivers)");
+    }
     println!(
         "🍕 Restaurant: an order taker, a kitchen and a server, three processes; \
          orders pass between them over {}",
@@ -226,10 +233,17 @@ pub(crate) fn restaurant(
     let redis_url = redis_url
         .or_else(|| private.as_ref().map(RedisServer::url))
         .unwrap_or_default();
+    if kill_kitchen {
+        return kitchen_crash(&redis_url, pace);
+    }
     // The owners stay alive until every station has finished.
     let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link(&redis_url)?;
     let (to_server, server_orders, _server_link) = mechanism.link(&redis_url)?;
-    let args = Args { mechanism, pace };
+    let args = Args {
+        mechanism,
+        pace,
+        crash_after: None,
+    };
     let mut children = vec![
         role("restaurant-order-taker")
             .arg(&args)?
@@ -255,8 +269,65 @@ pub(crate) fn restaurant(
     Ok(())
 }
 
+/// `--kill-kitchen`: the kitchen dies holding order #2 (sent on, not acknowledged); a new
+/// kitchen, whose ends the parent made up front (so the server never sees the kitchen
+/// gone), claims it after a second and cooks it again; the server serves it once.
+fn kitchen_crash(url: &str, pace: Pace) -> anyhow::Result<()> {
+    let opts = RedisOptions::new(8)
+        .max_message(1 << 10)
+        .claim_idle(Duration::from_secs(1));
+    let orders = RedisLink(Some(RedisQueue::<Order>::create(url, opts.clone())?));
+    let ready = RedisLink(Some(RedisQueue::<Order>::create(url, opts)?));
+    let (Some(orders_q), Some(ready_q)) = (&orders.0, &ready.0) else {
+        anyhow::bail!("the queues were lost");
+    };
+    let args = |crash_after| Args {
+        mechanism: Mechanism::Redis,
+        pace,
+        crash_after,
+    };
+    let replacement = (orders_q.byte_receiver()?, ready_q.byte_sender()?);
+    let mut children = vec![
+        role("restaurant-order-taker")
+            .arg(&args(None))?
+            .handle("orders", orders_q.byte_sender()?)
+            .spawn()?,
+        role("restaurant-server")
+            .arg(&args(None))?
+            .handle("ready", ready_q.byte_receiver()?)
+            .spawn()?,
+    ];
+    let mut first = role("restaurant-kitchen")
+        .arg(&args(Some(2)))?
+        .handle("orders", orders_q.byte_receiver()?)
+        .handle("ready", ready_q.byte_sender()?)
+        .spawn()?;
+    match first.join_timeout(crate::support::PATIENCE) {
+        Err(ipckit_core::Error::RoleKilled { .. }) => {}
+        other => anyhow::bail!("the first kitchen was to be killed; it ended with {other:?}"),
+    }
+    println!("🔁 Restaurant: the kitchen died; a new kitchen takes over its orders");
+    children.push(
+        role("restaurant-kitchen")
+            .arg(&args(None))?
+            .handle("orders", replacement.0)
+            .handle("ready", replacement.1)
+            .spawn()?,
+    );
+    join_all(&mut children)?;
+    println!();
+    println!(
+        "🎉 Restaurant service complete! All customers happy! 😊 \
+         (all {} orders served, each exactly once, through a kitchen crash)",
+        MENU.len()
+    );
+    Ok(())
+}
+
 pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
-    let Args { mechanism, pace } = ctx.arg()?;
+    let Args {
+        mechanism, pace, ..
+    } = ctx.arg()?;
     let mut kitchen = mechanism.sender(ctx, "orders")?.into_sender::<Order>();
     for (id, item, table, _) in MENU {
         println!("📝 Order taker: New order #{id} - {item} for table {table}");
@@ -274,7 +345,11 @@ pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
 }
 
 pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
-    let Args { mechanism, pace } = ctx.arg()?;
+    let Args {
+        mechanism,
+        pace,
+        crash_after,
+    } = ctx.arg()?;
     let mut orders = mechanism.receiver(ctx, "orders")?.into_receiver::<Order>();
     let mut server = mechanism.sender(ctx, "ready")?.into_sender::<Order>();
     // Until the order taker went home and every order is cooked: no `None` sentinel.
@@ -288,13 +363,22 @@ pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
         order.ready = true;
         println!("✅ Kitchen: Order #{} ready - {}", order.id, order.item);
         server.send(&order)?;
+        if crash_after == Some(order.id) {
+            println!(
+                "💥 Kitchen: killed after sending order #{}, before acknowledging it",
+                order.id
+            );
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL)?;
+        }
     }
     println!("👨‍🍳 Kitchen: the order taker went home and every order is cooked; closing");
     Ok(())
 }
 
 pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
-    let Args { mechanism, pace } = ctx.arg()?;
+    let Args {
+        mechanism, pace, ..
+    } = ctx.arg()?;
     let mut ready = mechanism.receiver(ctx, "ready")?.into_receiver::<Order>();
     let mut served = Vec::new();
     // Until the kitchen closed.
@@ -302,6 +386,15 @@ pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
         let order = order?;
         if !order.ready {
             return Err(format!("order #{} came from the kitchen not ready", order.id).into());
+        }
+        // At-least-once queues may bring an order twice (a kitchen that died after sending
+        // it, before acknowledging it): the order id says it was served already.
+        if served.contains(&order.id) {
+            println!(
+                "🍽️ Server: order #{} again (cooked twice): already served, not served again",
+                order.id
+            );
+            continue;
         }
         println!(
             "🍽️ Server: Delivering order #{} to table {}",

@@ -288,6 +288,41 @@ fn restaurant_over_redis() {
     assert_eq!(&reply, b":0\r\n", "the demo left keys on the broker");
 }
 
+/// The kitchen SIGKILLed after sending order #2 on and before acknowledging it: a new
+/// kitchen claims the order and cooks it again, and the server serves it once.
+#[test]
+fn restaurant_over_redis_survives_a_killed_kitchen() {
+    let out = demo(&[
+        "restaurant",
+        "--mechanism",
+        "redis",
+        "--kill-kitchen",
+        "--fast",
+    ]);
+    assert_in_order(
+        &out,
+        &[
+            "✅ Kitchen: Order #2 ready",
+            "💥 Kitchen: killed after sending order #2, before acknowledging it",
+            "🔁 Restaurant: the kitchen died; a new kitchen takes over its orders",
+            "🍽️ Server: order #2 again (cooked twice): already served, not served again",
+        ],
+    );
+    assert_eq!(out.matches("Preparing order #2 ").count(), 2, "{out}");
+    restaurant_serves_every_order(&out);
+    let refused = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &[
+            "restaurant",
+            "--mechanism",
+            "pipe",
+            "--kill-kitchen",
+            "--fast",
+        ],
+    );
+    assert!(!refused.status.success());
+}
+
 #[test]
 fn restaurant_uses_a_queue_by_default() {
     let out = demo(&["restaurant", "--fast"]);
