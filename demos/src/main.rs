@@ -67,6 +67,15 @@ enum Scenario {
         /// What carries the orders between the stations.
         #[arg(long, value_enum, default_value_t)]
         mechanism: restaurant::Mechanism,
+        /// With `--mechanism redis`: the broker, `redis://[:password@]host[:port][/db]`
+        /// (without it, the demo starts a private redis-server and stops it after).
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// With `--mechanism redis`: the kitchen is SIGKILLed after sending order #2 to the
+        /// server and before acknowledging it; a new kitchen claims the order, cooks it
+        /// again, and the server serves it once (it de-duplicates on the order id).
+        #[arg(long)]
+        kill_kitchen: bool,
     },
     /// Three producer processes make 5 items each into a small bounded queue; one consumer
     /// process takes them all, until every producer is gone.
@@ -180,7 +189,11 @@ fn main() -> ExitCode {
         }
         Scenario::Sync => sync::sync(pace),
         Scenario::Sensor => sensor::sensor(pace),
-        Scenario::Restaurant { mechanism } => restaurant::restaurant(mechanism, pace),
+        Scenario::Restaurant {
+            mechanism,
+            redis_url,
+            kill_kitchen,
+        } => restaurant::restaurant(mechanism, redis_url, kill_kitchen, pace),
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
         Scenario::Workers { kill_one } => workers::workers(cli.fast, kill_one),
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),

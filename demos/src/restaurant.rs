@@ -6,7 +6,7 @@
 //! stations only ever see a typed `Sender<Order, _>` / `Receiver<Order, _>`, whichever
 //! mechanism `--mechanism` picks to carry the orders.
 
-use std::time::Duration;
+use std::{any::Any, time::Duration};
 
 use clap::ValueEnum;
 use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RoleResult, SendBytes};
@@ -14,6 +14,7 @@ use ipckit_pipes::{Connection, Reader, Writer};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
 };
+use ipckit_redis::{RedisOptions, RedisQueue, RedisReceiver, RedisSender, RedisServer};
 use ipckit_sockets::{Address, Listener};
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,10 @@ pub(crate) enum Mechanism {
     /// A Unix socket, connected through a listener on a socket file in /tmp; the end comes
     /// when the peer closes.
     Socket,
+    /// A queue on a Redis broker (a stream and a consumer group, ipckit-redis): the one
+    /// of `--redis-url`, or a private redis-server the demo starts; the end comes when the
+    /// last sender is gone.
+    Redis,
 }
 
 /// One end of a link, on its way to a child: the handle the mechanism made, already turned
@@ -59,6 +64,9 @@ impl Handle for End {
     }
 }
 
+/// What a link's creator keeps alive until the stations are done (a named object's owner).
+type Owner = Box<dyn Any>;
+
 /// A station's sending end, whatever the mechanism.
 type Out = Box<dyn SendBytes>;
 /// A station's receiving end, whatever the mechanism.
@@ -72,12 +80,14 @@ impl Mechanism {
             Mechanism::Duplex => "duplex pipes (socket pairs), used one way",
             Mechanism::Mqueue => "POSIX message queues",
             Mechanism::Socket => "Unix sockets, one listener and connection per link",
+            Mechanism::Redis => "Redis streams, one consumer group per link",
         }
     }
 
     /// A new link: its sending end and its receiving end, for two children, and what must
     /// stay alive in the parent meanwhile (a named object's owner, which removes its name).
-    fn link(self) -> anyhow::Result<(End, End, Option<MessageQueue<Order>>)> {
+    /// `redis_url` is the broker of `Mechanism::Redis`.
+    fn link(self, redis_url: &str) -> anyhow::Result<(End, End, Option<Owner>)> {
         Ok(match self {
             Mechanism::Queue => {
                 let queue: Queue<Order> = Queue::create(QueueOptions::new(8).max_message(1 << 10))?;
@@ -101,12 +111,21 @@ impl Mechanism {
                 (
                     End::new(mq.byte_sender()?),
                     End::new(mq.byte_receiver()?),
-                    Some(mq),
+                    Some(Box::new(mq)),
                 )
             }
             Mechanism::Socket => {
                 let (client, accepted) = socket_link()?;
                 (End::new(client), End::new(accepted), None)
+            }
+            Mechanism::Redis => {
+                let queue: RedisQueue<Order> =
+                    RedisQueue::create(redis_url, RedisOptions::new(8).max_message(1 << 10))?;
+                (
+                    End::new(queue.byte_sender()?),
+                    End::new(queue.byte_receiver()?),
+                    Some(Box::new(RedisLink(Some(queue)))),
+                )
             }
         })
     }
@@ -119,6 +138,7 @@ impl Mechanism {
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
+            Mechanism::Redis => Box::new(ctx.handle::<RedisSender>(key)?),
         })
     }
 
@@ -130,7 +150,21 @@ impl Mechanism {
             Mechanism::Duplex => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
+            Mechanism::Redis => Box::new(ctx.handle::<RedisReceiver>(key)?),
         })
+    }
+}
+
+/// A Redis queue's keys, removed from the broker once the stations are done with them.
+struct RedisLink(Option<RedisQueue<Order>>);
+
+impl Drop for RedisLink {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take()
+            && let Err(e) = queue.destroy()
+        {
+            eprintln!("could not remove the queue's keys from the broker: {e}");
+        }
     }
 }
 
@@ -170,19 +204,46 @@ fn cooking_time(id: u32) -> f64 {
 struct Args {
     mechanism: Mechanism,
     pace: Pace,
+    /// The kitchen SIGKILLs itself after sending this order to the server, before it
+    /// acknowledges it (`--kill-kitchen`).
+    crash_after: Option<u32>,
 }
 
 /// The `restaurant` scenario.
-pub(crate) fn restaurant(mechanism: Mechanism, pace: Pace) -> anyhow::Result<()> {
+pub(crate) fn restaurant(
+    mechanism: Mechanism,
+    redis_url: Option<String>,
+    kill_kitchen: bool,
+    pace: Pace,
+) -> anyhow::Result<()> {
+    if kill_kitchen && mechanism != Mechanism::Redis {
+        anyhow::bail!("--kill-kitchen needs --mechanism redis (a queue that redelivers)");
+    }
     println!(
         "🍕 Restaurant: an order taker, a kitchen and a server, three processes; \
          orders pass between them over {}",
         mechanism.describe()
     );
+    // A private broker when none is given; stopped (its files removed) when dropped, after
+    // the links below.
+    let private = match (&redis_url, mechanism) {
+        (None, Mechanism::Redis) => Some(RedisServer::start()?),
+        _ => None,
+    };
+    let redis_url = redis_url
+        .or_else(|| private.as_ref().map(RedisServer::url))
+        .unwrap_or_default();
+    if kill_kitchen {
+        return kitchen_crash(&redis_url, pace);
+    }
     // The owners stay alive until every station has finished.
-    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link()?;
-    let (to_server, server_orders, _server_link) = mechanism.link()?;
-    let args = Args { mechanism, pace };
+    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link(&redis_url)?;
+    let (to_server, server_orders, _server_link) = mechanism.link(&redis_url)?;
+    let args = Args {
+        mechanism,
+        pace,
+        crash_after: None,
+    };
     let mut children = vec![
         role("restaurant-order-taker")
             .arg(&args)?
@@ -208,8 +269,65 @@ pub(crate) fn restaurant(mechanism: Mechanism, pace: Pace) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `--kill-kitchen`: the kitchen dies holding order #2 (sent on, not acknowledged); a new
+/// kitchen, whose ends the parent made up front (so the server never sees the kitchen
+/// gone), claims it after a second and cooks it again; the server serves it once.
+fn kitchen_crash(url: &str, pace: Pace) -> anyhow::Result<()> {
+    let opts = RedisOptions::new(8)
+        .max_message(1 << 10)
+        .claim_idle(Duration::from_secs(1));
+    let orders = RedisLink(Some(RedisQueue::<Order>::create(url, opts.clone())?));
+    let ready = RedisLink(Some(RedisQueue::<Order>::create(url, opts)?));
+    let (Some(orders_q), Some(ready_q)) = (&orders.0, &ready.0) else {
+        anyhow::bail!("the queues were lost");
+    };
+    let args = |crash_after| Args {
+        mechanism: Mechanism::Redis,
+        pace,
+        crash_after,
+    };
+    let replacement = (orders_q.byte_receiver()?, ready_q.byte_sender()?);
+    let mut children = vec![
+        role("restaurant-order-taker")
+            .arg(&args(None))?
+            .handle("orders", orders_q.byte_sender()?)
+            .spawn()?,
+        role("restaurant-server")
+            .arg(&args(None))?
+            .handle("ready", ready_q.byte_receiver()?)
+            .spawn()?,
+    ];
+    let mut first = role("restaurant-kitchen")
+        .arg(&args(Some(2)))?
+        .handle("orders", orders_q.byte_receiver()?)
+        .handle("ready", ready_q.byte_sender()?)
+        .spawn()?;
+    match first.join_timeout(crate::support::PATIENCE) {
+        Err(ipckit_core::Error::RoleKilled { .. }) => {}
+        other => anyhow::bail!("the first kitchen was to be killed; it ended with {other:?}"),
+    }
+    println!("🔁 Restaurant: the kitchen died; a new kitchen takes over its orders");
+    children.push(
+        role("restaurant-kitchen")
+            .arg(&args(None))?
+            .handle("orders", replacement.0)
+            .handle("ready", replacement.1)
+            .spawn()?,
+    );
+    join_all(&mut children)?;
+    println!();
+    println!(
+        "🎉 Restaurant service complete! All customers happy! 😊 \
+         (all {} orders served, each exactly once, through a kitchen crash)",
+        MENU.len()
+    );
+    Ok(())
+}
+
 pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
-    let Args { mechanism, pace } = ctx.arg()?;
+    let Args {
+        mechanism, pace, ..
+    } = ctx.arg()?;
     let mut kitchen = mechanism.sender(ctx, "orders")?.into_sender::<Order>();
     for (id, item, table, _) in MENU {
         println!("📝 Order taker: New order #{id} - {item} for table {table}");
@@ -227,7 +345,11 @@ pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
 }
 
 pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
-    let Args { mechanism, pace } = ctx.arg()?;
+    let Args {
+        mechanism,
+        pace,
+        crash_after,
+    } = ctx.arg()?;
     let mut orders = mechanism.receiver(ctx, "orders")?.into_receiver::<Order>();
     let mut server = mechanism.sender(ctx, "ready")?.into_sender::<Order>();
     // Until the order taker went home and every order is cooked: no `None` sentinel.
@@ -241,13 +363,22 @@ pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
         order.ready = true;
         println!("✅ Kitchen: Order #{} ready - {}", order.id, order.item);
         server.send(&order)?;
+        if crash_after == Some(order.id) {
+            println!(
+                "💥 Kitchen: killed after sending order #{}, before acknowledging it",
+                order.id
+            );
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL)?;
+        }
     }
     println!("👨‍🍳 Kitchen: the order taker went home and every order is cooked; closing");
     Ok(())
 }
 
 pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
-    let Args { mechanism, pace } = ctx.arg()?;
+    let Args {
+        mechanism, pace, ..
+    } = ctx.arg()?;
     let mut ready = mechanism.receiver(ctx, "ready")?.into_receiver::<Order>();
     let mut served = Vec::new();
     // Until the kitchen closed.
@@ -255,6 +386,15 @@ pub(crate) fn server(ctx: &mut Ctx) -> RoleResult {
         let order = order?;
         if !order.ready {
             return Err(format!("order #{} came from the kitchen not ready", order.id).into());
+        }
+        // At-least-once queues may bring an order twice (a kitchen that died after sending
+        // it, before acknowledging it): the order id says it was served already.
+        if served.contains(&order.id) {
+            println!(
+                "🍽️ Server: order #{} again (cooked twice): already served, not served again",
+                order.id
+            );
+            continue;
         }
         println!(
             "🍽️ Server: Delivering order #{} to table {}",

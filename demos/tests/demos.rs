@@ -262,6 +262,67 @@ fn restaurant_over_every_mechanism() {
     }
 }
 
+/// Over Redis: a private broker the demo starts and stops, and a broker given by URL,
+/// which the demo leaves as it found it (its queues' keys removed).
+#[test]
+fn restaurant_over_redis() {
+    let out = demo(&["restaurant", "--mechanism", "redis", "--fast"]);
+    assert!(out.contains("over Redis streams"), "{out}");
+    restaurant_serves_every_order(&out);
+
+    let server = ipckit_redis::RedisServer::start()
+        .unwrap_or_else(|e| panic!("this test needs redis-server: {e}"));
+    let out = demo(&[
+        "restaurant",
+        "--mechanism",
+        "redis",
+        "--redis-url",
+        &server.url(),
+        "--fast",
+    ]);
+    restaurant_serves_every_order(&out);
+    let mut keys = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    std::io::Write::write_all(&mut keys, b"DBSIZE\r\n").unwrap();
+    let mut reply = [0u8; 4];
+    std::io::Read::read_exact(&mut keys, &mut reply).unwrap();
+    assert_eq!(&reply, b":0\r\n", "the demo left keys on the broker");
+}
+
+/// The kitchen SIGKILLed after sending order #2 on and before acknowledging it: a new
+/// kitchen claims the order and cooks it again, and the server serves it once.
+#[test]
+fn restaurant_over_redis_survives_a_killed_kitchen() {
+    let out = demo(&[
+        "restaurant",
+        "--mechanism",
+        "redis",
+        "--kill-kitchen",
+        "--fast",
+    ]);
+    assert_in_order(
+        &out,
+        &[
+            "✅ Kitchen: Order #2 ready",
+            "💥 Kitchen: killed after sending order #2, before acknowledging it",
+            "🔁 Restaurant: the kitchen died; a new kitchen takes over its orders",
+            "🍽️ Server: order #2 again (cooked twice): already served, not served again",
+        ],
+    );
+    assert_eq!(out.matches("Preparing order #2 ").count(), 2, "{out}");
+    restaurant_serves_every_order(&out);
+    let refused = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &[
+            "restaurant",
+            "--mechanism",
+            "pipe",
+            "--kill-kitchen",
+            "--fast",
+        ],
+    );
+    assert!(!refused.status.success());
+}
+
 #[test]
 fn restaurant_uses_a_queue_by_default() {
     let out = demo(&["restaurant", "--fast"]);
@@ -278,6 +339,8 @@ fn restaurant_lists_its_mechanisms() {
         "duplex",
         "mqueue",
         "socket",
+        "redis",
+        "--redis-url",
         "[default: queue]",
     ] {
         assert!(help.contains(mechanism), "{mechanism} missing: {help}");
