@@ -2,10 +2,7 @@
 
 use std::{fmt, sync::atomic::Ordering, time::Duration};
 
-use ipckit_core::{
-    Codec, Deadline, Error, Handle, Handoff, Postcard, RecvTimeoutError, Result, SendTimeoutError,
-    TryRecvError, TrySendError,
-};
+use ipckit_core::{Codec, Deadline, Error, Handle, Handoff, Postcard, Result};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::shm::{Queue, QueueOptions};
@@ -206,31 +203,7 @@ impl<T: Serialize, C: Codec + Clone> JoinableQueue<T, C> {
         })
     }
 
-    /// Puts a task, waiting while the queue is full.
-    ///
-    /// # Errors
-    /// As [`Queue::put`].
-    pub fn put(&self, msg: &T) -> Result<()> {
-        self.put_deadline(msg, Deadline::Never)
-    }
-
-    /// Puts a task if there is room now; gives it back if not.
-    ///
-    /// # Errors
-    /// [`TrySendError::Full`] or [`TrySendError::Disconnected`] with the task.
-    pub fn try_put(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.put_deadline(&msg, Deadline::Now)
-            .map_err(|e| TrySendError::from_error(e, msg))
-    }
-
-    /// Puts a task, waiting at most `timeout` for room; gives it back if not.
-    ///
-    /// # Errors
-    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`] with the task.
-    pub fn put_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.put_deadline(&msg, Deadline::after(timeout))
-            .map_err(|e| SendTimeoutError::from_error(e, msg))
-    }
+    ipckit_core::put_forms!();
 }
 
 impl<T: DeserializeOwned, C: Codec + Clone> JoinableQueue<T, C> {
@@ -242,29 +215,7 @@ impl<T: DeserializeOwned, C: Codec + Clone> JoinableQueue<T, C> {
         self.queue.get_deadline(deadline)
     }
 
-    /// Gets a task, waiting while the queue is empty.
-    ///
-    /// # Errors
-    /// [`Error::Disconnected`] once the queue is closed and drained; as [`Queue::get`].
-    pub fn get(&self) -> Result<T> {
-        self.queue.get()
-    }
-
-    /// Gets a task if there is one now.
-    ///
-    /// # Errors
-    /// As [`Queue::try_get`].
-    pub fn try_get(&self) -> Result<T, TryRecvError> {
-        self.queue.try_get()
-    }
-
-    /// Gets a task, waiting at most `timeout`.
-    ///
-    /// # Errors
-    /// As [`Queue::get_timeout`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.queue.get_timeout(timeout)
-    }
+    ipckit_core::get_forms!();
 }
 
 impl<T, C> fmt::Debug for JoinableQueue<T, C> {

@@ -9,8 +9,8 @@ use std::{
 };
 
 use ipckit_core::{
-    Codec, Deadline, Error, Handle, Handoff, Postcard, Receiver, RecvBytes, RecvTimeoutError,
-    Result, SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError,
+    Codec, Deadline, Error, Handle, Handoff, Postcard, Receiver, RecvBytes, Result, SendBytes,
+    Sender,
 };
 use redis::Value;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -453,31 +453,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec + Clone> RedisQueue<T, C> {
         }
     }
 
-    /// Puts `msg`, waiting while the queue is full.
-    ///
-    /// # Errors
-    /// As [`put_deadline`](RedisQueue::put_deadline), never `Timeout`.
-    pub fn put(&self, msg: &T) -> Result<()> {
-        self.put_deadline(msg, Deadline::Never)
-    }
-
-    /// Puts `msg` if there is room now; gives it back if not.
-    ///
-    /// # Errors
-    /// [`TrySendError::Full`] or [`TrySendError::Disconnected`] with the message.
-    pub fn try_put(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.put_deadline(&msg, Deadline::Now)
-            .map_err(|e| TrySendError::from_error(e, msg))
-    }
-
-    /// Puts `msg`, waiting at most `timeout` for room; gives it back if there was none.
-    ///
-    /// # Errors
-    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`] with the message.
-    pub fn put_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.put_deadline(&msg, Deadline::after(timeout))
-            .map_err(|e| SendTimeoutError::from_error(e, msg))
-    }
+    ipckit_core::put_forms!();
 
     /// Gets a message, waiting no later than `deadline`. The queue handle gets through a
     /// consumer of its own, made on the first get.
@@ -498,29 +474,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec + Clone> RedisQueue<T, C> {
         self.codec.decode(&buf)
     }
 
-    /// Gets a message, waiting as long as it takes.
-    ///
-    /// # Errors
-    /// As [`get_deadline`](RedisQueue::get_deadline), never `Timeout`.
-    pub fn get(&self) -> Result<T> {
-        self.get_deadline(Deadline::Never)
-    }
-
-    /// Gets a message if one is ready now.
-    ///
-    /// # Errors
-    /// [`TryRecvError::Empty`] or [`TryRecvError::Disconnected`].
-    pub fn try_get(&self) -> Result<T, TryRecvError> {
-        Ok(self.get_deadline(Deadline::Now)?)
-    }
-
-    /// Gets a message, waiting at most `timeout`.
-    ///
-    /// # Errors
-    /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Disconnected`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        Ok(self.get_deadline(Deadline::after(timeout))?)
-    }
+    ipckit_core::get_forms!();
 
     /// Entries in the stream: messages waiting plus those delivered and not yet
     /// acknowledged (what the capacity bounds).

@@ -17,12 +17,11 @@ use std::{
     marker::PhantomData,
     os::fd::{AsFd, OwnedFd},
     sync::OnceLock,
-    time::Duration,
 };
 
 use ipckit_core::{
-    Codec, Deadline, Error, Handle, Handoff, Postcard, Receiver, RecvBytes, RecvTimeoutError,
-    Result, SendBytes, SendTimeoutError, Sender, TryRecvError, TrySendError,
+    Codec, Deadline, Error, Handle, Handoff, Postcard, Receiver, RecvBytes, Result, SendBytes,
+    Sender,
 };
 use ipckit_shmem::Segment;
 use serde::{Serialize, de::DeserializeOwned};
@@ -392,31 +391,7 @@ impl<T: Serialize, C: Codec + Clone> Queue<T, C> {
         })
     }
 
-    /// Puts `msg`, waiting while the queue is full.
-    ///
-    /// # Errors
-    /// As [`put_deadline`](Queue::put_deadline), never `Timeout`.
-    pub fn put(&self, msg: &T) -> Result<()> {
-        self.put_deadline(msg, Deadline::Never)
-    }
-
-    /// Puts `msg` if there is room now; gives it back if not.
-    ///
-    /// # Errors
-    /// [`TrySendError::Full`] or [`TrySendError::Disconnected`] with the message.
-    pub fn try_put(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.put_deadline(&msg, Deadline::Now)
-            .map_err(|e| TrySendError::from_error(e, msg))
-    }
-
-    /// Puts `msg`, waiting at most `timeout` for room; gives it back if not.
-    ///
-    /// # Errors
-    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`] with the message.
-    pub fn put_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.put_deadline(&msg, Deadline::after(timeout))
-            .map_err(|e| SendTimeoutError::from_error(e, msg))
-    }
+    ipckit_core::put_forms!();
 }
 
 impl<T: DeserializeOwned, C: Codec + Clone> Queue<T, C> {
@@ -442,31 +417,7 @@ impl<T: DeserializeOwned, C: Codec + Clone> Queue<T, C> {
         decode_with(&self.codec, |buf| self.raw.get(buf, deadline, self.spin))
     }
 
-    /// Gets the next message, waiting while the queue is empty.
-    ///
-    /// # Errors
-    /// As [`get_deadline`](Queue::get_deadline), never `Timeout`.
-    pub fn get(&self) -> Result<T> {
-        self.get_deadline(Deadline::Never)
-    }
-
-    /// Gets the next message if there is one now.
-    ///
-    /// # Errors
-    /// [`TryRecvError::Empty`] if there is none, [`TryRecvError::Disconnected`] once the
-    /// queue is finished and drained.
-    pub fn try_get(&self) -> Result<T, TryRecvError> {
-        Ok(self.get_deadline(Deadline::Now)?)
-    }
-
-    /// Gets the next message, waiting at most `timeout`.
-    ///
-    /// # Errors
-    /// [`RecvTimeoutError::Timeout`] if none came, [`RecvTimeoutError::Disconnected`] once
-    /// the queue is finished and drained.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        Ok(self.get_deadline(Deadline::after(timeout))?)
-    }
+    ipckit_core::get_forms!();
 }
 
 impl<T, C> fmt::Debug for Queue<T, C> {
