@@ -39,6 +39,11 @@ impl fmt::Debug for Object {
 }
 
 impl Object {
+    /// The deadline of a call made now under this proxy's timeout (`None`: no limit).
+    fn deadline(&self) -> Option<Instant> {
+        self.timeout.map(|t| Instant::now() + t)
+    }
+
     fn open(m: &Manager, name: &str, kind: Kind, types: String, init: u64) -> Result<Object> {
         let op = Op::Open {
             name: name.to_string(),
@@ -68,7 +73,7 @@ impl Object {
     }
 
     fn call(&self, call: Call) -> Result<Answer> {
-        self.call_until(call, self.timeout.map(|t| Instant::now() + t))
+        self.call_until(call, self.deadline())
     }
 
     fn watch(&self) -> Result<Watch> {
@@ -696,7 +701,7 @@ impl Lock {
     /// [`Error::Disconnected`] when the server dies, even while waiting;
     /// [`Error::Timeout`] with [`with_timeout`](Lock::with_timeout).
     pub fn acquire(&self) -> Result<Guard> {
-        acquire(&self.obj, self.obj.timeout.map(|t| Instant::now() + t))
+        acquire(&self.obj, self.obj.deadline())
     }
 
     /// Waits at most `timeout` for the lock.
@@ -784,7 +789,7 @@ impl RLock {
     /// As [`Lock::acquire`].
     pub fn acquire(&self) -> Result<RGuard> {
         let token = thread_token();
-        let deadline = self.obj.timeout.map(|t| Instant::now() + t);
+        let deadline = self.obj.deadline();
         unit(self.obj.call_until(Call::AcquireAs(token), deadline)?)?;
         Ok(self.guard(token))
     }
@@ -830,7 +835,7 @@ impl Condition {
     /// # Errors
     /// As [`Lock::acquire`].
     pub fn acquire(&self) -> Result<Guard> {
-        acquire(&self.obj, self.obj.timeout.map(|t| Instant::now() + t))
+        acquire(&self.obj, self.obj.deadline())
     }
 
     /// Takes the lock if it is free.
@@ -1006,7 +1011,7 @@ impl Semaphore {
     /// # Errors
     /// As [`Lock::acquire`].
     pub fn acquire(&self) -> Result<Guard> {
-        acquire(&self.obj, self.obj.timeout.map(|t| Instant::now() + t))
+        acquire(&self.obj, self.obj.deadline())
     }
 
     /// Waits at most `timeout` for a permit.

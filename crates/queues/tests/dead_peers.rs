@@ -72,7 +72,7 @@ fn create_mq(ctx: &mut Ctx) -> RoleResult {
     let limit: Option<u64> = ctx.arg()?;
     let report: Queue<Result<String, String>> = ctx.handle("report")?;
     if let Some(bytes) = limit {
-        set_mq_byte_limit(bytes);
+        ipckit_testkit::set_mq_byte_limit(bytes);
     }
     match MessageQueue::<u8>::create(MqOptions::default()) {
         Ok(q) => {
@@ -83,19 +83,6 @@ fn create_mq(ctx: &mut Ctx) -> RoleResult {
         Err(e) => report.put(&Err(e.to_string()))?,
     }
     Ok(())
-}
-
-/// Sets this process's `RLIMIT_MSGQUEUE` (lowering is always allowed).
-fn set_mq_byte_limit(bytes: u64) {
-    use nix::libc;
-    let limit = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    // SAFETY: setrlimit only reads the valid, initialised struct it is given; changing a
-    // resource limit has no memory-safety effect.
-    let r = unsafe { libc::setrlimit(libc::RLIMIT_MSGQUEUE, &limit) };
-    assert_eq!(r, 0, "setrlimit: {}", std::io::Error::last_os_error());
 }
 
 const ROLES: &[Role] = &[
@@ -148,6 +135,26 @@ fn queue_with_a_dead_consumer() -> Queue<u32> {
         }
     }
     panic!("never killed the consumer mid-get in {AIMS} tries");
+}
+
+/// Waits at most 5 s for `get` to say `Disconnected`, failing on anything else; with
+/// `soon`, it must say so within 2 s.
+fn expect_disconnected<T: std::fmt::Debug>(
+    soon: bool,
+    get: impl FnOnce(Duration) -> Result<T, RecvTimeoutError>,
+) {
+    let start = Instant::now();
+    match get(Duration::from_secs(5)) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    if soon {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }
 
 #[test]
@@ -274,16 +281,7 @@ fn a_sender_handed_to_a_child_killed_before_it_took_it_ends_the_stream() {
         .spawn()
         .unwrap();
     kill(&mut child);
-    let start = Instant::now();
-    match rx.recv_timeout(Duration::from_secs(5)) {
-        Err(RecvTimeoutError::Disconnected) => {}
-        other => panic!("expected Disconnected, got {other:?}"),
-    }
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    expect_disconnected(true, |t| rx.recv_timeout(t));
 }
 
 #[test]
@@ -293,10 +291,7 @@ fn a_sender_dropped_unsent_with_its_command_ends_the_stream() {
     let mut rx = q.receiver().unwrap();
     // Handed to a command that is never started.
     drop(Command::new("never-takes").handle("tx", q.byte_sender().unwrap()));
-    match rx.recv_timeout(Duration::from_secs(5)) {
-        Err(RecvTimeoutError::Disconnected) => {}
-        other => panic!("expected Disconnected, got {other:?}"),
-    }
+    expect_disconnected(false, |t| rx.recv_timeout(t));
 }
 
 #[test]
@@ -310,16 +305,7 @@ fn an_mq_sender_handed_to_a_child_killed_before_it_took_it_ends_the_stream() {
         .spawn()
         .unwrap();
     kill(&mut child);
-    let start = Instant::now();
-    match rx.recv_timeout(Duration::from_secs(5)) {
-        Err(RecvTimeoutError::Disconnected) => {}
-        other => panic!("expected Disconnected, got {other:?}"),
-    }
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    expect_disconnected(true, |t| rx.recv_timeout(t));
 }
 
 #[test]
@@ -347,16 +333,7 @@ fn producers_that_put_through_a_queue_handle_count_until_killed() {
     for c in &mut children {
         kill(c);
     }
-    let start = Instant::now();
-    match q.get_timeout(Duration::from_secs(5)) {
-        Err(RecvTimeoutError::Disconnected) => {}
-        other => panic!("expected Disconnected, got {other:?}"),
-    }
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    expect_disconnected(true, |t| q.get_timeout(t));
 }
 
 #[test]

@@ -85,19 +85,6 @@ fn send_forever(ctx: &mut Ctx) -> RoleResult {
     Ok(())
 }
 
-/// Sets this process's `RLIMIT_MSGQUEUE` (lowering is always allowed).
-fn set_mq_byte_limit(bytes: u64) {
-    use nix::libc;
-    let limit = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    // SAFETY: setrlimit only reads the valid, initialised struct it is given; changing a
-    // resource limit has no memory-safety effect.
-    let r = unsafe { libc::setrlimit(libc::RLIMIT_MSGQUEUE, &limit) };
-    assert_eq!(r, 0, "setrlimit: {}", std::io::Error::last_os_error());
-}
-
 /// Drops root (and with it `CAP_SYS_RESOURCE`) if this process has it.
 fn become_unprivileged() {
     use nix::libc;
@@ -142,7 +129,7 @@ fn beyond_sysctls(_: &mut Ctx) -> RoleResult {
 
 /// With a small `RLIMIT_MSGQUEUE`, asks for a queue that needs more.
 fn beyond_byte_limit(_: &mut Ctx) -> RoleResult {
-    set_mq_byte_limit(50_000);
+    ipckit_testkit::set_mq_byte_limit(50_000);
     let opts = MqOptions::new(10).max_message(8192);
     let e = Bytes::create(opts).expect_err("more bytes than RLIMIT_MSGQUEUE");
     let m = e.to_string();

@@ -8,6 +8,7 @@
 //! - [`python`]: the Python interpreter an interop test needs. A missing one fails the test
 //!   (it never passes vacuously); set `IPCKIT_SKIP_PYTHON=1` to skip on purpose, which the
 //!   test then reports on stderr.
+//! - [`set_mq_byte_limit`]: a lower `RLIMIT_MSGQUEUE` for the process.
 //! - [`Bounded`]: a non-ipckit process (Python) that is killed if the test ends first.
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,18 @@ pub fn join_ok(child: &mut Child) {
     match child.join_timeout(PATIENCE) {
         Ok(status) => assert!(status.success(), "{} ended with {status}", child.role()),
         Err(e) => panic!("{} failed: {e}", child.role()),
+    }
+}
+
+/// Sets this process's `RLIMIT_MSGQUEUE` to `bytes` (lowering is always allowed), so a
+/// test meets the message-queue limit without filling the user's real one.
+///
+/// # Panics
+/// If the kernel refuses.
+pub fn set_mq_byte_limit(bytes: u64) {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MSGQUEUE, bytes, bytes) {
+        panic!("setrlimit(RLIMIT_MSGQUEUE, {bytes}): {e}");
     }
 }
 
