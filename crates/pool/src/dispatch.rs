@@ -31,6 +31,7 @@ use crate::{
     Event, WorkerInfo,
     job::{Done, Failure, Shared, Task, lock},
     options::OnEvent,
+    worker::{push_frame, write_frames},
 };
 
 /// Chunks in flight per worker.
@@ -683,7 +684,6 @@ fn send_all(
     tasks: &[Task],
     frames: &mut Vec<u8>,
 ) -> ipckit_core::Result<()> {
-    use std::io::Write as _;
     let total: usize = tasks.iter().map(|t| t.bytes.len()).sum();
     if tasks.len() == 1 || total > 2 * PREFETCH_BYTES {
         // A large chunk goes as its own message, as large as the connection allows.
@@ -693,16 +693,8 @@ fn send_all(
         return Ok(());
     }
     frames.clear();
-    let mut header = [0u8; ipckit_core::MAX_HEADER];
     for t in tasks {
-        let n = ipckit_core::encode_header(t.bytes.len(), &mut header);
-        frames.extend_from_slice(&header[..n]);
-        frames.extend_from_slice(&t.bytes);
+        push_frame(frames, &t.bytes);
     }
-    conn.write_all(frames).map_err(|e| match e.kind() {
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-            CoreError::Disconnected
-        }
-        _ => CoreError::Io(e),
-    })
+    write_frames(conn, frames)
 }

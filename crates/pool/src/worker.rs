@@ -106,10 +106,7 @@ where
             }
             deadline = Deadline::Never;
         } else {
-            let mut header = [0u8; ipckit_core::MAX_HEADER];
-            let n = ipckit_core::encode_header(out.len(), &mut header);
-            replies.extend_from_slice(&header[..n]);
-            replies.extend_from_slice(&out);
+            push_frame(&mut replies, &out);
             // Look for the next chunk without waiting; none there: the replies go.
             deadline = if !config.hold_replies || replies.len() > BATCH_BYTES {
                 if let Err(e) = flush(&mut conn, &mut replies) {
@@ -128,18 +125,34 @@ const BATCH_BYTES: usize = 32 << 10;
 
 /// Writes the replies waiting, as consecutive frames in one write.
 fn flush(conn: &mut Connection, replies: &mut Vec<u8>) -> ipckit_core::Result<()> {
-    use std::io::Write as _;
     if replies.is_empty() {
         return Ok(());
     }
-    let r = conn.write_all(replies).map_err(|e| match e.kind() {
+    let r = write_frames(conn, replies);
+    replies.clear();
+    r
+}
+
+/// Appends `msg` to `frames` as one frame of the connection's framing, so that several
+/// messages go out in one write ([`write_frames`]): the pool's chunks and a worker's
+/// replies both travel so.
+pub(crate) fn push_frame(frames: &mut Vec<u8>, msg: &[u8]) {
+    let mut header = [0u8; ipckit_core::MAX_HEADER];
+    let n = ipckit_core::encode_header(msg.len(), &mut header);
+    frames.extend_from_slice(&header[..n]);
+    frames.extend_from_slice(msg);
+}
+
+/// Writes frames made with [`push_frame`] in one write; a peer that is gone is
+/// `Disconnected`, as a send would say.
+pub(crate) fn write_frames(conn: &mut Connection, frames: &[u8]) -> ipckit_core::Result<()> {
+    use std::io::Write as _;
+    conn.write_all(frames).map_err(|e| match e.kind() {
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
             CoreError::Disconnected
         }
         _ => CoreError::Io(e),
-    });
-    replies.clear();
-    r
+    })
 }
 
 /// The pool closed the connection (the worker should go) or is gone: either way, the end.
