@@ -1,222 +1,544 @@
-//! `redis_queue_1p1c_64B`: one producer and one consumer pass 64-byte messages through a
-//! queue on a Redis broker (a private `redis-server`, started by `ipckit_redis::RedisServer`
-//! on a free port and stopped at the end), in messages per second.
+//! The queue on a Redis broker (a private `redis-server`, started by
+//! `ipckit_redis::RedisServer` on a free port and stopped at the end) beside the same
+//! client driven by hand, the shared-memory queue and Python's `multiprocessing.Queue`, all
+//! in the same run. 64-byte messages.
 //!
-//! - `ipckit`: `RedisSender` and `RedisReceiver` at the byte level (no codec): one `EVAL`
-//!   of the put script per message; one pipeline per get (`XACK` + `XDEL` of the previous
-//!   message, `XREADGROUP COUNT 1`).
-//! - `raw_client`: the same `redis` client driven by hand, pipelined the same way: one
-//!   `XADD` per message; per get one pipeline of `XACK` + `XDEL` of the previous message and
-//!   `XREADGROUP COUNT 1 BLOCK 100`. No capacity, no producer registration, no end
-//!   detection: the floor of at-least-once delivery through this client.
-//! - `shm_queue`: ipckit-queues' shared-memory `Queue`, the same two threads, for scale.
-//!
-//! The producer is a thread and the consumer the bench's thread (the broker is the other
-//! process); the consumer checks every message's stamp, so a lost or doubled one fails.
+//! - `redis_queue_1p1c_64B`, `redis_queue_4p1c_64B`: messages per second from one (four)
+//!   producer threads, each on a connection of its own, to one consumer on the bench's
+//!   thread, which checks every producer's sequence (a lost, doubled or reordered message
+//!   fails the row).
+//!   - `ipckit`: `RedisSender` / `RedisReceiver` at the byte level: one `EVAL` of the put
+//!     script per message; per get one pipeline (`XACK` + `XDEL` of the previous message,
+//!     `XREADGROUP COUNT 1`).
+//!   - `raw_client`, its floor: the same `redis` client by hand, pipelined the same way:
+//!     `XADD` per message; `XACK` + `XDEL` + `XREADGROUP COUNT 1` per get. No capacity,
+//!     no producer registration, no end detection.
+//!   - `ipckit_batched` / `raw_batched` (1p1c): 32 messages per put round trip
+//!     (`RedisSender::send_all_deadline`; 32 `XADD`s in one pipeline) and 32 per read
+//!     (`RedisOptions::prefetch(32)`; `COUNT 32`).
+//!   - `shm_queue`: ipckit-queues' shared-memory `Queue`, same threads, for scale.
+//!   - `python_mp_queue`: `multiprocessing.Queue`, producers and consumer in processes.
+//! - `redis_queue_rtt_64B`: a request and its reply over two queues, answered by an echo
+//!   thread: `ipckit`; `raw_client` (`XADD` + `XREADGROUP BLOCK` both ways, acknowledged
+//!   as above); `raw_ping`, one `PING` (the broker's own round trip); `shm_queue`;
+//!   `python_mp_queue` (the echo in a process).
 //!
 //! ```text
 //! cargo bench -p ipckit-benches --bench redis -- --warm-up-time 1 --measurement-time 3
 //! ```
 
 use std::{
+    collections::VecDeque,
+    path::Path,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, ensure};
-use criterion::{Criterion, Throughput};
-use ipckit_core::{RecvBytes, SendBytes};
-use ipckit_queues::{Queue, QueueOptions};
-use ipckit_redis::{RedisQueue, RedisServer};
+use anyhow::{Context, bail, ensure};
+use criterion::Criterion;
+use ipckit_benches::{Figure, Group, Rig, record};
+use ipckit_core::{Deadline, RecvBytes, SendBytes};
+use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
+use ipckit_redis::{RedisOptions, RedisQueue, RedisReceiver, RedisSender, RedisServer};
 use redis::Value;
 
 /// The message size.
 const SMALL: usize = 64;
+/// Messages per round trip in the batched rows.
+const BATCH: usize = 32;
+/// The queues' capacity.
+const CAPACITY: usize = 1024;
 /// How long one message may take before the row fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn message(i: u64) -> Vec<u8> {
+/// Message `seq` of producer `producer`.
+fn message(producer: u8, seq: u64) -> Vec<u8> {
     let mut m = vec![0u8; SMALL];
-    m[..8].copy_from_slice(&i.to_le_bytes());
+    m[..8].copy_from_slice(&seq.to_le_bytes());
+    m[8] = producer;
     m
 }
 
-fn stamp(m: &[u8]) -> anyhow::Result<u64> {
-    Ok(u64::from_le_bytes(
-        m.get(..8).context("short message")?.try_into()?,
-    ))
+/// Who sent `m` and its sequence number.
+fn stamp(m: &[u8]) -> anyhow::Result<(usize, u64)> {
+    ensure!(m.len() == SMALL, "a message of {} bytes", m.len());
+    Ok((usize::from(m[8]), u64::from_le_bytes(m[..8].try_into()?)))
 }
 
-/// Times `iters` messages from a producer thread running `put` to `get` on this thread.
-fn batch<S: Send + 'static>(
-    iters: u64,
-    tx: &mut Option<S>,
-    put: fn(&mut S, &[u8]) -> anyhow::Result<()>,
-    mut get: impl FnMut() -> anyhow::Result<Vec<u8>>,
-) -> anyhow::Result<Duration> {
-    let mut sender = tx.take().context("the producer was lost")?;
-    let start = Instant::now();
-    let producer = thread::spawn(move || -> anyhow::Result<S> {
-        for i in 0..iters {
-            put(&mut sender, &message(i))?;
-        }
-        Ok(sender)
-    });
-    for i in 0..iters {
-        let m = get()?;
-        ensure!(stamp(&m)? == i, "message {i} out of order or lost");
+/// A producer's end: puts a batch of messages.
+trait Put: Send + 'static {
+    fn put(&mut self, msgs: &[Vec<u8>]) -> anyhow::Result<()>;
+}
+
+/// A consumer's end: gets one message.
+trait Get {
+    fn get(&mut self) -> anyhow::Result<Vec<u8>>;
+}
+
+impl Put for RedisSender {
+    fn put(&mut self, msgs: &[Vec<u8>]) -> anyhow::Result<()> {
+        Ok(self.send_all_deadline(msgs, Deadline::after(PATIENCE))?)
     }
-    let elapsed = start.elapsed();
-    *tx = Some(
-        producer
-            .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??,
-    );
-    Ok(elapsed)
 }
 
-fn run(c: &mut Criterion, name: &str, mut f: impl FnMut(u64) -> anyhow::Result<Duration>) {
-    let mut group = c.benchmark_group("redis_queue_1p1c_64B");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| f(iters).unwrap_or_else(|e| panic!("{name}: {e:#}")))
-    });
-    group.finish();
+impl Get for RedisReceiver {
+    fn get(&mut self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.recv_bytes_timeout(PATIENCE)?)
+    }
 }
 
-fn ipckit_row(c: &mut Criterion, url: &str) -> anyhow::Result<()> {
-    let q: RedisQueue<Vec<u8>> = RedisQueue::create(url, 1024)?;
-    let mut tx = Some(q.byte_sender()?);
-    let mut rx = q.byte_receiver()?;
-    run(c, "ipckit", |iters| {
-        batch(
-            iters,
-            &mut tx,
-            |tx, m| Ok(tx.send_bytes(m)?),
-            || Ok(rx.recv_bytes_timeout(PATIENCE)?),
-        )
-    });
-    q.destroy()?;
-    Ok(())
+impl Put for QueueSender {
+    fn put(&mut self, msgs: &[Vec<u8>]) -> anyhow::Result<()> {
+        for m in msgs {
+            self.send_bytes_timeout(m, PATIENCE)?;
+        }
+        Ok(())
+    }
 }
 
-/// A consumer on the raw client: acknowledges the previous entry and reads the next in one
-/// pipeline.
-struct RawConsumer {
+impl Get for QueueReceiver {
+    fn get(&mut self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.recv_bytes_timeout(PATIENCE)?)
+    }
+}
+
+/// The raw client's producer: `XADD`s, one pipeline per batch.
+struct RawPut {
     con: redis::Connection,
-    last: Option<Vec<u8>>,
+    stream: String,
 }
 
-const STREAM: &str = "bench:raw";
+impl Put for RawPut {
+    fn put(&mut self, msgs: &[Vec<u8>]) -> anyhow::Result<()> {
+        let mut p = redis::pipe();
+        for m in msgs {
+            p.cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("d")
+                .arg(m.as_slice())
+                .ignore();
+        }
+        p.exec(&mut self.con)?;
+        Ok(())
+    }
+}
 
-impl RawConsumer {
+/// The raw client's consumer: acknowledges what it returned and reads up to `count` more
+/// in one pipeline when it has none left.
+struct RawGet {
+    con: redis::Connection,
+    stream: String,
+    count: usize,
+    returned: Vec<Vec<u8>>,
+    got: VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawGet {
+    fn new(client: &redis::Client, stream: &str, count: usize) -> anyhow::Result<Self> {
+        let mut con = client.get_connection()?;
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg("g")
+            .arg("0")
+            .arg("MKSTREAM")
+            .exec(&mut con)?;
+        Ok(RawGet {
+            con,
+            stream: stream.into(),
+            count,
+            returned: Vec::new(),
+            got: VecDeque::new(),
+        })
+    }
+}
+
+impl Get for RawGet {
     fn get(&mut self) -> anyhow::Result<Vec<u8>> {
         let deadline = Instant::now() + PATIENCE;
-        loop {
+        while self.got.is_empty() {
             let mut p = redis::pipe();
-            if let Some(id) = self.last.take() {
-                p.cmd("XACK").arg(STREAM).arg("g").arg(&id).ignore();
-                p.cmd("XDEL").arg(STREAM).arg(&id).ignore();
+            if !self.returned.is_empty() {
+                p.cmd("XACK")
+                    .arg(&self.stream)
+                    .arg("g")
+                    .arg(&self.returned)
+                    .ignore();
+                p.cmd("XDEL").arg(&self.stream).arg(&self.returned).ignore();
             }
             p.cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg("g")
                 .arg("c")
                 .arg("COUNT")
-                .arg(1)
+                .arg(self.count)
                 .arg("BLOCK")
                 .arg(100)
                 .arg("STREAMS")
-                .arg(STREAM)
+                .arg(&self.stream)
                 .arg(">");
             let (reply,): (Value,) = p.query(&mut self.con)?;
-            if let Some((id, payload)) = first_entry(&reply) {
-                self.last = Some(id);
-                return Ok(payload);
-            }
+            self.returned.clear();
+            self.got.extend(entries(&reply));
             ensure!(Instant::now() < deadline, "no message within {PATIENCE:?}");
+        }
+        let (id, payload) = self.got.pop_front().context("no entry")?;
+        self.returned.push(id);
+        Ok(payload)
+    }
+}
+
+/// The entries (id, payload) of an `XREADGROUP` reply on one stream.
+fn entries(reply: &Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Value::Array(streams) = reply else {
+        return Vec::new();
+    };
+    let Some(Value::Array(parts)) = streams.first() else {
+        return Vec::new();
+    };
+    let Some(Value::Array(list)) = parts.get(1) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|e| {
+            let Value::Array(entry) = e else { return None };
+            let (Value::BulkString(id), Value::Array(fields)) = (entry.first()?, entry.get(1)?)
+            else {
+                return None;
+            };
+            match fields.get(1)? {
+                Value::BulkString(payload) => Some((id.clone(), payload.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A flow row: producers on threads of their own, the consumer on the bench's thread.
+struct Flow<P, G> {
+    producers: Vec<P>,
+    batch: usize,
+    consumer: G,
+}
+
+impl<P: Put, G: Get> Rig for Flow<P, G> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let n = self.producers.len() as u64;
+        let each = iters.div_ceil(n);
+        let batch = self.batch;
+        let start = Instant::now();
+        let threads: Vec<_> = self
+            .producers
+            .drain(..)
+            .enumerate()
+            .map(|(p, mut tx)| {
+                thread::spawn(move || -> anyhow::Result<P> {
+                    let mut seq = 0;
+                    while seq < each {
+                        let k = (each - seq).min(batch as u64);
+                        let msgs: Vec<_> = (seq..seq + k).map(|i| message(p as u8, i)).collect();
+                        tx.put(&msgs)?;
+                        seq += k;
+                    }
+                    Ok(tx)
+                })
+            })
+            .collect();
+        let mut next = vec![0u64; n as usize];
+        for _ in 0..each * n {
+            let (p, seq) = stamp(&self.consumer.get()?)?;
+            let expected = next.get_mut(p).context("a message from no producer")?;
+            ensure!(
+                seq == *expected,
+                "producer {p}: got {seq}, expected {expected}"
+            );
+            *expected += 1;
+        }
+        let elapsed = start.elapsed();
+        for t in threads {
+            match t.join() {
+                Ok(tx) => self.producers.push(tx?),
+                Err(_) => bail!("a producer panicked"),
+            }
+        }
+        // What the row reports is per message: count the messages this batch moved.
+        Ok(elapsed.mul_f64(iters as f64 / (each * n) as f64))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A round-trip row: the bench's thread puts a request and gets its reply; an echo thread
+/// answers until the request side closes.
+struct Echo<P, G> {
+    requests: P,
+    replies: G,
+    echo: Option<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl<P: Put, G: Get> Echo<P, G> {
+    fn start<Q: Put, H: Get + Send + 'static>(
+        requests: P,
+        replies: G,
+        mut answer: Q,
+        mut take: H,
+        stop: fn(&[u8]) -> bool,
+    ) -> Self {
+        let echo = thread::spawn(move || -> anyhow::Result<()> {
+            loop {
+                let m = take.get()?;
+                if stop(&m) {
+                    return Ok(());
+                }
+                answer.put(&[m])?;
+            }
+        });
+        Echo {
+            requests,
+            replies,
+            echo: Some(echo),
         }
     }
 }
 
-fn first_entry(reply: &Value) -> Option<(Vec<u8>, Vec<u8>)> {
-    let Value::Array(streams) = reply else {
-        return None;
-    };
-    let Value::Array(parts) = streams.first()? else {
-        return None;
-    };
-    let Value::Array(entries) = parts.get(1)? else {
-        return None;
-    };
-    let Value::Array(entry) = entries.first()? else {
-        return None;
-    };
-    let (Value::BulkString(id), Value::Array(fields)) = (entry.first()?, entry.get(1)?) else {
-        return None;
-    };
-    match fields.get(1)? {
-        Value::BulkString(payload) => Some((id.clone(), payload.clone())),
-        _ => None,
+/// The request that stops an echo thread (no [`message`] has a byte 9).
+fn last_request(m: &[u8]) -> bool {
+    m.get(9) == Some(&0xff)
+}
+
+impl<P: Put, G: Get> Rig for Echo<P, G> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for i in 0..iters {
+            self.requests.put(&[message(0, i)])?;
+            let (_, seq) = stamp(&self.replies.get()?)?;
+            ensure!(seq == i, "reply {seq} to request {i}");
+        }
+        Ok(start.elapsed())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.requests.put(&[vec![0xff; SMALL]])?;
+        match self.echo.take().map(thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => bail!("the echo thread panicked"),
+        }
     }
 }
 
-fn raw_row(c: &mut Criterion, url: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut admin = client.get_connection()?;
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .exec(&mut admin)?;
-    let mut tx = Some(client.get_connection()?);
-    let mut rx = RawConsumer {
-        con: client.get_connection()?,
-        last: None,
-    };
-    run(c, "raw_client", |iters| {
-        batch(
-            iters,
-            &mut tx,
-            |con, m| {
-                redis::cmd("XADD")
-                    .arg(STREAM)
-                    .arg("*")
-                    .arg("d")
-                    .arg(m)
-                    .exec(con)?;
-                Ok(())
-            },
-            || rx.get(),
-        )
-    });
-    redis::cmd("DEL").arg(STREAM).exec(&mut admin)?;
-    Ok(())
+/// A `PING` per iteration.
+struct Ping(redis::Connection);
+
+impl Rig for Ping {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let pong: String = redis::cmd("PING").query(&mut self.0)?;
+            ensure!(pong == "PONG", "PING answered {pong}");
+        }
+        Ok(start.elapsed())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
-fn shm_row(c: &mut Criterion) -> anyhow::Result<()> {
-    let q: Queue<Vec<u8>> = Queue::create(QueueOptions::new(1024).max_message(SMALL))?;
-    let mut tx = Some(q.byte_sender()?);
-    let mut rx = q.byte_receiver()?;
-    run(c, "shm_queue", |iters| {
-        batch(
-            iters,
-            &mut tx,
-            |tx, m| Ok(tx.send_bytes(m)?),
-            || Ok(rx.recv_bytes_timeout(PATIENCE)?),
-        )
-    });
-    Ok(())
+fn ipckit_flow(
+    url: &str,
+    producers: usize,
+    batch: usize,
+) -> anyhow::Result<Flow<RedisSender, RedisReceiver>> {
+    let q: RedisQueue<Vec<u8>> = RedisQueue::create(
+        url,
+        RedisOptions::new(CAPACITY)
+            .max_message(SMALL)
+            .prefetch(batch),
+    )?;
+    Ok(Flow {
+        producers: (0..producers)
+            .map(|_| q.byte_sender())
+            .collect::<Result<_, _>>()?,
+        batch,
+        consumer: q.byte_receiver()?,
+    })
+}
+
+fn raw_flow(
+    url: &str,
+    stream: &str,
+    producers: usize,
+    batch: usize,
+) -> anyhow::Result<Flow<RawPut, RawGet>> {
+    let client = redis::Client::open(url)?;
+    Ok(Flow {
+        consumer: RawGet::new(&client, stream, batch)?,
+        producers: (0..producers)
+            .map(|_| {
+                Ok(RawPut {
+                    con: client.get_connection()?,
+                    stream: stream.into(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        batch,
+    })
+}
+
+fn shm_flow(producers: usize) -> anyhow::Result<Flow<QueueSender, QueueReceiver>> {
+    let q: Queue<Vec<u8>> = Queue::create(QueueOptions::new(CAPACITY).max_message(SMALL))?;
+    Ok(Flow {
+        producers: (0..producers)
+            .map(|_| q.byte_sender())
+            .collect::<Result<_, _>>()?,
+        batch: 1,
+        consumer: q.byte_receiver()?,
+    })
+}
+
+/// Python's rows: `(row, elapsed, count)` from benches/python/mp_queue.py, or why none.
+fn python(seconds: f64) -> anyhow::Result<Vec<(String, f64, u64)>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mp_queue.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(seconds.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("python3")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("python3 took more than two minutes");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "python3 ended with {}", out.status);
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((
+                w.next()?.to_string(),
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// Records Python's `row` into `group` as `python_mp_queue`, if it ran.
+fn record_python(python: &[(String, f64, u64)], row: &str, group: &'static str) {
+    if let Some((_, secs, count)) = python.iter().find(|(r, _, _)| r == row) {
+        record(
+            group,
+            "python_mp_queue",
+            Duration::from_secs_f64(*secs),
+            *count,
+        );
+    }
+}
+
+fn benchmarking() -> bool {
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+    flag("--bench") && !flag("--test")
 }
 
 fn main() -> anyhow::Result<()> {
     let server = RedisServer::start()?;
+    let url = server.url();
     let mut c = Criterion::default().configure_from_args();
-    ipckit_row(&mut c, &server.url())?;
-    raw_row(&mut c, &server.url())?;
-    shm_row(&mut c)?;
+    let python = if benchmarking() {
+        python(2.0).unwrap_or_else(|e| {
+            println!("python multiprocessing.Queue: not run ({e:#})");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    let peers: &[&str] = &["shm_queue", "python_mp_queue"];
+
+    let name = "redis_queue_1p1c_64B";
+    let mut g = Group::new(&mut c, name, Figure::Rate);
+    g.row("ipckit", || ipckit_flow(&url, 1, 1))?;
+    g.row("raw_client", || raw_flow(&url, "bench:1p1c", 1, 1))?;
+    g.row("ipckit_batched", || ipckit_flow(&url, 1, BATCH))?;
+    g.row("raw_batched", || {
+        raw_flow(&url, "bench:1p1c:batched", 1, BATCH)
+    })?;
+    g.row("shm_queue", || shm_flow(1))?;
+    record_python(&python, "1p1c", name);
+    g.finish(
+        &[
+            ("ipckit", &["raw_client"]),
+            ("ipckit_batched", &["raw_batched"]),
+        ],
+        peers,
+    );
+
+    let name = "redis_queue_4p1c_64B";
+    let mut g = Group::new(&mut c, name, Figure::Rate);
+    g.row("ipckit", || ipckit_flow(&url, 4, 1))?;
+    g.row("raw_client", || raw_flow(&url, "bench:4p1c", 4, 1))?;
+    g.row("shm_queue", || shm_flow(4))?;
+    record_python(&python, "4p1c", name);
+    g.finish(&[("ipckit", &["raw_client"])], peers);
+
+    let name = "redis_queue_rtt_64B";
+    let mut g = Group::new(&mut c, name, Figure::RoundTrip);
+    g.row("ipckit", || {
+        let opts = RedisOptions::new(CAPACITY).max_message(SMALL);
+        let req: RedisQueue<Vec<u8>> = RedisQueue::create(&url, opts.clone())?;
+        let rep: RedisQueue<Vec<u8>> = RedisQueue::create(&url, opts)?;
+        Ok(Echo::start(
+            req.byte_sender()?,
+            rep.byte_receiver()?,
+            rep.byte_sender()?,
+            req.byte_receiver()?,
+            last_request,
+        ))
+    })?;
+    g.row("raw_client", || {
+        let client = redis::Client::open(url.as_str())?;
+        let put = |stream: &str| -> anyhow::Result<RawPut> {
+            Ok(RawPut {
+                con: client.get_connection()?,
+                stream: stream.into(),
+            })
+        };
+        Ok(Echo::start(
+            put("bench:req")?,
+            RawGet::new(&client, "bench:rep", 1)?,
+            put("bench:rep")?,
+            RawGet::new(&client, "bench:req", 1)?,
+            last_request,
+        ))
+    })?;
+    g.row("raw_ping", || {
+        Ok(Ping(redis::Client::open(url.as_str())?.get_connection()?))
+    })?;
+    g.row("shm_queue", || {
+        let opts = QueueOptions::new(CAPACITY).max_message(SMALL);
+        let req: Queue<Vec<u8>> = Queue::create(opts)?;
+        let rep: Queue<Vec<u8>> = Queue::create(opts)?;
+        Ok(Echo::start(
+            req.byte_sender()?,
+            rep.byte_receiver()?,
+            rep.byte_sender()?,
+            req.byte_receiver()?,
+            last_request,
+        ))
+    })?;
+    record_python(&python, "rtt", name);
+    g.finish(&[("ipckit", &["raw_client", "raw_ping"])], peers);
+
     c.final_summary();
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The queue on a Redis stream: keys, scripts, the byte ends and the typed handle.
 
 use std::{
+    collections::VecDeque,
     fmt,
     marker::PhantomData,
     sync::{Mutex, mpsc},
@@ -29,11 +30,12 @@ const HANDOVER_GRACE: Duration = Duration::from_secs(30);
 /// the queue has ended.
 const SLICE: Duration = Duration::from_millis(100);
 
-/// `put`: refuses (0) when the stream holds `capacity` entries, -1 once closed.
+/// `put` of the messages ARGV[2..], all or none: refuses (0) when the stream has no room
+/// for them all under the capacity ARGV[1], -1 once closed.
 const PUT: &str = r"
 if redis.call('HGET', KEYS[2], 'closed') then return -1 end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
+if redis.call('XLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return 0 end
+for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', 'd', ARGV[i]) end
 return 1
 ";
 
@@ -84,6 +86,7 @@ pub struct RedisOptions {
     claim_idle: Duration,
     ack: AckMode,
     io_timeout: Duration,
+    prefetch: usize,
 }
 
 impl RedisOptions {
@@ -97,6 +100,7 @@ impl RedisOptions {
             claim_idle: Duration::from_secs(5),
             ack: AckMode::OnNextGet,
             io_timeout: Duration::from_secs(5),
+            prefetch: 1,
         }
     }
 
@@ -127,14 +131,29 @@ impl RedisOptions {
         self
     }
 
+    /// How many messages a receiver takes from the broker in one round trip (`COUNT` of
+    /// its reads), 1 by default. The ones it has not returned yet wait in the receiver,
+    /// delivered to it as far as the broker knows: if its process dies they are claimed by
+    /// another consumer after [`claim_idle`](RedisOptions::claim_idle), like any message
+    /// it held. With [`AckMode::OnNextGet`], what it returned is acknowledged when it next
+    /// reaches the broker, so a dead consumer may leave up to `prefetch` messages it had
+    /// already processed to be delivered again. Worth it when consumers are few and busy:
+    /// see the crate documentation for what it buys.
+    pub fn prefetch(mut self, messages: usize) -> Self {
+        self.prefetch = messages;
+        self
+    }
+
     /// The capacity, in messages.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
     fn check(&self) -> Result<()> {
-        if self.capacity == 0 {
-            return Err(Error::InvalidOptions("capacity must be at least 1".into()));
+        if self.capacity == 0 || self.prefetch == 0 {
+            return Err(Error::InvalidOptions(
+                "capacity and prefetch must be at least 1".into(),
+            ));
         }
         if self.max_message > 512 << 20 {
             return Err(Error::InvalidOptions(format!(
@@ -441,19 +460,43 @@ impl<T: Serialize + DeserializeOwned, C: Codec + Clone> RedisQueue<T, C> {
     /// closed, [`Error::TooLarge`], [`Error::Codec`], [`Error::Os`] naming the broker when
     /// it cannot be reached within the deadline (or the I/O timeout).
     pub fn put_deadline(&self, msg: &T, deadline: Deadline) -> Result<()> {
-        let mut bytes = Vec::new();
-        self.codec.encode(msg, &mut bytes)?;
+        self.put_all_deadline(std::slice::from_ref(msg), deadline)
+    }
+
+    ipckit_core::put_forms!();
+
+    /// Puts every message of `msgs`, in order, in one round trip, waiting as long as it
+    /// takes for room for them all.
+    ///
+    /// # Errors
+    /// As [`put_all_deadline`](RedisQueue::put_all_deadline).
+    pub fn put_all(&self, msgs: &[T]) -> Result<()> {
+        self.put_all_deadline(msgs, Deadline::Never)
+    }
+
+    /// Puts every message of `msgs`, in order, in one round trip (see
+    /// [`RedisSender::send_all_deadline`]): all of them or, if the queue has no room for
+    /// them all before `deadline`, none.
+    ///
+    /// # Errors
+    /// As [`put_deadline`](RedisQueue::put_deadline); [`Error::LimitReached`] when there
+    /// are more messages than the queue's capacity.
+    pub fn put_all_deadline(&self, msgs: &[T], deadline: Deadline) -> Result<()> {
+        let mut encoded = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let mut bytes = Vec::new();
+            self.codec.encode(msg, &mut bytes)?;
+            encoded.push(bytes);
+        }
         let mut tx = self.tx.lock().map_err(|_| poisoned())?;
         if tx.is_none() {
             *tx = Some(RedisSender::new(self.spec.clone())?);
         }
         match tx.as_mut() {
-            Some(tx) => tx.send_bytes_deadline(&bytes, deadline),
+            Some(tx) => tx.send_all_deadline(&encoded, deadline),
             None => Err(poisoned()),
         }
     }
-
-    ipckit_core::put_forms!();
 
     /// Gets a message, waiting no later than `deadline`. The queue handle gets through a
     /// consumer of its own, made on the first get.
@@ -699,27 +742,44 @@ impl RedisSender {
     pub fn name(&self) -> &str {
         &self.spec.name
     }
-}
 
-impl SendBytes for RedisSender {
-    fn send_bytes_deadline(&mut self, msg: &[u8], deadline: Deadline) -> Result<()> {
-        if msg.len() > self.spec.opts.max_message {
+    /// Puts every message of `msgs`, in order, in one round trip to the broker: all of
+    /// them or, if the queue has no room for them all before `deadline`, none.
+    ///
+    /// # Errors
+    /// As [`SendBytes::send_bytes_deadline`]; [`Error::LimitReached`] when there are more
+    /// messages than the queue's capacity.
+    pub fn send_all_deadline<M: AsRef<[u8]>>(
+        &mut self,
+        msgs: &[M],
+        deadline: Deadline,
+    ) -> Result<()> {
+        if msgs.len() > self.spec.opts.capacity {
+            return Err(Error::LimitReached {
+                what: "messages in one put (the queue's capacity)",
+                limit: self.spec.opts.capacity,
+            });
+        }
+        let max = self.spec.opts.max_message;
+        if let Some(big) = msgs.iter().find(|m| m.as_ref().len() > max) {
             return Err(Error::TooLarge {
-                len: msg.len() as u64,
-                max: self.spec.opts.max_message,
+                len: big.as_ref().len() as u64,
+                max,
             });
         }
         let mut pause = Duration::from_millis(1);
         loop {
             let put: i64 = self.conn.run(deadline, Duration::ZERO, |c| {
-                redis::cmd("EVAL")
-                    .arg(PUT)
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(PUT)
                     .arg(2)
                     .arg(&self.keys.stream)
                     .arg(&self.keys.meta)
-                    .arg(self.spec.opts.capacity)
-                    .arg(msg)
-                    .query(c)
+                    .arg(self.spec.opts.capacity);
+                for m in msgs {
+                    eval.arg(m.as_ref());
+                }
+                eval.query(c)
             })?;
             match put {
                 1 => return Ok(()),
@@ -735,6 +795,12 @@ impl SendBytes for RedisSender {
             thread::sleep(wait);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+    }
+}
+
+impl SendBytes for RedisSender {
+    fn send_bytes_deadline(&mut self, msg: &[u8], deadline: Deadline) -> Result<()> {
+        self.send_all_deadline(&[msg], deadline)
     }
 }
 
@@ -776,6 +842,8 @@ pub struct RedisReceiver {
     conn: Conn,
     consumer: String,
     unacked: Vec<String>,
+    /// Messages read from the broker ([`RedisOptions::prefetch`]) and not returned yet.
+    prefetched: VecDeque<(String, Vec<u8>)>,
     last: Option<Delivery>,
     next_claim: Instant,
     claim_cursor: String,
@@ -814,6 +882,7 @@ impl RedisReceiver {
             conn,
             consumer: unique_id("consumer"),
             unacked: Vec::new(),
+            prefetched: VecDeque::new(),
             last: None,
             next_claim: Instant::now(),
             claim_cursor: "0-0".into(),
@@ -918,6 +987,7 @@ impl RedisReceiver {
         let keys = &self.keys;
         let ids = &self.unacked;
         let consumer = &self.consumer;
+        let prefetch = self.spec.opts.prefetch;
         let extra = block.unwrap_or(Duration::ZERO);
         let mut replies: Vec<Value> = self.conn.run(deadline, extra, |c| {
             let mut p = redis::pipe();
@@ -931,7 +1001,7 @@ impl RedisReceiver {
                 .arg(GROUP)
                 .arg(consumer)
                 .arg("COUNT")
-                .arg(1);
+                .arg(prefetch);
             if let Some(b) = block {
                 read.arg("BLOCK").arg((b.as_millis() as u64).max(1));
             }
@@ -962,6 +1032,10 @@ impl RedisReceiver {
     }
 
     fn recv_once(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<()> {
+        if let Some((id, payload)) = self.prefetched.pop_front() {
+            self.deliver(id, payload, 1, buf);
+            return Ok(());
+        }
         loop {
             if Instant::now() >= self.next_claim {
                 let idle = self.spec.opts.claim_idle;
@@ -981,17 +1055,16 @@ impl RedisReceiver {
                     .filter(|r| r.as_millis() >= 1),
             };
             let reply = self.read(deadline, block)?;
-            let mut got = Vec::new();
             if let Value::Array(streams) = &reply {
                 for s in streams {
                     if let Value::Array(parts) = s
                         && let Some(list) = parts.get(1)
                     {
-                        got.extend(entries(list));
+                        self.prefetched.extend(entries(list));
                     }
                 }
             }
-            if let Some((id, payload)) = got.into_iter().next() {
+            if let Some((id, payload)) = self.prefetched.pop_front() {
                 self.deliver(id, payload, 1, buf);
                 return Ok(());
             }
@@ -1038,7 +1111,9 @@ impl Drop for RedisReceiver {
         if self.spec.opts.ack == AckMode::OnNextGet {
             let _ = self.ack();
         }
-        if self.unacked.is_empty() {
+        // A consumer deleted with pending messages would lose them: one that still holds
+        // some stays in the group, and the others claim them once idle.
+        if self.unacked.is_empty() && self.prefetched.is_empty() {
             let keys = &self.keys;
             let consumer = &self.consumer;
             let _ = self.conn.run(Deadline::Now, Duration::ZERO, |c| {

@@ -8,7 +8,7 @@ use std::{
 
 use ipckit_core::{Command, Ctx, Role, RoleResult};
 use ipckit_redis::{
-    AckMode, Error, RecvBytes, RecvTimeoutError, RedisOptions, RedisQueue, RedisReceiver,
+    AckMode, Deadline, Error, RecvBytes, RecvTimeoutError, RedisOptions, RedisQueue, RedisReceiver,
     RedisServer, SendBytes, TryRecvError, TrySendError,
 };
 use ipckit_testkit::{PATIENCE, wait_until};
@@ -183,6 +183,60 @@ fn a_full_queue_refuses_and_a_get_makes_room() {
     ));
     assert_eq!(rx.recv_bytes_timeout(PATIENCE).unwrap(), [2]);
     tx.try_send_bytes(&[3]).unwrap();
+}
+
+#[test]
+fn put_all_puts_every_message_or_none() {
+    let server = server();
+    let q: RedisQueue<u8> = RedisQueue::create(&server.url(), 4).unwrap();
+    q.put_all(&[1, 2, 3]).unwrap();
+    // No room for two more: neither goes in.
+    assert!(matches!(
+        q.put_all_deadline(&[4, 5], Deadline::Now),
+        Err(Error::Timeout)
+    ));
+    assert_eq!(q.len().unwrap(), 3);
+    assert!(matches!(
+        q.put_all(&[0; 5]),
+        Err(Error::LimitReached { limit: 4, .. })
+    ));
+    q.put_all(&[4]).unwrap();
+    let got: Vec<u8> = (0..4).map(|_| q.get_timeout(PATIENCE).unwrap()).collect();
+    assert_eq!(got, [1, 2, 3, 4]);
+}
+
+#[test]
+fn prefetched_messages_of_a_killed_consumer_are_claimed() {
+    ipckit_core::enter(ROLES);
+    let server = server();
+    let opts = RedisOptions::new(16)
+        .claim_idle(Duration::from_millis(500))
+        .prefetch(4);
+    let q: RedisQueue<u8> = RedisQueue::create(&server.url(), opts).unwrap();
+    q.put_all(&[1, 2, 3, 4, 5]).unwrap();
+    // The holder returns one message and holds three more it read with it.
+    let mut holder = Command::new("hold")
+        .arg(&1usize)
+        .unwrap()
+        .handle("rx", q.byte_receiver().unwrap())
+        .quiet()
+        .spawn()
+        .unwrap();
+    wait_until("the holder read four", || q.pending().unwrap() == 4);
+    holder.kill().unwrap();
+    assert!(matches!(
+        holder.join_timeout(PATIENCE),
+        Err(Error::RoleKilled { .. })
+    ));
+    let mut got: Vec<u8> = (0..5).map(|_| q.get_timeout(PATIENCE).unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3, 4, 5], "every message, the held ones claimed");
+    q.close().unwrap();
+    assert!(matches!(
+        q.get_timeout(PATIENCE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    assert_eq!(q.pending().unwrap(), 0);
 }
 
 #[test]
