@@ -80,7 +80,9 @@ enum Scenario {
         /// again, and the server serves it once (it de-duplicates on the order id). With
         /// `--mechanism manager`: the kitchen is SIGKILLed while cooking order #2, which
         /// it took from the queue (gone from it) and noted in a dict of the manager; a new
-        /// kitchen takes the order over from the dict and the server serves it once.
+        /// kitchen takes the order over from the dict and the server serves it once (a
+        /// kitchen killed between taking an order and noting it would still lose it: the
+        /// manager has no call that takes from a queue and writes a dict at once).
         #[arg(long)]
         kill_kitchen: bool,
     },

@@ -246,7 +246,12 @@ enum Crash {
 
 /// The dict in the manager where a kitchen notes the order in its hands, by kitchen, so
 /// that a new kitchen can take over what a dead one held (`--mechanism manager
-/// --kill-kitchen`).
+/// --kill-kitchen`). A manager queue hands an item out once and keeps no record of it, so
+/// without the note the order dies with its kitchen. The note follows the `get`: a kitchen
+/// killed between the two still loses its order (the manager has no call that takes from a
+/// queue and writes a dict in one step); one killed after sending the order on and before
+/// removing its note has it cooked twice, and the server, de-duplicating by order id,
+/// serves it once.
 const IN_HAND: &str = "restaurant:in-the-kitchen";
 
 #[derive(Serialize, Deserialize)]
