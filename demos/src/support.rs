@@ -116,6 +116,12 @@ pub(crate) fn join_all(children: &mut [Child]) -> anyhow::Result<()> {
                     }
                 });
             if let Err(e) = outcome {
+                // A process that fails because its peer died (the end came too early)
+                // may be seen before the peer: name the dead one if there is one.
+                let e = match killed_meanwhile(children, &left) {
+                    Some(killed) => e.context(format!("{killed}, and then")),
+                    None => e,
+                };
                 stop(children, &left);
                 return Err(e);
             }
@@ -144,6 +150,23 @@ fn ended(children: &[Child], left: &[usize]) -> anyhow::Result<Vec<usize>> {
         .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
         .map(|(&i, _)| i)
         .collect())
+}
+
+/// Whether one of the children at `left` was killed by a signal, within a moment: the
+/// error that says so.
+fn killed_meanwhile(children: &mut [Child], left: &[usize]) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        for &i in left {
+            if let Err(e @ ipckit_core::Error::RoleKilled { .. }) = children[i].try_join() {
+                return Some(e.to_string());
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Kills and reaps the children at `left`, after one of them failed.

@@ -1079,9 +1079,14 @@ fn a_killed_child_ends_every_demo_at_once() {
         (&["restaurant"][..], 1),
         (&["restaurant", "--mechanism", "pipe"][..], 0),
         (&["restaurant", "--mechanism", "socket"][..], 1),
+        // The manager process is the first child, then the stations.
+        (&["restaurant", "--mechanism", "manager"][..], 0),
+        (&["restaurant", "--mechanism", "manager"][..], 2),
         (&["producer-consumer"][..], 0),
         (&["producer-consumer"][..], 2),
         (&["chat"][..], 2),
+        (&["chat", "--mechanism", "manager"][..], 0),
+        (&["chat", "--mechanism", "manager"][..], 3),
         (&["echo"][..], 1),
     ] {
         let (out, took) = kill_a_child(args, which);

@@ -6,6 +6,7 @@
 //! Python station puts by hand). A receiving end that takes the end mark says
 //! `Disconnected`, as the other mechanisms do when their sender is gone. A sender killed
 //! before it is dropped puts no end mark: its receiver then waits for another sender's.
+//! The manager itself gone is no end: both ends report it as an error naming the manager.
 
 use std::time::Duration;
 
@@ -38,13 +39,14 @@ impl ManagerEnd {
         let addr: Address = self.addr.parse()?;
         Manager::connect(&addr, None)
             .and_then(|m| m.queue::<Item>(&self.queue))
-            .map_err(core_error)
+            .map_err(|e| core_error(e, &self.addr))
     }
 
     /// In a station: the sending end, which puts the end mark when dropped.
     pub(super) fn sender(&self) -> Result<ManagerSender> {
         Ok(ManagerSender {
             queue: self.open()?,
+            addr: self.addr.clone(),
         })
     }
 
@@ -52,6 +54,7 @@ impl ManagerEnd {
     pub(super) fn receiver(&self) -> Result<ManagerReceiver> {
         Ok(ManagerReceiver {
             queue: self.open()?,
+            addr: self.addr.clone(),
             ended: false,
         })
     }
@@ -81,10 +84,13 @@ impl Handle for ManagerEnd {
     }
 }
 
-/// A manager's error, as the byte traits report it.
-fn core_error(e: ipckit_manager::Error) -> Error {
+/// A manager's error, as the byte traits report it. The manager gone (at `addr`) is not
+/// the link's end (`Disconnected`, which only the end mark says), but a failure.
+fn core_error(e: ipckit_manager::Error, addr: &str) -> Error {
     match e {
-        ipckit_manager::Error::Disconnected => Error::Disconnected,
+        ipckit_manager::Error::Disconnected => {
+            Error::os("reach", "manager", addr, std::io::Error::other(e))
+        }
         ipckit_manager::Error::Timeout => Error::Timeout,
         ipckit_manager::Error::Core(e) => e,
         ipckit_manager::Error::Value(e) => Error::Codec(e.to_string()),
@@ -95,6 +101,7 @@ fn core_error(e: ipckit_manager::Error) -> Error {
 /// The sending end: puts each message; the end mark when dropped.
 pub(super) struct ManagerSender {
     queue: Queue<Item>,
+    addr: String,
 }
 
 impl SendBytes for ManagerSender {
@@ -104,7 +111,9 @@ impl SendBytes for ManagerSender {
             Some(left) => self.queue.with_timeout(left.max(Duration::from_millis(1))),
             None => self.queue.clone(),
         };
-        queue.put(&Some(msg.to_vec())).map_err(core_error)
+        queue
+            .put(&Some(msg.to_vec()))
+            .map_err(|e| core_error(e, &self.addr))
     }
 }
 
@@ -119,6 +128,7 @@ impl Drop for ManagerSender {
 /// The receiving end: `Disconnected` from the end mark on.
 pub(super) struct ManagerReceiver {
     queue: Queue<Item>,
+    addr: String,
     ended: bool,
 }
 
@@ -137,7 +147,7 @@ impl RecvBytes for ManagerReceiver {
                 .queue
                 .get_timeout(deadline.remaining().unwrap_or_default()),
         }
-        .map_err(core_error)?;
+        .map_err(|e| core_error(e, &self.addr))?;
         match item {
             Some(msg) => {
                 *buf = msg;
