@@ -65,6 +65,7 @@ enum Scenario {
     /// next, and each is served exactly once. `restaurant take-orders`, `serve-kitchen`
     /// and `serve-tables` are the three stations as three programs, meeting on a Redis
     /// broker (three terminals, or three hosts).
+    #[command(args_conflicts_with_subcommands = true)]
     Restaurant {
         #[command(subcommand)]
         station: Option<restaurant::Station>,

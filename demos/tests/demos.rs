@@ -481,6 +481,19 @@ fn restaurant_lists_its_mechanisms() {
         &["restaurant", "--mechanism", "carrier-pigeon", "--fast"],
     );
     assert!(!out.status.success());
+    // A station is one program: the scenario's flags are not its own.
+    let out = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &[
+            "restaurant",
+            "--mechanism",
+            "pipe",
+            "serve-kitchen",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ],
+    );
+    assert!(!out.status.success());
 }
 
 #[test]

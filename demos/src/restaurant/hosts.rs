@@ -145,7 +145,7 @@ fn serve_kitchen(url: &str, name: &str, pace: Pace) -> anyhow::Result<()> {
         {
             println!(
                 "👨‍🍳 Kitchen: order #{} claimed from a kitchen that held it too long \
-                 (delivery {}): cooking it (again?)",
+                 (delivery {}): cooking it, perhaps again",
                 order.id, d.count
             );
         }
