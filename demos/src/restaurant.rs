@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use self::hosts::{Station, station};
 use self::over_manager::ManagerEnd;
-use crate::support::{Pace, expect_same, join_all, role};
+use crate::support::{OwnManager, Pace, expect_same, join_all, role};
 
 /// What carries the orders from one station to the next.
 ///
@@ -184,7 +184,17 @@ impl Mechanism {
 /// (`Mechanism::Redis`) and the manager the demo started (`Mechanism::Manager`).
 struct Brokers {
     redis_url: String,
-    manager: Option<Manager>,
+    manager: Option<OwnManager>,
+}
+
+impl Brokers {
+    /// Shuts the manager down, if there is one, checking it left nothing behind.
+    fn shut_down(self) -> anyhow::Result<()> {
+        match self.manager {
+            Some(manager) => manager.shut_down(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A Redis queue's keys, removed from the broker once the stations are done with them.
@@ -296,7 +306,7 @@ pub(crate) fn restaurant(
     // stations are done.
     let manager = match mechanism {
         Mechanism::Manager => {
-            let manager = Manager::start()?;
+            let manager = OwnManager::start()?;
             println!("🗄️ Restaurant: a manager process at {}", manager.address());
             Some(manager)
         }
@@ -304,7 +314,8 @@ pub(crate) fn restaurant(
     };
     let brokers = Brokers { redis_url, manager };
     if kill_kitchen {
-        return kitchen_crash(mechanism, &brokers, pace);
+        kitchen_crash(mechanism, &brokers, pace)?;
+        return brokers.shut_down();
     }
     // The owners stay alive until every station has finished.
     let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link(&brokers)?;
@@ -331,6 +342,7 @@ pub(crate) fn restaurant(
             .spawn()?,
     ];
     join_all(&mut children)?;
+    brokers.shut_down()?;
     println!();
     println!(
         "🎉 Restaurant service complete! All customers happy! 😊 \

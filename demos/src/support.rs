@@ -1,12 +1,15 @@
 //! What every scenario shares: pacing, logging, starting roles, checking outcomes.
 
 use std::{
+    ops::Deref,
+    path::PathBuf,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use ipckit_core::{Child, Command};
+use ipckit_manager::{Address, Manager};
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout, poll},
@@ -187,4 +190,62 @@ pub(crate) fn expect_same<T: PartialEq + std::fmt::Debug>(
         bail!("{what}: expected {sent:?}, got {got:?}");
     }
     Ok(())
+}
+
+/// A manager process the demo started (`Manager::start`): shut down when dropped, and its
+/// socket file removed even when the manager process was killed (it removes the file
+/// itself only when it shuts down).
+pub(crate) struct OwnManager {
+    manager: Option<Manager>,
+    path: Option<PathBuf>,
+}
+
+impl OwnManager {
+    /// Starts a manager process.
+    pub(crate) fn start() -> anyhow::Result<OwnManager> {
+        let manager = Manager::start()?;
+        let path = match manager.address() {
+            Address::Unix(path) => Some(path.clone()),
+            _ => None,
+        };
+        Ok(OwnManager {
+            manager: Some(manager),
+            path,
+        })
+    }
+
+    /// Shuts the manager down, and checks that it removed its socket file.
+    pub(crate) fn shut_down(mut self) -> anyhow::Result<()> {
+        self.manager.take();
+        match self.path.take() {
+            Some(path) if path.exists() => {
+                let _ = std::fs::remove_file(&path);
+                bail!(
+                    "the manager left its socket file {} behind (removed now)",
+                    path.display()
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Deref for OwnManager {
+    type Target = Manager;
+
+    fn deref(&self) -> &Manager {
+        // Present until `shut_down` or `drop`, which consume it.
+        self.manager.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for OwnManager {
+    fn drop(&mut self) {
+        self.manager.take();
+        if let Some(path) = self.path.take()
+            && path.exists()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }

@@ -11,14 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipckit_core::{Ctx, RoleResult};
-use ipckit_manager::{Address, Dict, Manager, Queue};
+use ipckit_manager::{Dict, Manager, Queue};
 use serde::{Deserialize, Serialize};
 
 use super::{
     protocol::{Down, Up},
     scenario::{LEAVERS, NAMES, converse},
 };
-use crate::support::{PATIENCE, Pace, join_all, role};
+use crate::support::{OwnManager, PATIENCE, Pace, join_all, role};
 
 /// The registry: each client's name → the name of its queue.
 const REGISTRY: &str = "chat:clients";
@@ -45,7 +45,7 @@ struct Args {
 /// The `chat --mechanism manager` scenario: a manager process, a server process and four
 /// client processes.
 pub(super) fn scenario(pace: Pace) -> anyhow::Result<()> {
-    let manager = Manager::start()?;
+    let manager = OwnManager::start()?;
     let addr = manager.address().clone();
     println!(
         "💬 A chat server and {} clients, each a process of its own, through a manager \
@@ -64,17 +64,8 @@ pub(super) fn scenario(pace: Pace) -> anyhow::Result<()> {
         // The Python tutorial staggers the joins.
         pace.pause(0.5);
     }
-    let outcome = join_all(&mut children);
-    drop(manager);
-    outcome?;
-    if let Address::Unix(path) = &addr
-        && path.exists()
-    {
-        anyhow::bail!(
-            "the manager's socket file {} was left behind",
-            path.display()
-        );
-    }
+    join_all(&mut children)?;
+    manager.shut_down()?;
     println!("🧹 The manager process is shut down and its socket file removed");
     println!(
         "🎉 Chat system demo complete! Every client heard every line meant for it, \
