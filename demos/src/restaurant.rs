@@ -2,7 +2,8 @@
 //! passed from one station to the next, as the Python tutorial's `multiprocessing.Queue` example.
 //!
 //! Without its `None` sentinels: a station learns there is no more when the one before it
-//! goes home (its sending end is gone). And written once, against ipckit's byte traits: the
+//! goes home (its sending end is gone; over a manager's queues, which do not know their
+//! senders, the sending end puts an end mark as it goes, see `over_manager`). And written once, against ipckit's byte traits: the
 //! stations only ever see a typed `Sender<Order, _>` / `Receiver<Order, _>`, whichever
 //! mechanism `--mechanism` picks to carry the orders.
 //!
