@@ -62,8 +62,13 @@ enum Scenario {
     /// process prints them with a moving average, until the sensor closes the ring.
     Sensor,
     /// An order taker, a kitchen and a server process: four orders flow from one to the
-    /// next, and each is served exactly once.
+    /// next, and each is served exactly once. `restaurant take-orders`, `serve-kitchen`
+    /// and `serve-tables` are the three stations as three programs, meeting on a Redis
+    /// broker (three terminals, or three hosts).
+    #[command(args_conflicts_with_subcommands = true)]
     Restaurant {
+        #[command(subcommand)]
+        station: Option<restaurant::Station>,
         /// What carries the orders between the stations.
         #[arg(long, value_enum, default_value_t)]
         mechanism: restaurant::Mechanism,
@@ -73,7 +78,12 @@ enum Scenario {
         redis_url: Option<String>,
         /// With `--mechanism redis`: the kitchen is SIGKILLed after sending order #2 to the
         /// server and before acknowledging it; a new kitchen claims the order, cooks it
-        /// again, and the server serves it once (it de-duplicates on the order id).
+        /// again, and the server serves it once (it de-duplicates on the order id). With
+        /// `--mechanism manager`: the kitchen is SIGKILLed while cooking order #2, which
+        /// it took from the queue (gone from it) and noted in a dict of the manager; a new
+        /// kitchen takes the order over from the dict and the server serves it once (a
+        /// kitchen killed between taking an order and noting it would still lose it: the
+        /// manager has no call that takes from a queue and writes a dict at once).
         #[arg(long)]
         kill_kitchen: bool,
     },
@@ -113,10 +123,14 @@ enum Scenario {
     },
     /// A chat server and four client processes: they join, talk through the server's
     /// broadcasts, leave, and the server shuts down; each must hear every line meant for
-    /// it. `chat serve` and `chat join` play it by hand.
+    /// it. `chat serve` and `chat join` play it by hand; `--mechanism manager` plays it
+    /// through a manager's registry dict and queues, as the Python tutorial does.
     Chat {
         #[command(subcommand)]
         mode: Option<chat::Mode>,
+        /// What carries the scripted chat.
+        #[arg(long, value_enum, default_value_t)]
+        mechanism: chat::ChatMechanism,
         /// Where the server listens (default: a fresh socket file in the temporary
         /// directory); `tcp://127.0.0.1:0` picks a free port.
         #[arg(long)]
@@ -163,6 +177,8 @@ const ROLES: &[Role] = &[
     Role::new("scoreboard-player", scoreboard::player),
     Role::new("scoreboard-monitor", scoreboard::monitor),
     Role::new("chat-client", chat::scripted_client),
+    Role::new("chat-manager-server", chat::manager_server),
+    Role::new("chat-manager-client", chat::manager_client),
     Role::new("rpc-server", rpc::server),
     Role::new("rpc-client", rpc::client),
 ];
@@ -190,6 +206,11 @@ fn main() -> ExitCode {
         Scenario::Sync => sync::sync(pace),
         Scenario::Sensor => sensor::sensor(pace),
         Scenario::Restaurant {
+            station: Some(station),
+            ..
+        } => restaurant::station(station, pace),
+        Scenario::Restaurant {
+            station: None,
             mechanism,
             redis_url,
             kill_kitchen,
@@ -197,7 +218,11 @@ fn main() -> ExitCode {
         Scenario::ProducerConsumer => producer_consumer::producer_consumer(pace),
         Scenario::Workers { kill_one } => workers::workers(cli.fast, kill_one),
         Scenario::Echo { mode, addr } => echo::echo(mode, addr, pace),
-        Scenario::Chat { mode, addr } => chat::chat(mode, addr, pace),
+        Scenario::Chat {
+            mode,
+            addr,
+            mechanism,
+        } => chat::chat(mode, addr, mechanism, pace),
         Scenario::Rpc { mode, addr } => rpc::rpc(mode, addr, pace),
         Scenario::Scoreboard { style, python } => scoreboard::scoreboard(style, python, pace),
     };

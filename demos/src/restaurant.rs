@@ -2,14 +2,22 @@
 //! passed from one station to the next, as the Python tutorial's `multiprocessing.Queue` example.
 //!
 //! Without its `None` sentinels: a station learns there is no more when the one before it
-//! goes home (its sending end is gone). And written once, against ipckit's byte traits: the
+//! goes home (its sending end is gone; over a manager's queues, which do not know their
+//! senders, the sending end puts an end mark as it goes, see `over_manager`). And written once, against ipckit's byte traits: the
 //! stations only ever see a typed `Sender<Order, _>` / `Receiver<Order, _>`, whichever
 //! mechanism `--mechanism` picks to carry the orders.
+//!
+//! `restaurant serve-kitchen` / `take-orders` / `serve-tables` ([`hosts`]) are the three
+//! stations as three programs, meeting on a Redis broker.
+
+mod hosts;
+mod over_manager;
 
 use std::{any::Any, time::Duration};
 
 use clap::ValueEnum;
 use ipckit_core::{Ctx, Handle, Handoff, RecvBytes, RoleResult, SendBytes};
+use ipckit_manager::Manager;
 use ipckit_pipes::{Connection, Reader, Writer};
 use ipckit_queues::{
     MessageQueue, MqOptions, MqReceiver, MqSender, Queue, QueueOptions, QueueReceiver, QueueSender,
@@ -18,7 +26,9 @@ use ipckit_redis::{RedisOptions, RedisQueue, RedisReceiver, RedisSender, RedisSe
 use ipckit_sockets::{Address, Listener};
 use serde::{Deserialize, Serialize};
 
-use crate::support::{Pace, expect_same, join_all, role};
+pub(crate) use self::hosts::{Station, station};
+use self::over_manager::ManagerEnd;
+use crate::support::{OwnManager, Pace, expect_same, join_all, role};
 
 /// What carries the orders from one station to the next.
 ///
@@ -42,6 +52,10 @@ pub(crate) enum Mechanism {
     /// of `--redis-url`, or a private redis-server the demo starts; the end comes when the
     /// last sender is gone.
     Redis,
+    /// Queues held by a manager process (ipckit-manager, Python's `manager.Queue()`),
+    /// which the stations connect to; a manager queue does not know its senders, so a
+    /// sending end puts an end mark on the queue when it is dropped.
+    Manager,
 }
 
 /// One end of a link, on its way to a child: the handle the mechanism made, already turned
@@ -81,13 +95,14 @@ impl Mechanism {
             Mechanism::Mqueue => "POSIX message queues",
             Mechanism::Socket => "Unix sockets, one listener and connection per link",
             Mechanism::Redis => "Redis streams, one consumer group per link",
+            Mechanism::Manager => "queues held by a manager process, one per link",
         }
     }
 
     /// A new link: its sending end and its receiving end, for two children, and what must
     /// stay alive in the parent meanwhile (a named object's owner, which removes its name).
-    /// `redis_url` is the broker of `Mechanism::Redis`.
-    fn link(self, redis_url: &str) -> anyhow::Result<(End, End, Option<Owner>)> {
+    /// `brokers` has the Redis broker and the manager of those mechanisms.
+    fn link(self, brokers: &Brokers) -> anyhow::Result<(End, End, Option<Owner>)> {
         Ok(match self {
             Mechanism::Queue => {
                 let queue: Queue<Order> = Queue::create(QueueOptions::new(8).max_message(1 << 10))?;
@@ -119,13 +134,22 @@ impl Mechanism {
                 (End::new(client), End::new(accepted), None)
             }
             Mechanism::Redis => {
-                let queue: RedisQueue<Order> =
-                    RedisQueue::create(redis_url, RedisOptions::new(8).max_message(1 << 10))?;
+                let queue: RedisQueue<Order> = RedisQueue::create(
+                    &brokers.redis_url,
+                    RedisOptions::new(8).max_message(1 << 10),
+                )?;
                 (
                     End::new(queue.byte_sender()?),
                     End::new(queue.byte_receiver()?),
                     Some(Box::new(RedisLink(Some(queue)))),
                 )
+            }
+            Mechanism::Manager => {
+                let Some(manager) = &brokers.manager else {
+                    anyhow::bail!("no manager was started");
+                };
+                let end = ManagerEnd::create(manager)?;
+                (End::new(end.clone()), End::new(end), None)
             }
         })
     }
@@ -139,6 +163,7 @@ impl Mechanism {
             Mechanism::Mqueue => Box::new(ctx.handle::<MqSender>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Redis => Box::new(ctx.handle::<RedisSender>(key)?),
+            Mechanism::Manager => Box::new(ctx.handle::<ManagerEnd>(key)?.sender()?),
         })
     }
 
@@ -151,7 +176,25 @@ impl Mechanism {
             Mechanism::Mqueue => Box::new(ctx.handle::<MqReceiver>(key)?),
             Mechanism::Socket => Box::new(ctx.handle::<Connection>(key)?),
             Mechanism::Redis => Box::new(ctx.handle::<RedisReceiver>(key)?),
+            Mechanism::Manager => Box::new(ctx.handle::<ManagerEnd>(key)?.receiver()?),
         })
+    }
+}
+
+/// Where the links of the broker mechanisms live: the Redis broker's URL
+/// (`Mechanism::Redis`) and the manager the demo started (`Mechanism::Manager`).
+struct Brokers {
+    redis_url: String,
+    manager: Option<OwnManager>,
+}
+
+impl Brokers {
+    /// Shuts the manager down, if there is one, checking it left nothing behind.
+    fn shut_down(self) -> anyhow::Result<()> {
+        match self.manager {
+            Some(manager) => manager.shut_down(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -186,6 +229,9 @@ struct Order {
     table: u32,
     /// Set by the kitchen: the Python tutorial's `order['status'] = 'ready'`.
     ready: bool,
+    /// How many orders the day has (the ids are 1 to this), so that the last station
+    /// knows when it is done.
+    of: u32,
 }
 
 /// The Python tutorial's four orders, with how long each takes to cook (seconds, without `--fast`).
@@ -200,13 +246,34 @@ fn cooking_time(id: u32) -> f64 {
     MENU.iter().find(|m| m.0 == id).map_or(1.0, |m| m.3)
 }
 
+/// Where the kitchen SIGKILLs itself (`--kill-kitchen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Crash {
+    /// After sending this order to the server, before acknowledging it (Redis).
+    AfterSending(u32),
+    /// While cooking this order, taken from the queue and not sent on (manager).
+    WhileCooking(u32),
+}
+
+/// The dict in the manager where a kitchen notes the order in its hands, by kitchen, so
+/// that a new kitchen can take over what a dead one held (`--mechanism manager
+/// --kill-kitchen`). A manager queue hands an item out once and keeps no record of it, so
+/// without the note the order dies with its kitchen. The note follows the `get`: a kitchen
+/// killed between the two still loses its order (the manager has no call that takes from a
+/// queue and writes a dict in one step); one killed after sending the order on and before
+/// removing its note has it cooked twice, and the server, de-duplicating by order id,
+/// serves it once.
+const IN_HAND: &str = "restaurant:in-the-kitchen";
+
 #[derive(Serialize, Deserialize)]
 struct Args {
     mechanism: Mechanism,
     pace: Pace,
-    /// The kitchen SIGKILLs itself after sending this order to the server, before it
-    /// acknowledges it (`--kill-kitchen`).
-    crash_after: Option<u32>,
+    /// Where the kitchen SIGKILLs itself (`--kill-kitchen`).
+    crash: Option<Crash>,
+    /// The manager's address, where a kitchen notes the order in its hands ([`IN_HAND`])
+    /// and first cooks what a dead kitchen noted there.
+    notes: Option<String>,
 }
 
 /// The `restaurant` scenario.
@@ -216,8 +283,11 @@ pub(crate) fn restaurant(
     kill_kitchen: bool,
     pace: Pace,
 ) -> anyhow::Result<()> {
-    if kill_kitchen && mechanism != Mechanism::Redis {
-        anyhow::bail!("--kill-kitchen needs --mechanism redis (a queue that redelivers)");
+    if kill_kitchen && !matches!(mechanism, Mechanism::Redis | Mechanism::Manager) {
+        anyhow::bail!(
+            "--kill-kitchen needs --mechanism redis (a queue that redelivers) or manager \
+             (where the kitchen notes the order it holds)"
+        );
     }
     println!(
         "🍕 Restaurant: an order taker, a kitchen and a server, three processes; \
@@ -233,16 +303,29 @@ pub(crate) fn restaurant(
     let redis_url = redis_url
         .or_else(|| private.as_ref().map(RedisServer::url))
         .unwrap_or_default();
+    // The manager process, shut down (its socket file removed) when dropped, after the
+    // stations are done.
+    let manager = match mechanism {
+        Mechanism::Manager => {
+            let manager = OwnManager::start()?;
+            println!("🗄️ Restaurant: a manager process at {}", manager.address());
+            Some(manager)
+        }
+        _ => None,
+    };
+    let brokers = Brokers { redis_url, manager };
     if kill_kitchen {
-        return kitchen_crash(&redis_url, pace);
+        kitchen_crash(mechanism, &brokers, pace)?;
+        return brokers.shut_down();
     }
     // The owners stay alive until every station has finished.
-    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link(&redis_url)?;
-    let (to_server, server_orders, _server_link) = mechanism.link(&redis_url)?;
+    let (to_kitchen, kitchen_orders, _kitchen_link) = mechanism.link(&brokers)?;
+    let (to_server, server_orders, _server_link) = mechanism.link(&brokers)?;
     let args = Args {
         mechanism,
         pace,
-        crash_after: None,
+        crash: None,
+        notes: None,
     };
     let mut children = vec![
         role("restaurant-order-taker")
@@ -260,6 +343,7 @@ pub(crate) fn restaurant(
             .spawn()?,
     ];
     join_all(&mut children)?;
+    brokers.shut_down()?;
     println!();
     println!(
         "🎉 Restaurant service complete! All customers happy! 😊 \
@@ -269,49 +353,116 @@ pub(crate) fn restaurant(
     Ok(())
 }
 
-/// `--kill-kitchen`: the kitchen dies holding order #2 (sent on, not acknowledged); a new
-/// kitchen, whose ends the parent made up front (so the server never sees the kitchen
-/// gone), claims it after a second and cooks it again; the server serves it once.
-fn kitchen_crash(url: &str, pace: Pace) -> anyhow::Result<()> {
-    let opts = RedisOptions::new(8)
-        .max_message(1 << 10)
-        .claim_idle(Duration::from_secs(1));
-    let orders = RedisLink(Some(RedisQueue::<Order>::create(url, opts.clone())?));
-    let ready = RedisLink(Some(RedisQueue::<Order>::create(url, opts)?));
-    let (Some(orders_q), Some(ready_q)) = (&orders.0, &ready.0) else {
-        anyhow::bail!("the queues were lost");
-    };
-    let args = |crash_after| Args {
-        mechanism: Mechanism::Redis,
+/// The ends of `--kill-kitchen`'s two links: the usual four, and a spare pair for the
+/// kitchen that replaces the killed one, made up front (so the server never sees the
+/// kitchen gone), and what keeps the links alive.
+struct CrashLinks {
+    to_kitchen: End,
+    kitchen_orders: End,
+    to_server: End,
+    server_orders: End,
+    spare_orders: End,
+    spare_to_server: End,
+    _owners: Vec<Owner>,
+}
+
+impl CrashLinks {
+    fn new(mechanism: Mechanism, brokers: &Brokers) -> anyhow::Result<CrashLinks> {
+        match (mechanism, &brokers.manager) {
+            (Mechanism::Manager, Some(manager)) => {
+                let (orders, ready) = (ManagerEnd::create(manager)?, ManagerEnd::create(manager)?);
+                Ok(CrashLinks {
+                    to_kitchen: End::new(orders.clone()),
+                    kitchen_orders: End::new(orders.clone()),
+                    to_server: End::new(ready.clone()),
+                    server_orders: End::new(ready.clone()),
+                    spare_orders: End::new(orders),
+                    spare_to_server: End::new(ready),
+                    _owners: Vec::new(),
+                })
+            }
+            (Mechanism::Redis, _) => {
+                let opts = RedisOptions::new(8)
+                    .max_message(1 << 10)
+                    .claim_idle(Duration::from_secs(1));
+                let orders = RedisQueue::<Order>::create(&brokers.redis_url, opts.clone())?;
+                let ready = RedisQueue::<Order>::create(&brokers.redis_url, opts)?;
+                Ok(CrashLinks {
+                    to_kitchen: End::new(orders.byte_sender()?),
+                    kitchen_orders: End::new(orders.byte_receiver()?),
+                    to_server: End::new(ready.byte_sender()?),
+                    server_orders: End::new(ready.byte_receiver()?),
+                    spare_orders: End::new(orders.byte_receiver()?),
+                    spare_to_server: End::new(ready.byte_sender()?),
+                    _owners: vec![
+                        Box::new(RedisLink(Some(orders))),
+                        Box::new(RedisLink(Some(ready))),
+                    ],
+                })
+            }
+            _ => anyhow::bail!("--kill-kitchen needs --mechanism redis or manager"),
+        }
+    }
+}
+
+/// `--kill-kitchen`. Over Redis: the kitchen dies holding order #2 (sent on, not
+/// acknowledged); a new kitchen claims it after a second and cooks it again; the server
+/// serves it once. Over a manager: the kitchen dies cooking order #2, which it took from
+/// the queue and noted in the manager's dict; a manager queue forgets an item once taken,
+/// so the new kitchen takes the order over from the dict, then goes on with the queue.
+fn kitchen_crash(mechanism: Mechanism, brokers: &Brokers, pace: Pace) -> anyhow::Result<()> {
+    let links = CrashLinks::new(mechanism, brokers)?;
+    let notes = brokers.manager.as_ref().map(|m| m.address().to_string());
+    let args = |crash| Args {
+        mechanism,
         pace,
-        crash_after,
+        crash,
+        notes: notes.clone(),
     };
-    let replacement = (orders_q.byte_receiver()?, ready_q.byte_sender()?);
+    let crash = match mechanism {
+        Mechanism::Manager => Crash::WhileCooking(2),
+        _ => Crash::AfterSending(2),
+    };
     let mut children = vec![
         role("restaurant-order-taker")
             .arg(&args(None))?
-            .handle("orders", orders_q.byte_sender()?)
+            .handle("orders", links.to_kitchen)
             .spawn()?,
         role("restaurant-server")
             .arg(&args(None))?
-            .handle("ready", ready_q.byte_receiver()?)
+            .handle("ready", links.server_orders)
             .spawn()?,
     ];
     let mut first = role("restaurant-kitchen")
-        .arg(&args(Some(2)))?
-        .handle("orders", orders_q.byte_receiver()?)
-        .handle("ready", ready_q.byte_sender()?)
+        .arg(&args(Some(crash)))?
+        .handle("orders", links.kitchen_orders)
+        .handle("ready", links.to_server)
         .spawn()?;
     match first.join_timeout(crate::support::PATIENCE) {
         Err(ipckit_core::Error::RoleKilled { .. }) => {}
         other => anyhow::bail!("the first kitchen was to be killed; it ended with {other:?}"),
     }
-    println!("🔁 Restaurant: the kitchen died; a new kitchen takes over its orders");
+    match &brokers.manager {
+        Some(manager) => {
+            let held: Vec<u32> = manager
+                .dict::<String, Order>(IN_HAND)?
+                .values()?
+                .iter()
+                .map(|o| o.id)
+                .collect();
+            println!(
+                "🔁 Restaurant: the kitchen died holding order(s) {held:?}; a manager queue \
+                 forgets an item once it is taken, so a new kitchen takes over what the \
+                 dead one noted in the manager's dict `{IN_HAND}`"
+            );
+        }
+        None => println!("🔁 Restaurant: the kitchen died; a new kitchen takes over its orders"),
+    }
     children.push(
         role("restaurant-kitchen")
             .arg(&args(None))?
-            .handle("orders", replacement.0)
-            .handle("ready", replacement.1)
+            .handle("orders", links.spare_orders)
+            .handle("ready", links.spare_to_server)
             .spawn()?,
     );
     join_all(&mut children)?;
@@ -336,6 +487,7 @@ pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
             item: item.to_string(),
             table,
             ready: false,
+            of: MENU.len() as u32,
         })?;
         pace.pause(0.8);
     }
@@ -344,26 +496,68 @@ pub(crate) fn order_taker(ctx: &mut Ctx) -> RoleResult {
     Ok(())
 }
 
+/// Cooks `order`: the kitchen's narration and its pause.
+fn cook(mut order: Order, pace: Pace) -> Order {
+    announce(&order);
+    pace.pause(cooking_time(order.id));
+    order.ready = true;
+    println!("✅ Kitchen: Order #{} ready - {}", order.id, order.item);
+    order
+}
+
+fn announce(order: &Order) {
+    println!(
+        "👨‍🍳 Kitchen: Preparing order #{} - {}...",
+        order.id, order.item
+    );
+}
+
 pub(crate) fn kitchen(ctx: &mut Ctx) -> RoleResult {
     let Args {
         mechanism,
         pace,
-        crash_after,
+        crash,
+        notes,
     } = ctx.arg()?;
     let mut orders = mechanism.receiver(ctx, "orders")?.into_receiver::<Order>();
     let mut server = mechanism.sender(ctx, "ready")?.into_sender::<Order>();
+    // With notes: the order in this kitchen's hands, in the manager, by kitchen.
+    let in_hand = match &notes {
+        Some(addr) => Some(Manager::connect(&addr.parse()?, None)?.dict::<String, Order>(IN_HAND)?),
+        None => None,
+    };
+    let me = format!("kitchen {}", std::process::id());
+    if let Some(in_hand) = &in_hand {
+        // What kitchens that died held: this one is the only kitchen now.
+        for (dead, order) in in_hand.items()? {
+            println!(
+                "👨‍🍳 Kitchen: taking over order #{} from {dead}, which died with it",
+                order.id
+            );
+            server.send(&cook(order, pace))?;
+            in_hand.remove(&dead)?;
+        }
+    }
     // Until the order taker went home and every order is cooked: no `None` sentinel.
     for order in orders.iter() {
-        let mut order = order?;
-        println!(
-            "👨‍🍳 Kitchen: Preparing order #{} - {}...",
-            order.id, order.item
-        );
-        pace.pause(cooking_time(order.id));
-        order.ready = true;
-        println!("✅ Kitchen: Order #{} ready - {}", order.id, order.item);
+        let order = order?;
+        if let Some(in_hand) = &in_hand {
+            in_hand.insert(&me, &order)?;
+        }
+        if crash == Some(Crash::WhileCooking(order.id)) {
+            announce(&order);
+            println!(
+                "💥 Kitchen: killed while cooking order #{}, taken from the queue and not sent on",
+                order.id
+            );
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL)?;
+        }
+        let order = cook(order, pace);
         server.send(&order)?;
-        if crash_after == Some(order.id) {
+        if let Some(in_hand) = &in_hand {
+            in_hand.remove(&me)?;
+        }
+        if crash == Some(Crash::AfterSending(order.id)) {
             println!(
                 "💥 Kitchen: killed after sending order #{}, before acknowledging it",
                 order.id

@@ -1,12 +1,15 @@
 //! What every scenario shares: pacing, logging, starting roles, checking outcomes.
 
 use std::{
+    ops::Deref,
+    path::PathBuf,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use ipckit_core::{Child, Command};
+use ipckit_manager::{Address, Manager};
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout, poll},
@@ -116,6 +119,12 @@ pub(crate) fn join_all(children: &mut [Child]) -> anyhow::Result<()> {
                     }
                 });
             if let Err(e) = outcome {
+                // A process that fails because its peer died (the end came too early)
+                // may be seen before the peer: name the dead one if there is one.
+                let e = match killed_meanwhile(children, &left) {
+                    Some(killed) => e.context(format!("{killed}, and then")),
+                    None => e,
+                };
                 stop(children, &left);
                 return Err(e);
             }
@@ -146,6 +155,23 @@ fn ended(children: &[Child], left: &[usize]) -> anyhow::Result<Vec<usize>> {
         .collect())
 }
 
+/// Whether one of the children at `left` was killed by a signal, within a moment: the
+/// error that says so.
+fn killed_meanwhile(children: &mut [Child], left: &[usize]) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        for &i in left {
+            if let Err(e @ ipckit_core::Error::RoleKilled { .. }) = children[i].try_join() {
+                return Some(e.to_string());
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Kills and reaps the children at `left`, after one of them failed.
 fn stop(children: &mut [Child], left: &[usize]) {
     for &i in left {
@@ -164,4 +190,62 @@ pub(crate) fn expect_same<T: PartialEq + std::fmt::Debug>(
         bail!("{what}: expected {sent:?}, got {got:?}");
     }
     Ok(())
+}
+
+/// A manager process the demo started (`Manager::start`): shut down when dropped, and its
+/// socket file removed even when the manager process was killed (it removes the file
+/// itself only when it shuts down).
+pub(crate) struct OwnManager {
+    manager: Option<Manager>,
+    path: Option<PathBuf>,
+}
+
+impl OwnManager {
+    /// Starts a manager process.
+    pub(crate) fn start() -> anyhow::Result<OwnManager> {
+        let manager = Manager::start()?;
+        let path = match manager.address() {
+            Address::Unix(path) => Some(path.clone()),
+            _ => None,
+        };
+        Ok(OwnManager {
+            manager: Some(manager),
+            path,
+        })
+    }
+
+    /// Shuts the manager down, and checks that it removed its socket file.
+    pub(crate) fn shut_down(mut self) -> anyhow::Result<()> {
+        self.manager.take();
+        match self.path.take() {
+            Some(path) if path.exists() => {
+                let _ = std::fs::remove_file(&path);
+                bail!(
+                    "the manager left its socket file {} behind (removed now)",
+                    path.display()
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Deref for OwnManager {
+    type Target = Manager;
+
+    fn deref(&self) -> &Manager {
+        // Present until `shut_down` or `drop`, which consume it.
+        self.manager.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for OwnManager {
+    fn drop(&mut self) {
+        self.manager.take();
+        if let Some(path) = self.path.take()
+            && path.exists()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }

@@ -323,6 +323,133 @@ fn restaurant_over_redis_survives_a_killed_kitchen() {
     assert!(!refused.status.success());
 }
 
+/// Over a manager's queues: the manager process the demo started is gone after, and its
+/// socket file with it.
+#[test]
+fn restaurant_over_manager_queues() {
+    let out = demo(&["restaurant", "--mechanism", "manager", "--fast"]);
+    assert!(
+        out.contains("over queues held by a manager process"),
+        "{out}"
+    );
+    restaurant_serves_every_order(&out);
+    let path = socket_file(&out);
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+/// The kitchen SIGKILLed while cooking order #2, which it took from the manager's queue
+/// (gone from it) and noted in the manager's dict: a new kitchen takes it over from the
+/// dict, and the order is served once.
+#[test]
+fn restaurant_over_manager_queues_survives_a_killed_kitchen() {
+    let out = demo(&[
+        "restaurant",
+        "--mechanism",
+        "manager",
+        "--kill-kitchen",
+        "--fast",
+    ]);
+    assert_in_order(
+        &out,
+        &[
+            "👨‍🍳 Kitchen: Preparing order #2 ",
+            "💥 Kitchen: killed while cooking order #2, taken from the queue and not sent on",
+            "🔁 Restaurant: the kitchen died holding order(s) [2]; a manager queue forgets",
+            "👨‍🍳 Kitchen: taking over order #2 from kitchen ",
+            "👨‍🍳 Kitchen: Preparing order #2 ",
+            "✅ Kitchen: Order #2 ready",
+            "through a kitchen crash",
+        ],
+    );
+    assert_eq!(out.matches("Preparing order #2 ").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("✅ Kitchen: Order #2 ready").count(),
+        1,
+        "{out}"
+    );
+    restaurant_serves_every_order(&out);
+    let path = socket_file(&out);
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+/// The three stations as three programs on one broker: the kitchen SIGKILLed mid-order,
+/// another kitchen started, and serve-tables' final tally has every order once.
+#[test]
+fn restaurant_stations_across_processes_survive_a_killed_kitchen() {
+    let server = ipckit_redis::RedisServer::start()
+        .unwrap_or_else(|e| panic!("this test needs redis-server: {e}"));
+    let url = server.url();
+    let station = |args: &[&str]| {
+        let mut all = vec!["restaurant"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--redis-url", &url, "--name", "test"]);
+        Live::start(&all)
+    };
+    let mut tables = station(&["serve-tables", "--fast"]);
+    // At the tutorial's pace: order #2 cooks for a second, long enough to be killed in.
+    let mut kitchen = station(&["serve-kitchen"]);
+    let mut taker = station(&["take-orders", "--orders", "6", "--fast"]);
+    kitchen.wait_for("👨‍🍳 Kitchen: Preparing order #2 ");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(kitchen.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the kitchen");
+    let killed = kitchen.child.wait().expect("reap the kitchen");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(9),
+        "{}",
+        kitchen.seen
+    );
+    assert!(
+        !kitchen.seen.contains("✅ Kitchen: Order #2 ready"),
+        "{}",
+        kitchen.seen
+    );
+    let mut second = station(&["serve-kitchen", "--fast"]);
+    taker.expect_exit();
+    tables.expect_exit();
+    second.expect_exit();
+    // The killed kitchen's order, claimed by the second one.
+    assert_in_order(
+        &second.seen,
+        &[
+            "order #2 claimed from a kitchen that held it too long",
+            "👨‍🍳 Kitchen: Preparing order #2 ",
+            "✅ Kitchen: Order #2 ready",
+            "every order is cooked",
+        ],
+    );
+    for id in 1..=6 {
+        assert_eq!(
+            tables
+                .seen
+                .matches(&format!("🍽️ Server: Delivering order #{id} "))
+                .count(),
+            1,
+            "{}",
+            tables.seen
+        );
+    }
+    let dropped = tables.seen.matches("already served, dropped").count();
+    assert_in_order(
+        &tables.seen,
+        &[
+            "🍽️ Server: all 6 orders served; closing the restaurant",
+            &format!(
+                "🧾 Final tally: 6 orders, each served exactly once; {dropped} duplicate plate(s) dropped by order id"
+            ),
+            "🧹 Server: the restaurant's queues are removed from the broker",
+        ],
+    );
+    let mut keys = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    std::io::Write::write_all(&mut keys, b"DBSIZE\r\n").unwrap();
+    let mut reply = [0u8; 4];
+    std::io::Read::read_exact(&mut keys, &mut reply).unwrap();
+    assert_eq!(&reply, b":0\r\n", "the stations left keys on the broker");
+}
+
 #[test]
 fn restaurant_uses_a_queue_by_default() {
     let out = demo(&["restaurant", "--fast"]);
@@ -340,14 +467,31 @@ fn restaurant_lists_its_mechanisms() {
         "mqueue",
         "socket",
         "redis",
+        "manager",
         "--redis-url",
         "[default: queue]",
+        "serve-kitchen",
+        "take-orders",
+        "serve-tables",
     ] {
         assert!(help.contains(mechanism), "{mechanism} missing: {help}");
     }
     let out = run(
         env!("CARGO_BIN_EXE_demo"),
         &["restaurant", "--mechanism", "carrier-pigeon", "--fast"],
+    );
+    assert!(!out.status.success());
+    // A station is one program: the scenario's flags are not its own.
+    let out = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &[
+            "restaurant",
+            "--mechanism",
+            "pipe",
+            "serve-kitchen",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ],
     );
     assert!(!out.status.success());
 }
@@ -543,6 +687,9 @@ fn every_scenario_has_help() {
         "chat serve",
         "chat join",
         "scoreboard",
+        "restaurant serve-kitchen",
+        "restaurant take-orders",
+        "restaurant serve-tables",
     ] {
         let args: Vec<&str> = scenario.split(' ').chain(["--help"]).collect();
         let out = demo(&args);
@@ -611,6 +758,47 @@ const CHAT_NAMES: [&str; 4] = ["Alice 👩", "Bob 👨", "Charlie 🧑", "Diana 
 #[test]
 fn chat_every_client_hears_every_line_meant_for_it() {
     let out = demo(&["chat", "--fast"]);
+    chat_went_well(&out);
+    let path = socket_file(&out);
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+/// As the Python tutorial: a registry dict and a queue per client in a manager process,
+/// whose socket file is gone after.
+#[test]
+fn chat_through_a_manager_every_client_hears_every_line_meant_for_it() {
+    let out = demo(&["chat", "--mechanism", "manager", "--fast"]);
+    assert!(
+        out.contains("through a manager process at unix://")
+            && out.contains("a registry dict `chat:clients`"),
+        "{out}"
+    );
+    chat_went_well(&out);
+    for me in &CHAT_NAMES[2..] {
+        assert!(
+            out.contains(&format!("👋 Client {me} left the chat! (at shutdown)")),
+            "{out}"
+        );
+    }
+    let path = socket_file(&out);
+    assert!(!path.exists(), "{} was left behind", path.display());
+    let refused = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &[
+            "chat",
+            "--mechanism",
+            "manager",
+            "--addr",
+            "tcp://127.0.0.1:0",
+        ],
+    );
+    assert!(!refused.status.success());
+}
+
+/// Every client heard every line meant for it, once, in order; the leavers left, the
+/// others heard them go and stayed until the shutdown.
+fn chat_went_well(out: &str) {
+    let out = out.to_string();
     let lines = [
         "How's everyone doing today? 😊",
         "Anyone up for some Rust coding? 🦀",
@@ -674,8 +862,6 @@ fn chat_every_client_hears_every_line_meant_for_it() {
             "🎉 Chat system demo complete!",
         ],
     );
-    let path = socket_file(&out);
-    assert!(!path.exists(), "{} was left behind", path.display());
 }
 
 /// A demo process whose output is read line by line as it comes.
@@ -906,9 +1092,14 @@ fn a_killed_child_ends_every_demo_at_once() {
         (&["restaurant"][..], 1),
         (&["restaurant", "--mechanism", "pipe"][..], 0),
         (&["restaurant", "--mechanism", "socket"][..], 1),
+        // The manager process is the first child, then the stations.
+        (&["restaurant", "--mechanism", "manager"][..], 0),
+        (&["restaurant", "--mechanism", "manager"][..], 2),
         (&["producer-consumer"][..], 0),
         (&["producer-consumer"][..], 2),
         (&["chat"][..], 2),
+        (&["chat", "--mechanism", "manager"][..], 0),
+        (&["chat", "--mechanism", "manager"][..], 3),
         (&["echo"][..], 1),
     ] {
         let (out, took) = kill_a_child(args, which);

@@ -1,22 +1,28 @@
 //! The `chat` scenario: the Python tutorial's hands-on exercise, a chat server process and client
 //! processes that join, talk, hear each other through the server's broadcasts, and leave.
 //!
-//! Over sockets rather than the Python tutorial's manager queues, and checked. The server
-//! is a typed `ipckit_sockets::Server`: it sends `Down` messages and its events deliver
-//! `Up` messages; a client splits its connection and types each half.
+//! Over sockets by default, and checked. The server is a typed `ipckit_sockets::Server`: it
+//! sends `Down` messages and its events deliver `Up` messages; a client splits its
+//! connection and types each half. `--mechanism manager` plays it as the Python tutorial
+//! does, through a manager's registry dict and queues.
 //!
 //! - `protocol`: the messages both ways, and the server's room.
 //! - `scenario`: the scripted run with no subcommand, four clients, checked.
+//! - `managed`: the same script through a manager.
 //! - `by_hand`: `chat serve` and `chat join NAME`, the same server and client, by hand.
 
 mod by_hand;
+mod managed;
 mod protocol;
 mod scenario;
 
 use clap::{Subcommand, ValueEnum};
 use ipckit_sockets::Address;
 
-pub(crate) use self::scenario::{scripted_client, scripted_server};
+pub(crate) use self::{
+    managed::{scripted_client as manager_client, scripted_server as manager_server},
+    scenario::{scripted_client, scripted_server},
+};
 use crate::support::Pace;
 
 /// `chat serve` and `chat join`: the chat by hand.
@@ -52,11 +58,39 @@ pub(crate) enum ChatFraming {
     Lines,
 }
 
+/// What carries the scripted chat (`chat --mechanism`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ChatMechanism {
+    /// A server listening on a socket, one connection per client; the server sees a
+    /// client leave when its connection closes.
+    #[default]
+    Socket,
+    /// As the Python tutorial: a manager process holds a registry dict of the clients and
+    /// one queue per client, and the server's queue; clients say when they leave.
+    Manager,
+}
+
 /// The `chat` scenario, or `chat serve` / `chat join`.
-pub(crate) fn chat(mode: Option<Mode>, addr: Option<Address>, pace: Pace) -> anyhow::Result<()> {
-    match mode {
-        None => scenario::scenario(addr, pace),
-        Some(Mode::Serve { addr, framing }) => by_hand::serve(&addr, framing),
-        Some(Mode::Join { name, addr }) => by_hand::join(&name, &addr),
+pub(crate) fn chat(
+    mode: Option<Mode>,
+    addr: Option<Address>,
+    mechanism: ChatMechanism,
+    pace: Pace,
+) -> anyhow::Result<()> {
+    match (mode, mechanism) {
+        (None, ChatMechanism::Socket) => scenario::scenario(addr, pace),
+        (None, ChatMechanism::Manager) => {
+            if addr.is_some() {
+                anyhow::bail!(
+                    "--addr is where a socket server listens: not with --mechanism manager"
+                );
+            }
+            managed::scenario(pace)
+        }
+        (Some(_), ChatMechanism::Manager) => {
+            anyhow::bail!("`chat serve` and `chat join` are over sockets: no --mechanism manager")
+        }
+        (Some(Mode::Serve { addr, framing }), _) => by_hand::serve(&addr, framing),
+        (Some(Mode::Join { name, addr }), _) => by_hand::join(&name, &addr),
     }
 }

@@ -19,9 +19,9 @@ use crate::{
 };
 
 /// The Python tutorial's four clients.
-const NAMES: [&str; 4] = ["Alice 👩", "Bob 👨", "Charlie 🧑", "Diana 👩‍💻"];
+pub(super) const NAMES: [&str; 4] = ["Alice 👩", "Bob 👨", "Charlie 🧑", "Diana 👩‍💻"];
 /// How many of them (the first ones) leave by themselves; the others stay until shutdown.
-const LEAVERS: usize = 2;
+pub(super) const LEAVERS: usize = 2;
 
 /// The Python tutorial's lines, but Rust.
 const LINES: [&str; 3] = [
@@ -31,7 +31,7 @@ const LINES: [&str; 3] = [
 ];
 
 /// What client `i` says, in order.
-fn lines_of(i: usize) -> [String; 2] {
+pub(super) fn lines_of(i: usize) -> [String; 2] {
     [
         format!("Hello everyone! I'm {} 👋", NAMES[i]),
         LINES[i % LINES.len()].to_string(),
@@ -143,21 +143,38 @@ pub(crate) fn scripted_server(ctx: &mut Ctx) -> RoleResult {
 /// others' lines (and joins and leaves), then leaves or stays until shutdown.
 pub(crate) fn scripted_client(ctx: &mut Ctx) -> RoleResult {
     let ClientArgs { addr, index, pace } = ctx.arg()?;
-    let me = NAMES[index];
     let conn = connect_with(
         &addr.parse()?,
         &ConnectOptions::new().timeout(PATIENCE).retry(true),
     )?;
     let (reader, writer) = conn.split()?;
     let (mut hear, mut say) = (reader.into_receiver::<Down>(), writer.into_sender::<Up>());
-    say.send(&Up::Hello(me.to_string()))?;
+    converse(
+        index,
+        pace,
+        || Ok(hear.recv_timeout(PATIENCE)?),
+        |up| Ok(say.send(&up)?),
+    )
+}
+
+/// What scripted client `index` says and hears, however it reaches the server: `hear`
+/// waits for the server's next message, `say` sends one. Ends when the client leaves
+/// (after "all done", if it is one of the leavers) or the server shuts down.
+pub(super) fn converse(
+    index: usize,
+    pace: Pace,
+    mut hear: impl FnMut() -> anyhow::Result<Down>,
+    mut say: impl FnMut(Up) -> anyhow::Result<()>,
+) -> RoleResult {
+    let me = NAMES[index];
+    say(Up::Hello(me.to_string()))?;
     println!("💬 {me} connected to chat!");
     let mut met = BTreeSet::from([me.to_string()]);
     let mut heard: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut gone = Vec::new();
     let mut roster = Vec::new();
     loop {
-        match hear.recv_timeout(PATIENCE)? {
+        match hear()? {
             Down::Welcome(here) => met.extend(here),
             // Asked of line clients only.
             Down::AskName => {}
@@ -169,10 +186,10 @@ pub(crate) fn scripted_client(ctx: &mut Ctx) -> RoleResult {
                 roster = everyone;
                 for line in lines_of(index) {
                     pace.pause(0.3 * (index + 1) as f64);
-                    say.send(&Up::Say(line.clone()))?;
+                    say(Up::Say(line.clone()))?;
                     println!("📤 {me} sent: {line}");
                 }
-                say.send(&Up::Done)?;
+                say(Up::Done)?;
             }
             Down::Said { from, text } => {
                 println!("📥 {me} received: [{from}] {text}");
