@@ -1040,6 +1040,11 @@ impl RedisReceiver {
             if Instant::now() >= self.next_claim {
                 let idle = self.spec.opts.claim_idle;
                 self.next_claim = Instant::now() + (idle / 4).max(Duration::from_millis(50));
+                // Acknowledge first: a consumer slower than `claim_idle` would otherwise
+                // claim back the message it has just finished with.
+                if self.spec.opts.ack == AckMode::OnNextGet {
+                    self.ack()?;
+                }
                 if let Some((id, payload, count)) = self.claim(deadline)? {
                     // A claimed message leaves the previous ones to be acknowledged next.
                     self.deliver(id, payload, count, buf);

@@ -186,6 +186,25 @@ fn a_full_queue_refuses_and_a_get_makes_room() {
 }
 
 #[test]
+fn a_consumer_slower_than_claim_idle_does_not_claim_back_what_it_finished() {
+    let server = server();
+    let opts = RedisOptions::new(16).claim_idle(Duration::from_millis(100));
+    let q: RedisQueue<u8> = RedisQueue::create(&server.url(), opts).unwrap();
+    q.put_all(&[1, 2, 3]).unwrap();
+    let mut rx = q.byte_receiver().unwrap();
+    for expected in 1..=3u8 {
+        let got = rx.recv_bytes_timeout(PATIENCE).unwrap();
+        // A u8 encodes as itself.
+        assert_eq!(got, [expected], "each message once, in order");
+        assert_eq!(rx.last_delivery().unwrap().count, 1);
+        // Working on it for longer than claim_idle.
+        thread::sleep(Duration::from_millis(250));
+    }
+    rx.ack().unwrap();
+    assert_eq!(q.len().unwrap(), 0);
+}
+
+#[test]
 fn put_all_puts_every_message_or_none() {
     let server = server();
     let q: RedisQueue<u8> = RedisQueue::create(&server.url(), 4).unwrap();
