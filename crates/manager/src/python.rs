@@ -6,6 +6,16 @@
 //! `('#PROXY', (exposed, token))`. Each connection is its own client of the store (Python
 //! gives each thread its own connection), so a lock is held by the thread that took it
 //! and given back when that connection ends.
+//!
+//! Python methods the store has no call for are made of store calls here. Those that read
+//! a list and write it back (`sort`, `reverse`, `remove`, slice assignment and `del`,
+//! `*=`; `popitem`) run under one hold of the store's lock ([`Tx`]), so no other client's
+//! call comes between the read and the write, as in Python's own single-threaded object.
+//! What Python's `queue.Queue` has beyond the store's queue (a `maxsize` and the
+//! unfinished tasks `join` waits for) is kept here per queue, counting what Python
+//! clients put; a full queue's `put` and a `join` wait on a condition variable, woken by
+//! Python's `get` and `task_done` and looking again every [`PROBE`] (a Rust client's
+//! `get` wakes no one here).
 
 use std::{
     cmp::Ordering as Order,

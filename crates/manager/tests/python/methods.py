@@ -4,7 +4,7 @@
 # "sync PATH KEY" / "register PATH KEY" (an ipckit manager; with "register" the objects
 # are a Rust process's, reached through BaseManager.register names and AutoProxy).
 # Lines of calls only a SyncManager proxy type has are marked "sync".
-import queue, sys, threading
+import queue, sys, threading, time
 from multiprocessing.managers import BarrierProxy, BaseManager, SyncManager
 
 mode = sys.argv[1]
@@ -250,6 +250,27 @@ t("q.put timeout full", lambda: q.put(3, True, 0.05), only_sync=True)
 t("q.get", lambda: q.get(), only_sync=True)
 t("q.put 3", lambda: q.put(3, timeout=1), only_sync=True)
 t("q.qsize", lambda: q.qsize(), only_sync=True)
+
+
+def bounded_put():
+    # A put on a full queue waits for another connection's get (a thread has its own).
+    q1 = m.Queue(1)
+    q1.put("a")
+
+    def take():
+        time.sleep(0.2)
+        q1.get()
+
+    th = threading.Thread(target=take)
+    th.start()
+    t0 = time.monotonic()
+    q1.put("b", True, 30)
+    waited = time.monotonic() - t0
+    th.join()
+    return waited >= 0.15, q1.get_nowait()
+
+
+t("q1.put waits for a get", bounded_put, only_sync=True)
 t("len(a)", lambda: len(a), only_sync=True)
 t("a[0]", lambda: a[0], only_sync=True)
 t("a[-1]", lambda: a[-1], only_sync=True)
