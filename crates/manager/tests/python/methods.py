@@ -161,6 +161,26 @@ t("l *= 2", imul, only_sync=True)
 t("sort key", lambda: l.sort(key=None))
 t("l[:] 10", lambda: l[:])
 
+# every kind of slice: read, delete, assign
+l3 = m.list() if sync else None
+bounds = (None, -9, -3, 0, 2, 9)
+for st in (None, 1, 2, -1, -2, 3):
+    for b in bounds:
+        for e in bounds:
+            sl = slice(b, e, st)
+
+            def sliced(sl=sl):
+                l3[:] = list(range(7))
+                got = l3[sl]
+                del l3[sl]
+                after_del = l3[:]
+                l3[:] = list(range(7))
+                new = [99] * len(got) + ([98] if sl.step in (None, 1) else [])
+                l3[sl] = new
+                return got, after_del, l3[:]
+
+            t("slice %r" % (sl,), sliced, only_sync=True)
+
 # value
 t("v.get", lambda: v.get())
 t("v.set", lambda: v.set(6))
