@@ -1641,7 +1641,16 @@ impl Caller<'_, '_> {
                 };
                 match self.on(h, Call::Wait, timeout)? {
                     Ok(Answer::Len(n)) => Return(Pickle::Int(n as i64)),
-                    Err(Fault::Cancelled) => broken(),
+                    Err(Fault::Cancelled) => {
+                        // Timed out (or sent away by `abort`): as Python's, the barrier
+                        // breaks for every party until `reset`.
+                        let mut b = lock(&py.broken);
+                        b.insert(h);
+                        lock(self.ctx.store).barrier_waiting(h, true);
+                        drop(b);
+                        kick_pending();
+                        broken()
+                    }
                     other => answer(other, "RuntimeError"),
                 }
             }

@@ -243,6 +243,14 @@ t("bar.wait broken", lambda: bar.wait())
 t("bar.reset", lambda: bar.reset())
 t("bar.wait 2", lambda: bar.wait())
 
+if sync:
+    bar2 = m.Barrier(2)
+t("bar2.wait timeout", lambda: bar2.wait(0.05), only_sync=True)
+t("bar2.broken", lambda: bar2.broken, only_sync=True)
+t("bar2.wait broken", lambda: bar2.wait(1), only_sync=True)
+t("bar2.reset", lambda: bar2.reset(), only_sync=True)
+t("bar2.broken 2", lambda: bar2.broken, only_sync=True)
+
 # joinable queue
 t("jq.put", lambda: jq.put("a"))
 t("jq.put 2", lambda: jq.put_nowait("b"))
