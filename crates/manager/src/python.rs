@@ -497,6 +497,14 @@ impl Caller<'_, '_> {
         })
     }
 
+    /// Whether object `h` was made by a `SyncManager` client (whose proxies know the
+    /// typeid "Iterator"), not opened by name.
+    fn made_by_sync_manager(&self, h: u32) -> bool {
+        lock(self.ctx.store)
+            .describe(h)
+            .is_some_and(|(_, name, _)| name.starts_with("python:"))
+    }
+
     /// The methods a Python proxy of object `h` calls.
     fn exposed(&self, h: u32, kind: Kind) -> &'static [&'static str] {
         if kind == Kind::List && lock(&self.ctx.py.arrays).contains_key(&h) {
@@ -856,6 +864,15 @@ impl Caller<'_, '_> {
                 answer(self.on(h, Call::GetOrInsert(k, d), None)?, "ValueError")
             }
             (Kind::Dict, "__iter__") => match self.on(h, Call::Keys, None)? {
+                Ok(Answer::Many(keys)) if !self.made_by_sync_manager(h) => {
+                    // A registered name's proxy (an AutoProxy, or a DictProxy of a
+                    // BaseManager that registers no "Iterator") takes an iterator by value.
+                    Return(Pickle::call(
+                        "builtins",
+                        "iter",
+                        vec![from_value(&Value::List(keys))],
+                    ))
+                }
                 Ok(Answer::Many(keys)) => {
                     let n = self.ctx.py.next.fetch_add(1, Ordering::Relaxed);
                     let ident = format!("it{n:x}");
