@@ -866,7 +866,8 @@ impl Caller<'_, '_> {
             (Kind::Dict, "__iter__") => match self.on(h, Call::Keys, None)? {
                 Ok(Answer::Many(keys)) if !self.made_by_sync_manager(h) => {
                     // A registered name's proxy (an AutoProxy, or a DictProxy of a
-                    // BaseManager that registers no "Iterator") takes an iterator by value.
+                    // BaseManager that registers no "Iterator") takes an iterator by
+                    // value, as Python's own server gives it for a registered dict.
                     Return(Pickle::call(
                         "builtins",
                         "iter",
