@@ -61,6 +61,8 @@ pub(crate) struct PyState {
 struct QueueState {
     maxsize: u64,
     unfinished: u64,
+    /// How many items Python clients took: a full queue's `put` waits for it to change.
+    taken: u64,
 }
 
 /// What a Python connection needs of its server.
@@ -1185,20 +1187,23 @@ impl Caller<'_, '_> {
         })
     }
 
-    /// Waits (at most until `until`, and a probe's time) for a queue to change; `Gone`
-    /// if the client left meanwhile.
-    fn wait_queue(&self, until: Option<Instant>) -> Result<(), Gone> {
+    /// Waits (at most until `until`, and a probe's time) for a Python client to take an
+    /// item from queue `h`, unless one did since it had taken `seen`; `Gone` if the client
+    /// left meanwhile.
+    fn wait_queue(&self, h: u32, seen: u64, until: Option<Instant>) -> Result<(), Gone> {
         let tick = Instant::now() + PROBE;
         let until = until.map_or(tick, |d| d.min(tick));
         let g = lock(&self.ctx.py.queues);
-        let left = until.saturating_duration_since(Instant::now());
-        drop(
-            self.ctx
-                .py
-                .queue_changed
-                .wait_timeout(g, left)
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        if g.get(&h).map_or(0, |q| q.taken) == seen {
+            let left = until.saturating_duration_since(Instant::now());
+            drop(
+                self.ctx
+                    .py
+                    .queue_changed
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
         if self.peer_gone() { Err(Gone) } else { Ok(()) }
     }
 
@@ -1506,27 +1511,27 @@ impl Caller<'_, '_> {
                 loop {
                     let put = self.atomically(|tx| {
                         let mut qs = lock(&py.queues);
-                        let maxsize = qs.get(&h).map_or(0, |q| q.maxsize);
-                        if maxsize > 0 {
+                        let q = qs.entry(h).or_default();
+                        if q.maxsize > 0 {
                             if let Answer::Len(n) = tx.on(h, Call::Len)? {
-                                if n >= maxsize {
-                                    return Ok(false);
+                                if n >= q.maxsize {
+                                    return Ok(Some(q.taken));
                                 }
                             }
                         }
                         tx.on(h, Call::Put(x.clone()))?;
-                        qs.entry(h).or_default().unfinished += 1;
-                        Ok(true)
+                        q.unfinished += 1;
+                        Ok(None)
                     });
-                    match put {
-                        Ok(true) => break Return(Pickle::None),
-                        Ok(false) => {}
+                    let seen = match put {
+                        Ok(None) => break Return(Pickle::None),
+                        Ok(Some(seen)) => seen,
                         Err(f) => break fault(f, "ValueError"),
-                    }
+                    };
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break PyErr(Pickle::call("queue", "Full", vec![]));
                     }
-                    self.wait_queue(deadline)?;
+                    self.wait_queue(h, seen, deadline)?;
                 }
             }
             "get" | "get_nowait" => {
@@ -1539,6 +1544,7 @@ impl Caller<'_, '_> {
                 };
                 match got {
                     Ok(Answer::Value(v) | Answer::Maybe(Some(v))) => {
+                        lock(&py.queues).entry(h).or_default().taken += 1;
                         py.queue_changed.notify_all();
                         Return(from_value(&v))
                     }
