@@ -509,6 +509,36 @@ impl Store {
         Some((e.kind, &e.name, parties))
     }
 
+    /// The parties waiting at barrier `h`; with `release`, they are sent away (their wait
+    /// fails as cancelled: Python's `BrokenBarrierError`).
+    pub(crate) fn barrier_waiting(&mut self, h: u32, release: bool) -> usize {
+        let Some(Entry {
+            obj: Obj::Barrier { waiters, .. },
+            ..
+        }) = self.objects.get_mut(h as usize)
+        else {
+            return 0;
+        };
+        let n = waiters.len();
+        if release {
+            for (c, id) in waiters.drain(..) {
+                send(&self.clients, c, id, Err(Fault::Cancelled));
+            }
+        }
+        n
+    }
+
+    /// The free permits of semaphore `h`.
+    pub(crate) fn semaphore_free(&self, h: u32) -> u64 {
+        match self.objects.get(h as usize) {
+            Some(Entry {
+                obj: Obj::Semaphore { permits, .. },
+                ..
+            }) => *permits,
+            _ => 0,
+        }
+    }
+
     /// How many objects the server holds.
     pub(crate) fn len(&self) -> usize {
         self.objects.len()

@@ -9,6 +9,8 @@ use ipckit_testkit::{Bounded, PATIENCE, python, wait_until};
 
 const KEY: &str = "secret";
 const SYNC: &str = include_str!("python/sync.py");
+const METHODS: &str = include_str!("python/methods.py");
+const CROSS: &str = include_str!("python/cross.py");
 
 fn server() -> (Server, String) {
     let path = ipckit_core::temp_path("pymgr");
@@ -50,6 +52,78 @@ fn register_style(py: &Path) {
     assert_eq!(count.get().unwrap(), Some(41));
     assert_eq!(jobs.try_get().unwrap(), None);
     drop(server);
+}
+
+/// The lines of `ours` that differ from `theirs`, or `None`.
+fn differences(ours: &str, theirs: &str) -> Option<String> {
+    let (a, b): (Vec<_>, Vec<_>) = (ours.lines().collect(), theirs.lines().collect());
+    let mut out = String::new();
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (a.get(i).copied(), b.get(i).copied());
+        if x != y {
+            out += &format!(
+                "ipckit: {}\npython: {}\n",
+                x.unwrap_or("-"),
+                y.unwrap_or("-")
+            );
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Every proxy method, through `SyncManager` types and through registered names, gives
+/// what Python's own manager gives (the same script run against both).
+fn methods_as_pythons_own(py: &Path) {
+    let own = run(py, METHODS, &["own"]);
+    assert!(own.lines().count() > 150, "{own}");
+    let (server, path) = server();
+    let ours = run(py, METHODS, &["sync", &path, KEY]);
+    if let Some(d) = differences(&ours, &own) {
+        panic!("SyncManager types differ from Python's own manager:\n{d}");
+    }
+    // The same calls on a Rust process's objects, by registered name (AutoProxy).
+    let m = Manager::connect(server.address(), Some(KEY.as_bytes())).unwrap();
+    m.dict::<String, i64>("d").unwrap();
+    m.list::<i64>("l").unwrap().extend(&[3, 1, 2]).unwrap();
+    m.value::<i64>("v").unwrap().set(&5).unwrap();
+    m.lock("lock").unwrap();
+    m.rlock("rlock").unwrap();
+    m.semaphore("sem", 2).unwrap();
+    m.condition("cond").unwrap();
+    m.event("ev").unwrap();
+    m.barrier("bar", 1).unwrap();
+    m.queue::<String>("jq").unwrap();
+    let ours = run(py, METHODS, &["register", &path, KEY]);
+    let theirs: String = own
+        .lines()
+        .filter(|l| !l.starts_with("sync "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(d) = differences(&ours, &theirs) {
+        panic!("registered names differ from Python's own manager:\n{d}");
+    }
+    drop(server);
+}
+
+#[test]
+fn python_3_11_methods() {
+    if let Some(py) = python(11..=11) {
+        methods_as_pythons_own(&py);
+    }
+}
+
+#[test]
+fn python_3_12_methods() {
+    if let Some(py) = python(12..=12) {
+        methods_as_pythons_own(&py);
+    }
+}
+
+#[test]
+fn python_3_13_methods() {
+    if let Some(py) = python(13..=13) {
+        methods_as_pythons_own(&py);
+    }
 }
 
 #[test]
@@ -120,4 +194,62 @@ fn a_killed_python_client_gives_its_lock_back() {
     // The dead client's lock comes back.
     let _guard = lock.acquire_timeout(PATIENCE).unwrap();
     let _ = holder.child().wait();
+}
+
+#[test]
+fn a_python_condition_waiter_is_woken_by_a_rust_notify() {
+    for py in pythons() {
+        let (server, path) = server();
+        let m = Manager::connect(server.address(), Some(KEY.as_bytes())).unwrap();
+        let cond = m.condition("cond").unwrap().with_timeout(PATIENCE);
+        let ready = m.event("ready").unwrap();
+        let waiter = Bounded::python(&py, CROSS, &[&path, KEY, "cond-wait"]).unwrap();
+        ready.wait_timeout(PATIENCE).unwrap();
+        // The lock is free once the Python process waits.
+        let guard = cond.acquire().unwrap();
+        assert_eq!(cond.notify(1).unwrap(), 1);
+        drop(guard);
+        let out = waiter.wait_ok("python waiter");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True");
+    }
+}
+
+#[test]
+fn a_rust_condition_waiter_is_woken_by_a_python_notify() {
+    for py in pythons() {
+        let (server, path) = server();
+        let m = Manager::connect(server.address(), Some(KEY.as_bytes())).unwrap();
+        let cond = m.condition("cond").unwrap().with_timeout(PATIENCE);
+        let ready = m.event("ready").unwrap();
+        let guard = cond.acquire().unwrap();
+        let notifier = Bounded::python(&py, CROSS, &[&path, KEY, "cond-notify"]).unwrap();
+        ready.set().unwrap();
+        assert!(cond.wait_timeout(PATIENCE).unwrap(), "not notified");
+        drop(guard);
+        let out = notifier.wait_ok("python notifier");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "notified");
+    }
+}
+
+#[test]
+fn a_python_join_waits_for_another_processs_task_done() {
+    for py in pythons() {
+        let (server, path) = server();
+        let m = Manager::connect(server.address(), Some(KEY.as_bytes())).unwrap();
+        let jobs = m.queue::<i64>("jobs").unwrap();
+        let done = m.list::<i64>("done").unwrap();
+        let producer = Bounded::python(&py, CROSS, &[&path, KEY, "produce"]).unwrap();
+        wait_until("the producer put its jobs", || jobs.len().unwrap() == 5);
+        let consumer = Bounded::python(&py, CROSS, &[&path, KEY, "consume"]).unwrap();
+        let out = consumer.wait_ok("python consumer");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "consumed");
+        let out = producer.wait_ok("python producer");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+        assert_eq!(done.snapshot().unwrap(), vec![0, 1, 2, 3, 4]);
+    }
+}
+
+/// Python 3.11, 3.12 and 3.13 (those found, unless missing ones fail the run).
+fn pythons() -> Vec<std::path::PathBuf> {
+    (11..=13).filter_map(|v| python(v..=v)).collect()
 }
