@@ -103,7 +103,8 @@ pub enum Error {
         streams: bool,
     },
     /// No answer came before the call's deadline (or the server found the deadline passed
-    /// before it could start the call).
+    /// before it could start the call); for a stream, no item came within the timeout of
+    /// one wait.
     #[error("the call timed out")]
     Timeout,
     /// The server is gone (closed the connection, or its process died) before it answered.
