@@ -5,7 +5,11 @@ use std::{
     fmt,
     marker::PhantomData,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -137,7 +141,13 @@ pub(crate) struct Entry {
     json: Box<JsonFn>,
     values: Box<ValuesFn>,
     help: String,
+    /// How long its last typed call ran, in microseconds (0: not yet called).
+    last_us: AtomicU64,
 }
+
+/// A function whose last typed call ran shorter than this is run by the thread that read
+/// the call, without waking another to read meanwhile.
+const QUICK_US: u64 = 50;
 
 /// The functions a server offers, each under a name: built once, then served over any
 /// ipckit transport ([`Server`](crate::Server), [`serve_connection`](crate::serve_connection))
@@ -385,6 +395,7 @@ impl Registry {
             json,
             values,
             help: String::new(),
+            last_us: AtomicU64::new(0),
         };
         self.methods.insert(name.to_owned(), Arc::new(entry));
     }
@@ -409,7 +420,19 @@ impl Registry {
                 streams: true,
             });
         };
-        guarded(name, || bytes(params))
+        let start = Instant::now();
+        let result = guarded(name, || bytes(params));
+        let took = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        e.last_us.store(took, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether typed calls of `name` are expected to be quick: its last one was (or it was
+    /// never called, or it does not exist). Streams never are.
+    pub(crate) fn is_quick(&self, name: &str) -> bool {
+        self.methods
+            .get(name)
+            .is_none_or(|e| e.stream.is_none() && e.last_us.load(Ordering::Relaxed) < QUICK_US)
     }
 
     /// Runs stream `name` with postcard-encoded parameters, giving each item's bytes to

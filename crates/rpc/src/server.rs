@@ -6,10 +6,10 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     sync::{
-        Arc, Condvar, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    thread::{self, JoinHandle},
+    thread::{self, JoinHandle, Thread},
     time::{Duration, Instant},
 };
 
@@ -138,16 +138,131 @@ impl Flow {
     }
 }
 
+/// How often the watch looks for calls run by the thread that read them.
+const TICK: Duration = Duration::from_millis(1);
+/// A call run by the thread that read it for longer than this gets another thread to read
+/// the connection meanwhile.
+const TAKEOVER: Duration = Duration::from_millis(1);
+/// Ticks without a call run by the thread that read it, after which the watch sleeps.
+const STILL_TICKS: u32 = 100;
+
+/// Watches a server's connections for calls run by the thread that read them for longer
+/// than [`TAKEOVER`], and passes those connections' turn to read to another thread. It
+/// sleeps while no such call starts.
+struct Watch {
+    conns: Mutex<Vec<Weak<Conn>>>,
+    /// Calls run by the thread that read them, so far.
+    starts: AtomicU64,
+    parked: AtomicBool,
+    stop: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+impl Watch {
+    fn start() -> Result<Arc<Watch>> {
+        let watch = Arc::new(Watch {
+            conns: Mutex::new(Vec::new()),
+            starts: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let me = watch.clone();
+        let handle = thread::Builder::new()
+            .name("ipckit-rpc-watch".into())
+            .spawn(move || me.run())
+            .map_err(Error::io)?;
+        let _ = watch.thread.set(handle.thread().clone());
+        Ok(watch)
+    }
+
+    fn add(&self, conn: &Arc<Conn>) {
+        lock(&self.conns).push(Arc::downgrade(conn));
+    }
+
+    /// A call starts on the thread that read it: the watch must be awake.
+    fn kick(&self) {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            self.unpark();
+        }
+    }
+
+    /// No more connections come: the watch ends once those it has are gone.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.unpark();
+    }
+
+    fn unpark(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    fn run(&self) {
+        let mut seen = self.starts.load(Ordering::SeqCst);
+        let mut still = 0;
+        loop {
+            thread::park_timeout(TICK);
+            let live: Vec<Arc<Conn>> = {
+                let mut conns = lock(&self.conns);
+                conns.retain(|c| c.strong_count() > 0);
+                conns.iter().filter_map(Weak::upgrade).collect()
+            };
+            if self.stop.load(Ordering::SeqCst) && live.is_empty() {
+                return;
+            }
+            let mut running = false;
+            for conn in &live {
+                running |= conn.take_over_if_slow();
+            }
+            drop(live);
+            let starts = self.starts.load(Ordering::SeqCst);
+            if starts != seen || running {
+                (seen, still) = (starts, 0);
+                continue;
+            }
+            still += 1;
+            if still < STILL_TICKS {
+                continue;
+            }
+            // Sleep until a kick; a kick between the store and the check is seen by the
+            // check (SeqCst both sides), one after it unparks.
+            self.parked.store(true, Ordering::SeqCst);
+            if self.starts.load(Ordering::SeqCst) == seen {
+                thread::park_timeout(Duration::from_secs(1));
+            }
+            self.parked.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Who reads a connection: the thread holding the turn; the others wait for it.
+#[derive(Default)]
+struct Turn {
+    /// Threads waiting for the turn.
+    idle: usize,
+    /// The turn is free for a waiting thread to take.
+    vacant: bool,
+    /// The call being run by the thread that read it and kept the turn: its number and
+    /// when it started.
+    inline: Option<(u64, Instant)>,
+    calls: u64,
+}
+
 /// One connection being served.
 struct Conn {
     registry: Arc<Registry>,
     slots: Arc<Slots>,
-    /// Whoever holds it reads the connection (the leader); the others wait for it.
+    watch: Arc<Watch>,
+    /// Held by the thread reading the connection (the leader).
     reader: Mutex<(Reader, Vec<u8>)>,
     writer: Mutex<Writer>,
     alive: AtomicBool,
-    /// Threads waiting for the turn to read.
-    idle: AtomicUsize,
+    turn: Mutex<Turn>,
+    /// Signalled when the turn is vacant, or the connection ended.
+    turn_free: Condvar,
     /// The streams running, by call id.
     flows: Mutex<HashMap<u64, Arc<Flow>>>,
 }
@@ -155,44 +270,86 @@ struct Conn {
 /// Serves one connection (a socket, or a duplex pipe to a child process) until the peer
 /// goes away, running up to 16 calls at once.
 ///
-/// The calling thread is one of the threads that serve it: it reads calls and runs them,
-/// and starts more threads while calls run, one per running call.
+/// The calling thread is one of the threads that serve it: it reads calls and runs them;
+/// more threads start while calls run (about one per call running).
 ///
 /// # Errors
 ///
-/// [`Error::Core`] if the connection cannot be split. The peer going away is the normal
-/// end: `Ok(())`.
+/// [`Error::Core`] if the connection cannot be split or a thread cannot start. The peer
+/// going away is the normal end: `Ok(())`.
 pub fn serve_connection(conn: Connection, registry: &Registry) -> Result<()> {
     let slots = Slots::new(ServeOptions::default().workers);
-    let conn = Conn::new(conn, Arc::new(registry.clone()), slots)?;
-    conn.serve(true);
-    Ok(())
+    let watch = Watch::start()?;
+    let conn = Conn::new(conn, Arc::new(registry.clone()), slots, watch.clone());
+    let served = conn.map(|conn| conn.serve(true));
+    watch.stop();
+    served
 }
 
 impl Conn {
-    fn new(conn: Connection, registry: Arc<Registry>, slots: Arc<Slots>) -> Result<Arc<Conn>> {
+    fn new(
+        conn: Connection,
+        registry: Arc<Registry>,
+        slots: Arc<Slots>,
+        watch: Arc<Watch>,
+    ) -> Result<Arc<Conn>> {
         let (reader, writer) = conn.split()?;
-        Ok(Arc::new(Conn {
+        let conn = Arc::new(Conn {
             registry,
             slots,
+            watch,
             reader: Mutex::new((reader, Vec::new())),
             writer: Mutex::new(writer),
             alive: AtomicBool::new(true),
-            idle: AtomicUsize::new(0),
+            turn: Mutex::new(Turn {
+                vacant: true,
+                ..Turn::default()
+            }),
+            turn_free: Condvar::new(),
             flows: Mutex::new(HashMap::new()),
-        }))
+        });
+        conn.watch.add(&conn);
+        Ok(conn)
     }
 
-    /// Takes turns reading the connection and running the calls read, until it ends. A
-    /// thread that is not `staying` ends when it finds another one waiting to read.
+    /// Waits for the turn to read, reads and runs calls, and again, until the connection
+    /// ends. A thread that is not `staying` ends when another one waits for the turn.
     fn serve(self: &Arc<Self>, staying: bool) {
         loop {
-            self.idle.fetch_add(1, Ordering::AcqRel);
-            let mut guard = lock(&self.reader);
-            self.idle.fetch_sub(1, Ordering::AcqRel);
-            // The reader that saw the end set it false (Release) before letting us in.
-            if !self.alive.load(Ordering::Acquire) {
+            {
+                let mut t = lock(&self.turn);
+                t.idle += 1;
+                // `end` sets `alive` false (Release) before it takes this lock to wake us.
+                while !t.vacant && self.alive.load(Ordering::Acquire) {
+                    t = self
+                        .turn_free
+                        .wait(t)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                t.idle -= 1;
+                if !self.alive.load(Ordering::Acquire) {
+                    return;
+                }
+                t.vacant = false;
+            }
+            if !self.lead() {
                 return;
+            }
+            if !staying && lock(&self.turn).idle > 0 {
+                return;
+            }
+        }
+    }
+
+    /// Reads the connection and runs the calls read. A call expected to be quick runs here,
+    /// keeping the turn (the watch passes it on if the call runs long); any other call is
+    /// run here after passing the turn on. Returns once the turn went on (`true`), or the
+    /// connection ended (`false`).
+    fn lead(self: &Arc<Self>) -> bool {
+        loop {
+            let mut guard = lock(&self.reader);
+            if !self.alive.load(Ordering::Acquire) {
+                return false;
             }
             let (reader, buf) = &mut *guard;
             let frame = match reader.recv_bytes_into(buf).map_err(Error::from) {
@@ -206,32 +363,70 @@ impl Conn {
                         tracing::debug!("rpc connection ends: {e}");
                     }
                     self.end();
-                    return;
+                    return false;
                 }
             };
-            let Some(job) = job else { continue };
-            if let Some(job) = self.slots.take_or_queue(job) {
-                // Someone must read while this thread runs the call.
-                if self.idle.load(Ordering::Acquire) == 0 {
-                    let me = self.clone();
-                    let spawned = thread::Builder::new()
-                        .name("ipckit-rpc-conn".into())
-                        .spawn(move || me.serve(false));
-                    if let Err(e) = spawned {
-                        tracing::warn!("no thread to read while a call runs: {e}");
-                    }
-                }
-                drop(guard);
+            let Some((job, quick)) = job else { continue };
+            let Some(job) = self.slots.take_or_queue(job) else {
+                continue;
+            };
+            drop(guard);
+            if !quick {
+                self.pass(&mut lock(&self.turn));
                 self.slots.run(job);
-                if !staying && self.idle.load(Ordering::Acquire) > 0 {
-                    return;
-                }
+                return true;
             }
+            let call = {
+                let mut t = lock(&self.turn);
+                t.calls += 1;
+                t.inline = Some((t.calls, Instant::now()));
+                t.calls
+            };
+            self.watch.kick();
+            self.slots.run(job);
+            let mut t = lock(&self.turn);
+            if t.inline.is_none_or(|(c, _)| c != call) {
+                // The watch passed the turn on while the call ran.
+                return true;
+            }
+            t.inline = None;
         }
     }
 
-    /// What to run for a frame the client sent (`None`: nothing, it was handled).
-    fn job(self: &Arc<Self>, frame: Frame) -> Option<Job> {
+    /// Gives the turn to read to a waiting thread, or to a new one.
+    fn pass(self: &Arc<Self>, t: &mut Turn) {
+        t.vacant = true;
+        if t.idle > 0 {
+            self.turn_free.notify_one();
+            return;
+        }
+        let me = self.clone();
+        let spawned = thread::Builder::new()
+            .name("ipckit-rpc-conn".into())
+            .spawn(move || me.serve(false));
+        if let Err(e) = spawned {
+            tracing::warn!("no thread to read while a call runs: {e}");
+        }
+    }
+
+    /// Passes the turn on if the call run by the thread that read it has run for longer
+    /// than [`TAKEOVER`]; says whether such a call is still running.
+    fn take_over_if_slow(self: &Arc<Self>) -> bool {
+        let mut t = lock(&self.turn);
+        match t.inline {
+            Some((_, started)) if started.elapsed() >= TAKEOVER => {
+                t.inline = None;
+                self.pass(&mut t);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// What to run for a frame the client sent, and whether it is expected to be quick
+    /// (`None`: nothing, it was handled).
+    fn job(self: &Arc<Self>, frame: Frame) -> Option<(Job, bool)> {
         let deadline = |timeout_us: u64| {
             (timeout_us > 0).then(|| Instant::now() + Duration::from_micros(timeout_us))
         };
@@ -242,8 +437,9 @@ impl Conn {
                 timeout_us,
                 params,
             } => {
+                let quick = self.registry.is_quick(&method);
                 let (me, deadline) = (self.clone(), deadline(timeout_us));
-                Some(Box::new(move || {
+                let job: Job = Box::new(move || {
                     // A client that went away cancels the calls not started yet.
                     if !me.alive.load(Ordering::Acquire) {
                         return;
@@ -254,7 +450,8 @@ impl Conn {
                         me.registry.call_bytes(&method, &params)
                     };
                     me.reply(id, result.into());
-                }))
+                });
+                Some((job, quick))
             }
             Frame::Stream {
                 id,
@@ -265,17 +462,18 @@ impl Conn {
                 let flow = Flow::new();
                 lock(&self.flows).insert(id, flow.clone());
                 let (me, deadline) = (self.clone(), deadline(timeout_us));
-                Some(Box::new(move || {
-                    me.stream(id, &method, &params, deadline, &flow)
-                }))
+                let job: Job = Box::new(move || me.stream(id, &method, &params, deadline, &flow));
+                Some((job, false))
             }
             Frame::Notify { method, params } => {
+                let quick = self.registry.is_quick(&method);
                 let me = self.clone();
-                Some(Box::new(move || {
+                let job: Job = Box::new(move || {
                     if let Err(e) = me.registry.call_bytes(&method, &params) {
                         tracing::debug!("notification `{method}` failed: {e}");
                     }
-                }))
+                });
+                Some((job, quick))
             }
             Frame::Ack { id, n } => {
                 if let Some(flow) = lock(&self.flows).get(&id) {
@@ -315,12 +513,15 @@ impl Conn {
         }
     }
 
-    /// The connection ended: no call starts any more, and running streams stop.
+    /// The connection ended: no call starts any more, running streams stop, and the
+    /// threads waiting for the turn to read end.
     fn end(&self) {
         self.alive.store(false, Ordering::Release);
         for flow in lock(&self.flows).values() {
             flow.cancel();
         }
+        let _turn = lock(&self.turn);
+        self.turn_free.notify_all();
     }
 
     fn send(&self, frame: &Frame) -> Result<()> {
@@ -383,6 +584,7 @@ impl ServeOptions {
 /// until it ends or its client cancels it.
 pub struct Server {
     address: Address,
+    watch: Arc<Watch>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -416,6 +618,8 @@ impl Server {
         opts: &ServeOptions,
     ) -> Result<Server> {
         let slots = Slots::new(opts.workers);
+        let watch = Watch::start()?;
+        let accept_watch = watch.clone();
         let registry = Arc::new(registry.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let address = listener.address().clone();
@@ -426,7 +630,12 @@ impl Server {
                 while !stop2.load(Ordering::Acquire) {
                     match listener.accept_timeout(Duration::from_millis(100)) {
                         Ok(conn) => {
-                            let conn = match Conn::new(conn, registry.clone(), slots.clone()) {
+                            let conn = match Conn::new(
+                                conn,
+                                registry.clone(),
+                                slots.clone(),
+                                accept_watch.clone(),
+                            ) {
                                 Ok(conn) => conn,
                                 Err(e) => {
                                     tracing::warn!("cannot serve a connection: {e}");
@@ -435,7 +644,7 @@ impl Server {
                             };
                             let spawned = thread::Builder::new()
                                 .name("ipckit-rpc-conn".into())
-                                .spawn(move || conn.serve(false));
+                                .spawn(move || conn.serve(true));
                             if let Err(e) = spawned {
                                 tracing::warn!("cannot serve a connection: {e}");
                             }
@@ -448,6 +657,7 @@ impl Server {
             .map_err(Error::io)?;
         Ok(Server {
             address,
+            watch,
             stop,
             thread: Some(thread),
         })
@@ -465,5 +675,7 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // After the last accept: the watch ends with the last connection.
+        self.watch.stop();
     }
 }

@@ -45,6 +45,8 @@ impl Drop for Forever {
     }
 }
 
+static FLAG: AtomicU64 = AtomicU64::new(0);
+static AWAITING: AtomicU64 = AtomicU64::new(0);
 static NOTES: AtomicU64 = AtomicU64::new(0);
 static LATE_RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -74,6 +76,22 @@ fn registry() -> Registry {
             Ok(())
         })
         .register("values", |v: Vec<Value>| Ok(v.len()))
+        // Returns once `raise` was called (by another call), or fails after PATIENCE.
+        .register("await_flag", |(): ()| {
+            let start = Instant::now();
+            AWAITING.store(1, Ordering::SeqCst);
+            while FLAG.load(Ordering::SeqCst) == 0 {
+                if start.elapsed() > PATIENCE {
+                    return Err(Fault::new(1, "the flag was never raised"));
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        })
+        .register("raise", |(): ()| {
+            FLAG.store(1, Ordering::SeqCst);
+            Ok(())
+        })
         .stream(COUNT, |n| Ok((0..n).map(Ok)))
         .stream(COUNT_THEN_FAIL, |n| {
             Ok((0..n)
@@ -245,6 +263,20 @@ fn calls_run_concurrently_on_the_server() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn a_call_waiting_for_a_later_call_on_the_same_connection_gets_it() {
+    // `await_flag` was never called, so the thread that reads it runs it without handing
+    // the reading on first: the server must notice it runs long and read `raise` anyway.
+    let (_server, client) = local_server(&ServeOptions::new());
+    let client = client.timeout(PATIENCE);
+    thread::scope(|s| {
+        let waiting = s.spawn(|| client.call_as::<_, ()>("await_flag", &()));
+        wait_until("await_flag runs", || AWAITING.load(Ordering::SeqCst) == 1);
+        client.call_as::<_, ()>("raise", &()).unwrap();
+        waiting.join().unwrap().unwrap();
+    });
 }
 
 #[test]
