@@ -257,7 +257,7 @@ impl Client {
             timeout_us: micros(timeout),
             params,
         });
-        if let Err(e) = frame.and_then(|f| self.inner.send(&f, timeout)) {
+        if let Err(e) = frame.and_then(|f| self.inner.send(&f, Deadline::after(timeout))) {
             self.inner.forget(id);
             return Err(e);
         }
@@ -283,24 +283,26 @@ impl Client {
             method: method.to_owned(),
             params,
         })?;
-        self.inner.send(&frame, self.timeout)
+        self.inner.send(&frame, Deadline::after(self.timeout))
     }
 
     fn call_bytes(&self, method: &str, params: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         self.inner.register(id)?;
+        // One deadline for sending the call and waiting for its answer.
+        let deadline = Instant::now() + timeout;
         let frame = wire::encode(&Frame::Call {
             id,
             method: method.to_owned(),
             timeout_us: micros(timeout),
             params,
         });
-        if let Err(e) = frame.and_then(|f| self.inner.send(&f, timeout)) {
+        if let Err(e) = frame.and_then(|f| self.inner.send(&f, Deadline::At(deadline))) {
             self.inner.forget(id);
             return Err(e);
         }
         loop {
-            match self.inner.wait(id, Instant::now() + timeout) {
+            match self.inner.wait(id, deadline) {
                 Ok(Msg::End(outcome)) => return outcome.into(),
                 // Not a stream: an item for it is dropped.
                 Ok(Msg::Item(_)) => {}
@@ -321,9 +323,9 @@ fn micros(timeout: Duration) -> u64 {
 }
 
 impl Inner {
-    fn send(&self, frame: &[u8], timeout: Duration) -> Result<()> {
+    fn send(&self, frame: &[u8], deadline: Deadline) -> Result<()> {
         lock(&self.writer)
-            .send_bytes_deadline(frame, Deadline::after(timeout))
+            .send_bytes_deadline(frame, deadline)
             .map_err(map_core)
     }
 
@@ -524,7 +526,9 @@ impl<T: DeserializeOwned> Iterator for Stream<T> {
                         id: self.id,
                         n: ACK_EVERY,
                     });
-                    if let Err(e) = ack.and_then(|f| self.inner.send(&f, self.timeout)) {
+                    if let Err(e) =
+                        ack.and_then(|f| self.inner.send(&f, Deadline::after(self.timeout)))
+                    {
                         self.done = true;
                         self.inner.forget(self.id);
                         return Some(Err(e));
@@ -559,7 +563,7 @@ impl<T> Stream<T> {
         }
         self.inner.forget(self.id);
         let frame = wire::encode(&Frame::Cancel { id: self.id })?;
-        self.inner.send(&frame, self.timeout)
+        self.inner.send(&frame, Deadline::after(self.timeout))
     }
 }
 

@@ -572,8 +572,12 @@ impl ServeOptions {
 
 /// A registry served on a listener (any ipckit-sockets address: Unix, abstract, TCP; with
 /// its authkey if it has one): one thread accepts, and the threads of each connection take
-/// turns reading it; the thread that reads a call runs it itself, after handing the reading
-/// to another (leader/follower), so that a call's reply leaves from the thread that read it.
+/// turns reading it (leader/follower). The thread that reads a call runs it itself, so its
+/// reply leaves from the thread that read it: a function whose last call was quick (under
+/// 50 µs) runs at once, the thread keeping the turn to read, and one that runs longer than
+/// 1 ms meanwhile has the turn passed to another thread by the server's watch thread; any
+/// other function runs after the thread has passed the turn on. So calls on one connection
+/// run concurrently, and one that waits for a later call of the same connection gets it.
 /// At most [`ServeOptions::workers`] calls run at once across the connections; more wait in
 /// order, and a connection has about one thread per call it is running.
 ///
