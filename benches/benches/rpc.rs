@@ -5,9 +5,9 @@
 //!   file; the parent's `Client` calls `add(5, 3)` with its typed `Method`, one call after
 //!   the other. Its floor `raw_uds` is a round trip of the same bytes over std's
 //!   `UnixStream` (`REQUEST` bytes out, `REPLY` bytes back: the size of the typed call's
-//!   frame and of its answer's), with a child echoing them from one thread, where ipckit's
-//!   call passes through a reader thread and a worker on the server and a reader thread on
-//!   the client.
+//!   frame and of its answer's), with a child echoing them from one thread. ipckit's call
+//!   is read and run by one server thread, which first hands the reading to an idle thread
+//!   of the connection (leader/follower); the lone caller reads its own answer.
 //! - `xmlrpc_call_add` (time per call over HTTP): Python's `xmlrpc.client` calling
 //!   `add(5, 3)` on ipckit's `HttpServer` (`python_client_ipckit_server`) and on Python's
 //!   own `SimpleXMLRPCServer` (`python_client_python_server`), both driven by

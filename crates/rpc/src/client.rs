@@ -1,12 +1,12 @@
-//! The typed client: many calls in flight on one connection.
+//! The typed client: many calls and streams in flight on one connection.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
+    marker::PhantomData,
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel},
     },
     time::{Duration, Instant},
 };
@@ -16,21 +16,29 @@ use ipckit_sockets::{Address, ConnectOptions};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    Error, Method, Result,
-    wire::{self, Frame, Outcome},
+    Error, Method, Result, StreamMethod,
+    wire::{self, ACK_EVERY, Frame, Outcome},
 };
 
-/// What a waiting call receives: its answer, or the turn to read the connection.
+/// What the connection brought for a call: an item of its stream, or its end.
 enum Msg {
-    Reply(Outcome),
-    Lead,
+    Item(Vec<u8>),
+    End(Outcome),
 }
 
-type Waiting = Sender<Msg>;
+/// A call in flight: what came for it and nobody took yet, and how to wake its caller.
+struct Slot {
+    queue: VecDeque<Msg>,
+    /// Its caller is waiting (and may be handed the turn to read).
+    waiting: bool,
+    /// Its caller was handed the turn to read.
+    lead: bool,
+    wake: Arc<Condvar>,
+}
 
 struct Pending {
     /// `None` once the connection is gone: no call may wait any more.
-    calls: Option<HashMap<u64, Waiting>>,
+    calls: Option<HashMap<u64, Slot>>,
 }
 
 struct Inner {
@@ -39,6 +47,10 @@ struct Inner {
     reader: Mutex<(Reader, Vec<u8>)>,
     pending: Mutex<Pending>,
     next: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A connection to a [`Server`](crate::Server) (or to [`serve_connection`](crate::serve_connection)),
@@ -52,7 +64,11 @@ struct Inner {
 /// [`Client::call_timeout`] says otherwise), which travels to the server: a call still
 /// waiting there when it passes is not started. When the server goes away (closes, or its
 /// process dies), every waiting call and every later one is [`Error::Disconnected`] at once.
-/// Dropping the client closes its side; the server drops what it had not started.
+/// Dropping the client closes its side; the server drops what it had not started, and
+/// stops its streams.
+///
+/// A call whose function streams its results ([`StreamMethod`]) is made with
+/// [`Client::stream`], which gives an iterator of its items.
 pub struct Client {
     inner: Arc<Inner>,
     closer: Connection,
@@ -187,6 +203,74 @@ impl Client {
         postcard::from_bytes(&answer).map_err(|e| Error::Decode(e.to_string()))
     }
 
+    /// Calls a [`StreamMethod`]: the items its function yields come back one by one, as an
+    /// iterator of `Result<T>` that ends when the server ends the stream.
+    ///
+    /// ```
+    /// use ipckit_rpc::{Client, Listener, Registry, Server, StreamMethod};
+    ///
+    /// const COUNT: StreamMethod<u32, u64> = StreamMethod::new("count");
+    ///
+    /// let registry = Registry::new().stream(COUNT, |n| Ok((0..u64::from(n)).map(Ok)));
+    /// let server = Server::start(Listener::bind(&"tcp://127.0.0.1:0".parse()?)?, &registry)?;
+    ///
+    /// let client = Client::connect(&server.address().to_string())?;
+    /// let items: Vec<u64> = client.stream(COUNT, &3)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(items, [0, 1, 2]);
+    /// # Ok::<(), ipckit_rpc::Error>(())
+    /// ```
+    ///
+    /// The client's timeout ([`Client::timeout`]) bounds each wait for the next item, not
+    /// the whole stream: a stream may run for as long as its items keep coming. Ordinary
+    /// calls and other streams go on on the same connection meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the server is gone before the call is sent (a failure to
+    /// encode the arguments is [`Error::Decode`]). Everything else comes as an item: see
+    /// [`Stream`].
+    pub fn stream<A: Serialize, T: DeserializeOwned>(
+        &self,
+        method: StreamMethod<A, T>,
+        args: &A,
+    ) -> Result<Stream<T>> {
+        self.stream_timeout(method, args, self.timeout)
+    }
+
+    /// [`Client::stream`] with its own timeout for each wait.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::stream`].
+    pub fn stream_timeout<A: Serialize, T: DeserializeOwned>(
+        &self,
+        method: StreamMethod<A, T>,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<Stream<T>> {
+        let params = postcard::to_stdvec(args).map_err(|e| Error::Decode(e.to_string()))?;
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        self.inner.register(id)?;
+        let frame = wire::encode(&Frame::Stream {
+            id,
+            method: method.name().to_owned(),
+            timeout_us: micros(timeout),
+            params,
+        });
+        if let Err(e) = frame.and_then(|f| self.inner.send(&f, Deadline::after(timeout))) {
+            self.inner.forget(id);
+            return Err(e);
+        }
+        Ok(Stream {
+            inner: self.inner.clone(),
+            id,
+            timeout,
+            unacknowledged: 0,
+            done: false,
+            items: PhantomData,
+        })
+    }
+
     /// Sends a notification: the server runs the function and answers nothing (its result
     /// and errors are dropped).
     ///
@@ -199,87 +283,132 @@ impl Client {
             method: method.to_owned(),
             params,
         })?;
-        self.send(&frame, self.timeout)
-    }
-
-    fn send(&self, frame: &[u8], timeout: Duration) -> Result<()> {
-        let mut w = self.inner.writer.lock().map_err(|_| Error::Disconnected)?;
-        w.send_bytes_deadline(frame, Deadline::after(timeout))
-            .map_err(map_core)
-    }
-
-    fn forget(&self, id: u64) {
-        if let Ok(mut p) = self.inner.pending.lock() {
-            if let Some(calls) = p.calls.as_mut() {
-                calls.remove(&id);
-            }
-        }
+        self.inner.send(&frame, Deadline::after(self.timeout))
     }
 
     fn call_bytes(&self, method: &str, params: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        // Unbounded: turns to lead must never take the answer's room.
-        let (tx, rx) = channel();
-        {
-            let mut p = self.inner.pending.lock().map_err(|_| Error::Disconnected)?;
-            p.calls.as_mut().ok_or(Error::Disconnected)?.insert(id, tx);
-        }
+        self.inner.register(id)?;
+        // One deadline for sending the call and waiting for its answer.
+        let deadline = Instant::now() + timeout;
         let frame = wire::encode(&Frame::Call {
             id,
             method: method.to_owned(),
-            timeout_us: u64::try_from(timeout.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            timeout_us: micros(timeout),
             params,
         });
-        if let Err(e) = frame.and_then(|f| self.send(&f, timeout)) {
-            self.forget(id);
+        if let Err(e) = frame.and_then(|f| self.inner.send(&f, Deadline::At(deadline))) {
+            self.inner.forget(id);
             return Err(e);
         }
-        let deadline = Instant::now() + timeout;
-        let result = self.wait(id, &rx, deadline);
-        if result.is_err() {
-            self.forget(id);
-        }
-        // A turn to lead that came with (or after) the answer goes on to another caller.
-        if matches!(rx.try_recv(), Ok(Msg::Lead)) {
-            self.inner.hand_off();
-        }
-        result
-    }
-
-    /// Waits for the answer to call `id`: reading the connection itself when nobody else
-    /// does (so that a lone caller's answer wakes it directly), else waiting for the reader
-    /// to hand it over, or to hand over the reading.
-    fn wait(&self, id: u64, rx: &Receiver<Msg>, deadline: Instant) -> Result<Vec<u8>> {
         loop {
-            if let Ok(mut reader) = self.inner.reader.try_lock() {
-                // The answer may have come while another caller was reading.
-                let result = match rx.try_recv() {
-                    Ok(Msg::Reply(o)) => Some(o.into()),
-                    Ok(Msg::Lead) | Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => Some(Err(Error::Disconnected)),
-                };
-                let result = result.unwrap_or_else(|| self.inner.lead(&mut reader, id, deadline));
-                drop(reader);
-                self.inner.hand_off();
-                return result;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Msg::Reply(o)) => return o.into(),
-                Ok(Msg::Lead) => {}
-                Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::Disconnected),
+            match self.inner.wait(id, deadline) {
+                Ok(Msg::End(outcome)) => return outcome.into(),
+                // Not a stream: an item for it is dropped.
+                Ok(Msg::Item(_)) => {}
+                Err(e) => {
+                    self.inner.forget(id);
+                    return Err(e);
+                }
             }
         }
     }
 }
 
+/// What is left of `timeout` as sent with a call (at least 1: 0 means none).
+fn micros(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 impl Inner {
-    /// Reads answers, handing each to its caller, until the one of `id` comes (or the
-    /// deadline passes, or the server is gone).
-    fn lead(&self, reader: &mut (Reader, Vec<u8>), id: u64, deadline: Instant) -> Result<Vec<u8>> {
+    fn send(&self, frame: &[u8], deadline: Deadline) -> Result<()> {
+        lock(&self.writer)
+            .send_bytes_deadline(frame, deadline)
+            .map_err(map_core)
+    }
+
+    /// Makes room for what comes for call `id`.
+    fn register(&self, id: u64) -> Result<()> {
+        let slot = Slot {
+            queue: VecDeque::new(),
+            waiting: false,
+            lead: false,
+            wake: Arc::new(Condvar::new()),
+        };
+        lock(&self.pending)
+            .calls
+            .as_mut()
+            .ok_or(Error::Disconnected)?
+            .insert(id, slot);
+        Ok(())
+    }
+
+    /// Call `id` wants nothing more: what comes for it is dropped.
+    fn forget(&self, id: u64) {
+        let lead = lock(&self.pending)
+            .calls
+            .as_mut()
+            .and_then(|c| c.remove(&id))
+            .is_some_and(|s| s.lead);
+        // A turn to read it was handed goes on to another caller.
+        if lead {
+            self.hand_off();
+        }
+    }
+
+    /// Waits for what comes next for call `id`: reading the connection itself when nobody
+    /// else does (so that a lone caller's answer wakes it directly), else waiting for the
+    /// reader to hand it over, or to hand over the reading. An end removes the call.
+    fn wait(&self, id: u64, deadline: Instant) -> Result<Msg> {
+        let mut p = lock(&self.pending);
+        loop {
+            let slot = p
+                .calls
+                .as_mut()
+                .and_then(|c| c.get_mut(&id))
+                .ok_or(Error::Disconnected)?;
+            slot.waiting = false;
+            let had_lead = std::mem::take(&mut slot.lead);
+            if let Some(msg) = slot.queue.pop_front() {
+                let end = matches!(msg, Msg::End(_));
+                if end {
+                    p.calls.as_mut().map(|c| c.remove(&id));
+                }
+                drop(p);
+                // The turn to read came with the message: it goes on to another caller.
+                if had_lead {
+                    self.hand_off();
+                }
+                return Ok(msg);
+            }
+            // Trying under the pending lock: a reader that stops reading hands the turn on
+            // under it too, so it cannot be missed between this try and the wait below.
+            if let Ok(mut reader) = self.reader.try_lock() {
+                drop(p);
+                let result = self.lead(&mut reader, id, deadline);
+                drop(reader);
+                self.hand_off();
+                return result;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(p);
+                return Err(Error::Timeout);
+            }
+            slot.waiting = true;
+            let wake = slot.wake.clone();
+            p = wake
+                .wait_timeout(p, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Reads the connection, handing what comes to each call, until something comes for
+    /// `id` (or the deadline passes, or the server is gone).
+    fn lead(&self, reader: &mut (Reader, Vec<u8>), id: u64, deadline: Instant) -> Result<Msg> {
         let (reader, buf) = reader;
         loop {
             match reader.recv_bytes_into_deadline(buf, Deadline::At(deadline)) {
@@ -290,53 +419,53 @@ impl Inner {
                     return Err(map_core(e));
                 }
             }
-            let Ok(Frame::Reply {
-                id: answered,
-                outcome,
-            }) = wire::decode(buf)
-            else {
-                tracing::debug!("rpc client: the server sent something that is not a reply");
-                self.gone();
-                return Err(Error::Protocol(
-                    "the server sent something that is not a reply".into(),
-                ));
+            let (to, msg) = match wire::decode(buf) {
+                Ok(Frame::Reply { id, outcome }) => (id, Msg::End(outcome)),
+                Ok(Frame::Item { id, item }) => (id, Msg::Item(item)),
+                _ => {
+                    tracing::debug!("rpc client: the server sent something that is not an answer");
+                    self.gone();
+                    return Err(Error::Protocol(
+                        "the server sent something that is not an answer".into(),
+                    ));
+                }
             };
-            if answered == id {
-                self.take(id);
-                return outcome.into();
+            if to == id {
+                if matches!(msg, Msg::End(_)) {
+                    self.forget(id);
+                }
+                return Ok(msg);
             }
-            if let Some(tx) = self.take(answered) {
-                // The caller may have timed out and gone: its answer is dropped.
-                let _ = tx.send(Msg::Reply(outcome));
+            let mut p = lock(&self.pending);
+            // A caller that timed out or dropped its stream is gone: its answer is dropped.
+            if let Some(slot) = p.calls.as_mut().and_then(|c| c.get_mut(&to)) {
+                // It will not read: the turn to read goes to another caller.
+                slot.waiting = false;
+                slot.queue.push_back(msg);
+                slot.wake.notify_one();
             }
         }
-    }
-
-    fn take(&self, id: u64) -> Option<Waiting> {
-        self.pending
-            .lock()
-            .ok()
-            .and_then(|mut p| p.calls.as_mut().and_then(|c| c.remove(&id)))
     }
 
     /// Gives the turn to read to one waiting caller, if there is one.
     fn hand_off(&self) {
-        if let Ok(p) = self.pending.lock() {
-            if let Some(calls) = p.calls.as_ref() {
-                for tx in calls.values() {
-                    if tx.send(Msg::Lead).is_ok() {
-                        return;
-                    }
-                }
-            }
+        let mut p = lock(&self.pending);
+        let Some(calls) = p.calls.as_mut() else {
+            return;
+        };
+        if let Some(slot) = calls.values_mut().find(|s| s.waiting && !s.lead) {
+            slot.lead = true;
+            slot.wake.notify_one();
         }
     }
 
-    /// The server is gone: every waiting call ends now (its sender is dropped), and so does
-    /// every later one.
+    /// The server is gone: every waiting call ends now, and so does every later one.
     fn gone(&self) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.calls = None;
+        let mut p = lock(&self.pending);
+        if let Some(calls) = p.calls.take() {
+            for slot in calls.values() {
+                slot.wake.notify_one();
+            }
         }
     }
 }
@@ -345,5 +474,103 @@ impl Drop for Client {
     fn drop(&mut self) {
         // The server sees the end, cancels what it has not started, and closes its side.
         let _ = self.closer.shutdown();
+    }
+}
+
+/// The items of a streaming call, as they come: made by [`Client::stream`].
+///
+/// An iterator of `Result<T>`: `Ok` per item, and it ends (`None`) when the server ends the
+/// stream. An error is yielded once, then it ends: the function's error mid-stream
+/// ([`Error::Remote`], [`Error::Panicked`]), [`Error::UnknownMethod`],
+/// [`Error::BadParams`], [`Error::WrongKind`] (the method does not stream),
+/// [`Error::Timeout`] (no item within the timeout of one wait; the stream is then
+/// cancelled), [`Error::Disconnected`] (the server is gone: at once, whether it closed or
+/// its process died), [`Error::Decode`] (an item is not a `T`; the stream goes on).
+///
+/// Dropping it before the end cancels the stream on the server, which stops taking items
+/// from the function's iterator and drops it. It holds the client's connection: it may be
+/// moved to another thread; after the [`Client`] is dropped it gives
+/// [`Error::Disconnected`].
+pub struct Stream<T> {
+    inner: Arc<Inner>,
+    id: u64,
+    timeout: Duration,
+    /// Items taken since the last acknowledgement.
+    unacknowledged: u32,
+    done: bool,
+    items: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream")
+            .field("id", &self.id)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for Stream<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.done {
+            return None;
+        }
+        match self.inner.wait(self.id, Instant::now() + self.timeout) {
+            Ok(Msg::Item(bytes)) => {
+                self.unacknowledged += 1;
+                if self.unacknowledged >= ACK_EVERY {
+                    self.unacknowledged = 0;
+                    let ack = wire::encode(&Frame::Ack {
+                        id: self.id,
+                        n: ACK_EVERY,
+                    });
+                    if let Err(e) =
+                        ack.and_then(|f| self.inner.send(&f, Deadline::after(self.timeout)))
+                    {
+                        self.done = true;
+                        self.inner.forget(self.id);
+                        return Some(Err(e));
+                    }
+                }
+                Some(postcard::from_bytes(&bytes).map_err(|e| Error::Decode(e.to_string())))
+            }
+            Ok(Msg::End(outcome)) => {
+                self.done = true;
+                match crate::Result::<Vec<u8>>::from(outcome) {
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Err(e) => {
+                // A timeout ends the stream here: the drop cancels it on the server.
+                if !matches!(e, Error::Timeout) {
+                    self.done = true;
+                }
+                let _ = self.close();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<T> Stream<T> {
+    /// Cancels the stream on the server unless it ended.
+    fn close(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(());
+        }
+        self.inner.forget(self.id);
+        let frame = wire::encode(&Frame::Cancel { id: self.id })?;
+        self.inner.send(&frame, Deadline::after(self.timeout))
+    }
+}
+
+impl<T> Drop for Stream<T> {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::debug!("rpc stream not cancelled: {e}");
+        }
     }
 }

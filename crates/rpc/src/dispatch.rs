@@ -189,6 +189,8 @@ fn one(registry: &Registry, request: Json) -> Option<Json> {
         Err(Error::BadParams { reason, .. }) => {
             error_object(id, INVALID_PARAMS, "Invalid params", Some(reason.into()))
         }
+        // A stream: JSON-RPC has none.
+        Err(e @ Error::WrongKind { .. }) => error_object(id, INVALID_REQUEST, &e.to_string(), None),
         Err(e) => error_object(
             id,
             INTERNAL_ERROR,

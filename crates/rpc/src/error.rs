@@ -93,8 +93,18 @@ pub enum Error {
         /// The panic's message.
         message: String,
     },
+    /// The method was called for one result but streams its results, or the other way
+    /// round (call a stream with [`Client::stream`](crate::Client::stream)).
+    #[error("{}", wrong_kind(method, *streams))]
+    WrongKind {
+        /// The method called.
+        method: String,
+        /// Whether the method streams its results.
+        streams: bool,
+    },
     /// No answer came before the call's deadline (or the server found the deadline passed
-    /// before it could start the call).
+    /// before it could start the call); for a stream, no item came within the timeout of
+    /// one wait.
     #[error("the call timed out")]
     Timeout,
     /// The server is gone (closed the connection, or its process died) before it answered.
@@ -126,6 +136,7 @@ impl Error {
             Error::Remote(f) => f.code,
             Error::UnknownMethod(_) => METHOD_NOT_FOUND,
             Error::BadParams { .. } => INVALID_PARAMS,
+            Error::WrongKind { .. } => INVALID_REQUEST,
             Error::Timeout => DEADLINE_EXCEEDED,
             Error::Protocol(_) | Error::Decode(_) => PARSE_ERROR,
             _ => INTERNAL_ERROR,
@@ -134,6 +145,16 @@ impl Error {
 
     pub(crate) fn io(e: std::io::Error) -> Self {
         Error::Core(ipckit_core::Error::Io(e))
+    }
+}
+
+fn wrong_kind(method: &str, streams: bool) -> String {
+    if streams {
+        format!(
+            "`{method}` streams its results: call it with `Client::stream` (XML-RPC and JSON-RPC have no streams)"
+        )
+    } else {
+        format!("`{method}` returns one result, not a stream")
     }
 }
 

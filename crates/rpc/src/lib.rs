@@ -15,13 +15,14 @@ ipckit_core::reexport_core!(own_errors);
 
 pub use {
     client::Client,
+    client::Stream,
     error::{
         DEADLINE_EXCEEDED, Error, Fault, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
         METHOD_NOT_FOUND, PARSE_ERROR, Result,
     },
     http::{HttpOptions, HttpServer, XmlRpcClient},
     ipckit_sockets::{Address, ConnectOptions, Connection, Listener},
-    registry::{Method, Registry},
+    registry::{Method, Registry, StreamMethod},
     server::{ServeOptions, Server, serve_connection},
     value::Value,
 };

@@ -5,7 +5,11 @@ use std::{
     fmt,
     marker::PhantomData,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -66,16 +70,84 @@ impl<A, R> fmt::Debug for Method<A, R> {
     }
 }
 
+/// A method whose function returns a stream of items: its name, parameter type `A` and item
+/// type `T`, declared once and shared by server and client, like a [`Method`].
+///
+/// The server registers an iterator for it with [`Registry::stream`]; a client calls it
+/// with [`Client::stream`](crate::Client::stream), which gives an iterator of
+/// `Result<T>`. Streams go over the typed transport only: XML-RPC and JSON-RPC have none,
+/// and answer a call of it with a fault ([`Error::WrongKind`]).
+///
+/// ```
+/// use ipckit_rpc::StreamMethod;
+/// const COUNT: StreamMethod<u32, u64> = StreamMethod::new("count");
+/// ```
+///
+/// Items of another type are refused by the compiler:
+///
+/// ```compile_fail
+/// # use ipckit_rpc::{Client, StreamMethod};
+/// # const COUNT: StreamMethod<u32, u64> = StreamMethod::new("count");
+/// # fn f(client: &Client) -> ipckit_rpc::Result<()> {
+/// for item in client.stream(COUNT, &3)? {
+///     let text: String = item?;
+/// }
+/// # Ok(()) }
+/// ```
+pub struct StreamMethod<A, T> {
+    name: &'static str,
+    types: PhantomData<fn(A) -> T>,
+}
+
+impl<A, T> StreamMethod<A, T> {
+    /// A stream method called `name`.
+    pub const fn new(name: &'static str) -> Self {
+        StreamMethod {
+            name,
+            types: PhantomData,
+        }
+    }
+
+    /// Its name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<A, T> Clone for StreamMethod<A, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, T> Copy for StreamMethod<A, T> {}
+impl<A, T> fmt::Debug for StreamMethod<A, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamMethod({:?})", self.name)
+    }
+}
+
 type BytesFn = dyn Fn(&[u8]) -> Result<Vec<u8>> + Send + Sync;
+/// A stream's function: takes the parameters and a sink for each item's bytes, which says
+/// `false` once nobody wants more.
+type StreamFn = dyn Fn(&[u8], &mut dyn FnMut(Vec<u8>) -> bool) -> Result<()> + Send + Sync;
 type JsonFn = dyn Fn(Json) -> Result<Json> + Send + Sync;
 type ValuesFn = dyn Fn(Vec<Value>) -> Result<Value> + Send + Sync;
 
 pub(crate) struct Entry {
-    bytes: Box<BytesFn>,
+    /// `None` for a stream.
+    bytes: Option<Box<BytesFn>>,
+    /// `Some` for a stream only.
+    stream: Option<Box<StreamFn>>,
     json: Box<JsonFn>,
     values: Box<ValuesFn>,
     help: String,
+    /// How long its last typed call ran, in microseconds (0: not yet called).
+    last_us: AtomicU64,
 }
+
+/// A function whose last typed call ran shorter than this is run by the thread that read
+/// the call, without waking another to read meanwhile.
+const QUICK_US: u64 = 50;
 
 /// The functions a server offers, each under a name: built once, then served over any
 /// ipckit transport ([`Server`](crate::Server), [`serve_connection`](crate::serve_connection))
@@ -193,10 +265,64 @@ impl Registry {
         };
         self.insert(
             name,
-            Box::new(bytes),
+            Some(Box::new(bytes)),
             Box::new(move |p| json(p)),
             Box::new(values),
         );
+        self
+    }
+
+    /// Registers the function of a [`StreamMethod`]: it returns an iterator (or a fault
+    /// before the first item), and each item it yields goes to the caller as it comes. An
+    /// `Err` item reaches the caller as [`Error::Remote`] and ends the stream. The function
+    /// runs on a server thread until its iterator ends; when the caller drops its end (or
+    /// goes away), the server stops taking items and drops the iterator. The server takes
+    /// an item only when the caller has room for it (a window of 32 items not yet
+    /// consumed), so a slow caller slows the iterator down rather than filling memory.
+    ///
+    /// ```
+    /// use ipckit_rpc::{Fault, Registry, StreamMethod};
+    /// const COUNT: StreamMethod<u32, u64> = StreamMethod::new("count");
+    /// let registry = Registry::new().stream(COUNT, |n| Ok((0..u64::from(n)).map(Ok)));
+    /// ```
+    ///
+    /// Over XML-RPC and JSON-RPC, the method answers a fault: those protocols have no
+    /// streams.
+    pub fn stream<A, T, I, F>(mut self, method: StreamMethod<A, T>, f: F) -> Self
+    where
+        A: DeserializeOwned + 'static,
+        T: Serialize + 'static,
+        I: IntoIterator<Item = Result<T, Fault>>,
+        F: Fn(A) -> Result<I, Fault> + Send + Sync + 'static,
+    {
+        let name = method.name;
+        let stream = move |params: &[u8], sink: &mut dyn FnMut(Vec<u8>) -> bool| -> Result<()> {
+            let a: A = decode_postcard(params).map_err(|reason| Error::BadParams {
+                method: name.to_owned(),
+                reason,
+            })?;
+            for item in f(a).map_err(Error::Remote)? {
+                let item = item.map_err(Error::Remote)?;
+                let bytes = postcard::to_stdvec(&item).map_err(|e| Error::Decode(e.to_string()))?;
+                if !sink(bytes) {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        let refuse = move || Error::WrongKind {
+            method: name.to_owned(),
+            streams: true,
+        };
+        self.insert(
+            name,
+            None,
+            Box::new(move |_| Err(refuse())),
+            Box::new(move |_| Err(refuse())),
+        );
+        if let Some(e) = self.methods.get_mut(name).and_then(Arc::get_mut) {
+            e.stream = Some(Box::new(stream));
+        }
         self
     }
 
@@ -234,7 +360,12 @@ impl Registry {
                 .map_err(Error::Remote)
         };
         let values = move |params: Vec<Value>| f(params).map_err(Error::Remote);
-        self.insert(name, Box::new(bytes), Box::new(json), Box::new(values));
+        self.insert(
+            name,
+            Some(Box::new(bytes)),
+            Box::new(json),
+            Box::new(values),
+        );
         self
     }
 
@@ -254,15 +385,17 @@ impl Registry {
     fn insert(
         &mut self,
         name: &str,
-        bytes: Box<BytesFn>,
+        bytes: Option<Box<BytesFn>>,
         json: Box<JsonFn>,
         values: Box<ValuesFn>,
     ) {
         let entry = Entry {
             bytes,
+            stream: None,
             json,
             values,
             help: String::new(),
+            last_us: AtomicU64::new(0),
         };
         self.methods.insert(name.to_owned(), Arc::new(entry));
     }
@@ -281,7 +414,43 @@ impl Registry {
     /// Calls `name` with postcard-encoded parameters (the typed transport).
     pub(crate) fn call_bytes(&self, name: &str, params: &[u8]) -> Result<Vec<u8>> {
         let e = self.entry(name)?;
-        guarded(name, || (e.bytes)(params))
+        let Some(bytes) = &e.bytes else {
+            return Err(Error::WrongKind {
+                method: name.to_owned(),
+                streams: true,
+            });
+        };
+        let start = Instant::now();
+        let result = guarded(name, || bytes(params));
+        let took = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        e.last_us.store(took, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether typed calls of `name` are expected to be quick: its last one was (or it was
+    /// never called, or it does not exist). Streams never are.
+    pub(crate) fn is_quick(&self, name: &str) -> bool {
+        self.methods
+            .get(name)
+            .is_none_or(|e| e.stream.is_none() && e.last_us.load(Ordering::Relaxed) < QUICK_US)
+    }
+
+    /// Runs stream `name` with postcard-encoded parameters, giving each item's bytes to
+    /// `sink` until it says `false`.
+    pub(crate) fn call_stream(
+        &self,
+        name: &str,
+        params: &[u8],
+        sink: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Result<()> {
+        let e = self.entry(name)?;
+        let Some(stream) = &e.stream else {
+            return Err(Error::WrongKind {
+                method: name.to_owned(),
+                streams: false,
+            });
+        };
+        guarded(name, || stream(params, sink))
     }
 
     /// Calls `name` with JSON parameters (JSON-RPC).

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use ipckit_rpc::{Error, Fault, HttpOptions, HttpServer, Registry, Value, XmlRpcClient};
+use ipckit_rpc::{
+    Error, Fault, HttpOptions, HttpServer, INVALID_REQUEST, Registry, StreamMethod, Value,
+    XmlRpcClient,
+};
 use ipckit_testkit::{Bounded, PATIENCE, python, wait_until};
 use serde_json::{Value as Json, json};
 
@@ -25,6 +28,9 @@ fn registry() -> Registry {
         .register("update", |_: Vec<i64>| Ok(()))
         .register("get_data", |(): ()| Ok(json!(["hello", 5])))
         .register_values("echo_values", |v| Ok(Value::Array(v)))
+        .stream(StreamMethod::<u32, u32>::new("count"), |n| {
+            Ok((0..n).map(Ok))
+        })
 }
 
 fn server() -> HttpServer {
@@ -370,4 +376,23 @@ fn a_thousand_sequential_connections_leave_no_descriptor_behind() {
     wait_until("the server closed every connection", || {
         open_descriptors() <= before
     });
+}
+
+#[test]
+fn a_stream_method_over_http_is_a_fault_not_a_stream() {
+    let server = server();
+    let answer = rpc(
+        server.local_addr(),
+        r#"{"jsonrpc":"2.0","method":"count","params":[3],"id":1}"#,
+    )
+    .unwrap();
+    assert_eq!(answer["error"]["code"], json!(INVALID_REQUEST), "{answer}");
+    let mut client = XmlRpcClient::new(&server.url()).unwrap();
+    match client.call_as::<_, Vec<u32>>("count", &(3,)) {
+        Err(Error::Remote(f)) => {
+            assert_eq!(f.code, INVALID_REQUEST);
+            assert!(f.message.contains("streams"), "{}", f.message);
+        }
+        other => panic!("expected a fault, got {other:?}"),
+    }
 }

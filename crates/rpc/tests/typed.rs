@@ -1,5 +1,5 @@
 //! Typed calls over ipckit transports: across processes, many in flight, deadlines, a dead
-//! server, a panicking handler, notifications, authkeys.
+//! server, a panicking handler, notifications, authkeys; streams of results.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +10,7 @@ use std::{
 
 use ipckit_rpc::{
     Address, Client, Command, ConnectOptions, Ctx, Error, Fault, Listener, Method, Registry, Role,
-    RoleResult, ServeOptions, Server, Value, enter, serve_connection,
+    RoleResult, ServeOptions, Server, StreamMethod, Value, enter, serve_connection,
 };
 use ipckit_testkit::{PATIENCE, join_ok, wait_until};
 
@@ -18,6 +18,35 @@ const ADD: Method<(i64, i64), i64> = Method::new("add");
 const SLOW: Method<(u64, String), u64> = Method::new("slow");
 const FAIL: Method<String, ()> = Method::new("fail");
 
+const COUNT: StreamMethod<u64, u64> = StreamMethod::new("count");
+const COUNT_THEN_FAIL: StreamMethod<u64, u64> = StreamMethod::new("count_then_fail");
+/// Counts for ever; writes how many items it gave to the marker file when dropped.
+const FOREVER: StreamMethod<String, u64> = StreamMethod::new("forever");
+/// `(items, ms)`: an item every `ms` milliseconds.
+const TRICKLE: StreamMethod<(u64, u64), u64> = StreamMethod::new("trickle");
+
+struct Forever {
+    given: u64,
+    marker: String,
+}
+
+impl Iterator for Forever {
+    type Item = Result<u64, Fault>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.given += 1;
+        Some(Ok(self.given - 1))
+    }
+}
+
+impl Drop for Forever {
+    fn drop(&mut self) {
+        std::fs::write(&self.marker, self.given.to_string()).unwrap();
+    }
+}
+
+static FLAG: AtomicU64 = AtomicU64::new(0);
+static AWAITING: AtomicU64 = AtomicU64::new(0);
 static NOTES: AtomicU64 = AtomicU64::new(0);
 static LATE_RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -47,6 +76,35 @@ fn registry() -> Registry {
             Ok(())
         })
         .register("values", |v: Vec<Value>| Ok(v.len()))
+        // Returns once `raise` was called (by another call), or fails after PATIENCE.
+        .register("await_flag", |(): ()| {
+            let start = Instant::now();
+            AWAITING.store(1, Ordering::SeqCst);
+            while FLAG.load(Ordering::SeqCst) == 0 {
+                if start.elapsed() > PATIENCE {
+                    return Err(Fault::new(1, "the flag was never raised"));
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        })
+        .register("raise", |(): ()| {
+            FLAG.store(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .stream(COUNT, |n| Ok((0..n).map(Ok)))
+        .stream(COUNT_THEN_FAIL, |n| {
+            Ok((0..n)
+                .map(Ok)
+                .chain(std::iter::once(Err(Fault::new(7, "ran dry")))))
+        })
+        .stream(FOREVER, |marker| Ok(Forever { given: 0, marker }))
+        .stream(TRICKLE, |(n, ms)| {
+            Ok((0..n).map(move |i| {
+                thread::sleep(Duration::from_millis(ms));
+                Ok(i)
+            }))
+        })
 }
 
 const ROLES: &[Role] = &[
@@ -208,6 +266,20 @@ fn calls_run_concurrently_on_the_server() {
 }
 
 #[test]
+fn a_call_waiting_for_a_later_call_on_the_same_connection_gets_it() {
+    // `await_flag` was never called, so the thread that reads it runs it without handing
+    // the reading on first: the server must notice it runs long and read `raise` anyway.
+    let (_server, client) = local_server(&ServeOptions::new());
+    let client = client.timeout(PATIENCE);
+    thread::scope(|s| {
+        let waiting = s.spawn(|| client.call_as::<_, ()>("await_flag", &()));
+        wait_until("await_flag runs", || AWAITING.load(Ordering::SeqCst) == 1);
+        client.call_as::<_, ()>("raise", &()).unwrap();
+        waiting.join().unwrap().unwrap();
+    });
+}
+
+#[test]
 fn deadlines_are_honoured_by_the_client_and_the_server() {
     let (_server, client) = local_server(&ServeOptions::new().workers(1));
     let dir = tempdir("deadline");
@@ -257,4 +329,195 @@ fn over_tcp_with_an_authkey() {
         matches!(wrong, Err(Error::Core(ipckit_rpc::CoreError::Auth(_)))),
         "{wrong:?}"
     );
+}
+
+fn socket_child(tag: &str) -> (ipckit_rpc::Child, Client, PathBuf) {
+    let dir = tempdir(tag);
+    let (addr, _) = unix_address(&dir);
+    let child = Command::new("socket-server")
+        .arg(&addr)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let client =
+        Client::connect_with(&addr, &ConnectOptions::new().retry(true).timeout(PATIENCE)).unwrap();
+    (child, client, dir)
+}
+
+#[test]
+fn streams_across_processes_over_a_duplex_pipe() {
+    enter(ROLES);
+    let (mine, theirs) = ipckit_pipes::duplex().unwrap();
+    let mut child = Command::new("pipe-server")
+        .handle("conn", theirs)
+        .spawn()
+        .unwrap();
+    let client = Client::new(mine).unwrap().timeout(PATIENCE);
+    // Far more items than the window the server may send ahead.
+    let items: Vec<u64> = client
+        .stream(COUNT, &1000)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(items, (0..1000).collect::<Vec<_>>());
+    assert_eq!(client.stream(COUNT, &0).unwrap().count(), 0);
+    // An error mid-stream is one error item, then the end.
+    let mut failing = client.stream(COUNT_THEN_FAIL, &3).unwrap();
+    for i in 0..3 {
+        assert_eq!(failing.next().unwrap().unwrap(), i);
+    }
+    match failing.next() {
+        Some(Err(Error::Remote(f))) => assert_eq!((f.code, f.message.as_str()), (7, "ran dry")),
+        other => panic!("expected the function's fault, got {other:?}"),
+    }
+    assert!(failing.next().is_none());
+    // Errors before the first item come the same way.
+    let mut unknown = client
+        .stream(StreamMethod::<(), u64>::new("nope"), &())
+        .unwrap();
+    assert!(matches!(unknown.next(), Some(Err(Error::UnknownMethod(m))) if m == "nope"));
+    assert!(unknown.next().is_none());
+    let mut bad = client
+        .stream(
+            StreamMethod::<String, u64>::new("count"),
+            &"many".to_owned(),
+        )
+        .unwrap();
+    assert!(matches!(bad.next(), Some(Err(Error::BadParams { .. }))));
+    // A stream is not a call, nor the other way round.
+    assert!(matches!(
+        client.call_as::<_, u64>("count", &3u64),
+        Err(Error::WrongKind { streams: true, .. })
+    ));
+    let mut not_a_stream = client
+        .stream(StreamMethod::<(i64, i64), i64>::new("add"), &(5, 3))
+        .unwrap();
+    assert!(matches!(
+        not_a_stream.next(),
+        Some(Err(Error::WrongKind { streams: false, .. }))
+    ));
+    assert_eq!(client.call(ADD, &(5, 3)).unwrap(), 8);
+    drop(client);
+    join_ok(&mut child);
+}
+
+#[test]
+fn dropping_a_stream_stops_it_on_the_server() {
+    enter(ROLES);
+    let (mut child, client, dir) = socket_child("cancel");
+    let marker = dir.join("stopped");
+    let mut stream = client
+        .stream(FOREVER, &marker.display().to_string())
+        .unwrap();
+    for i in 0..5 {
+        assert_eq!(stream.next().unwrap().unwrap(), i);
+    }
+    drop(stream);
+    // The server drops the iterator, having taken no more than the client had room for.
+    wait_until("the server stopped the stream", || marker.exists());
+    let given: u64 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+    assert!(
+        (5..=40).contains(&given),
+        "the server produced {given} items"
+    );
+    // The connection serves on.
+    assert_eq!(client.call(ADD, &(5, 3)).unwrap(), 8);
+    drop(client);
+    child.kill().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn streams_and_calls_in_flight_at_once_on_one_connection() {
+    enter(ROLES);
+    let (mut child, client, dir) = socket_child("mixed");
+    let client = client.timeout(PATIENCE);
+    thread::scope(|s| {
+        for t in 0..3u64 {
+            let client = &client;
+            s.spawn(move || {
+                let n = 200 + t;
+                let items: Vec<u64> = client
+                    .stream(COUNT, &n)
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(items, (0..n).collect::<Vec<_>>());
+            });
+        }
+        for t in 0..3i64 {
+            let client = &client;
+            s.spawn(move || {
+                for i in 0..100i64 {
+                    assert_eq!(client.call(ADD, &(t * 1000, i)).unwrap(), t * 1000 + i);
+                }
+            });
+        }
+        // Two streams read in turns by one thread.
+        let mut a = client.stream(COUNT, &100).unwrap();
+        let mut b = client.stream(COUNT_THEN_FAIL, &100).unwrap();
+        for i in 0..100 {
+            assert_eq!(a.next().unwrap().unwrap(), i);
+            assert_eq!(b.next().unwrap().unwrap(), i);
+        }
+        assert!(a.next().is_none());
+        assert!(matches!(b.next(), Some(Err(Error::Remote(_)))));
+        assert!(b.next().is_none());
+    });
+    drop(client);
+    child.kill().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_server_killed_mid_stream_is_disconnected_within_a_second() {
+    enter(ROLES);
+    let (mut child, client, dir) = socket_child("kill-stream");
+    let marker = dir.join("unused");
+    let mut stream = client
+        .stream_timeout(FOREVER, &marker.display().to_string(), PATIENCE)
+        .unwrap();
+    assert_eq!(stream.next().unwrap().unwrap(), 0);
+    child.kill().unwrap();
+    let killed = Instant::now();
+    // The items already sent come first, then the end.
+    let mut last = None;
+    for item in stream.by_ref() {
+        match item {
+            Ok(_) => {}
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(matches!(last, Some(Error::Disconnected)), "{last:?}");
+    assert!(killed.elapsed() <= Duration::from_secs(1));
+    assert!(stream.next().is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_streams_timeout_bounds_each_wait_not_the_whole_stream() {
+    enter(ROLES);
+    let (mut child, client, dir) = socket_child("stream-deadline");
+    // 5 items 150 ms apart: the stream lasts longer than the timeout, no wait does.
+    let items: Vec<u64> = client
+        .stream_timeout(TRICKLE, &(5, 150), Duration::from_millis(600))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(items, [0, 1, 2, 3, 4]);
+    // An item that does not come within the timeout ends the stream with Timeout.
+    let t = Instant::now();
+    let mut slow = client
+        .stream_timeout(TRICKLE, &(2, 3000), Duration::from_millis(200))
+        .unwrap();
+    assert!(matches!(slow.next(), Some(Err(Error::Timeout))));
+    assert!(t.elapsed() < Duration::from_millis(2500));
+    assert!(slow.next().is_none());
+    assert_eq!(client.call(ADD, &(5, 3)).unwrap(), 8);
+    drop(client);
+    child.kill().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
