@@ -36,6 +36,10 @@ pub(super) struct Fd {
     nonblocking: bool,
     /// The kernel buffer of a pipe or FIFO, grown for large messages; `None` otherwise.
     pipe_buffer: Option<usize>,
+    /// Whether a read with a deadline waits in `poll` before it tries: set when the last
+    /// try found nothing (a request/reply peer: the try would fail again, a wasted system
+    /// call), cleared when a read fills the buffer (a stream that keeps data waiting).
+    poll_first: bool,
 }
 
 impl Fd {
@@ -58,6 +62,7 @@ impl Fd {
             kind,
             nonblocking: flags.contains(OFlag::O_NONBLOCK),
             pipe_buffer,
+            poll_first: false,
         })
     }
 
@@ -122,6 +127,13 @@ impl Fd {
     pub(super) fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> Result<usize> {
         let blocking = deadline == Deadline::Never;
         self.set_mode(!blocking)?;
+        if self.poll_first && deadline.is_blocking() && !blocking {
+            // Out of time, the read below still takes what is there.
+            match self.wait(PollFlags::POLLIN, deadline) {
+                Ok(_) | Err(Error::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        }
         loop {
             let r = match self.kind {
                 Kind::Socket => {
@@ -135,10 +147,16 @@ impl Fd {
                 Kind::Other => read(&self.fd, buf),
             };
             match r {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if n == buf.len() {
+                        self.poll_first = false;
+                    }
+                    return Ok(n);
+                }
                 Err(Errno::EINTR) => {}
                 Err(Errno::ECONNRESET) => return Ok(0),
                 Err(Errno::EAGAIN) => {
+                    self.poll_first = true;
                     self.wait(PollFlags::POLLIN, deadline)?;
                 }
                 Err(e) => return Err(e.into()),
@@ -184,6 +202,7 @@ impl Fd {
             kind: self.kind,
             nonblocking: self.nonblocking,
             pipe_buffer: self.pipe_buffer,
+            poll_first: false,
         })
     }
 }
