@@ -61,6 +61,8 @@ fn a_killed_clients_queues_and_lock_are_freed_at_once() {
     let m = Manager::start().unwrap();
     assert!(m.is_fast_path(), "the fast path is on by default");
     let server = m.server_pid().unwrap().to_string();
+    // Once a call is answered, the server has set up everything it keeps for a client.
+    let lock = m.lock("l").unwrap();
     let before = memfds(&server);
     assert!(before > 0, "this client's own queues are in the server");
     let mut child = spawn(m.address().to_string(), fast_client).unwrap();
@@ -71,7 +73,6 @@ fn a_killed_clients_queues_and_lock_are_freed_at_once() {
         .unwrap();
     assert!(memfds(&server) > before, "the child's queues");
     assert!(shm_names_of(&[child.pid(), m.server_pid().unwrap()]).is_empty());
-    let lock = m.lock("l").unwrap();
     assert!(lock.try_acquire().unwrap().is_none());
 
     let killed = Instant::now();
