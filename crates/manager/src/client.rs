@@ -508,9 +508,21 @@ impl Manager {
     }
 
     fn connect_opts(addr: &Address, opts: &ConnectOptions) -> Result<Manager> {
-        let mut c = connect_with(addr, opts)?.max_message(MAX_ANSWER);
         // A Unix socket's server is on this machine: ask for the fast path.
         let local = matches!(addr, Address::Unix(_) | Address::UnixAbstract(_));
+        match Self::connect_via(addr, opts, local) {
+            // A server that knows no fast path (an older one) ends a connection whose
+            // first frame it does not know: ask again for the socket alone.
+            Err(Error::Disconnected) if local => {
+                tracing::debug!(%addr, "the manager offers no fast path: on its socket");
+                Self::connect_via(addr, opts, false)
+            }
+            other => other,
+        }
+    }
+
+    fn connect_via(addr: &Address, opts: &ConnectOptions, local: bool) -> Result<Manager> {
+        let mut c = connect_with(addr, opts)?.max_message(MAX_ANSWER);
         c.send_bytes(if local {
             CLIENT_HELLO_LOCAL
         } else {
@@ -520,7 +532,8 @@ impl Manager {
         // descriptors, before any frame (so no frame read can swallow it).
         let queues = if local {
             Pair::receive(c.as_fd(), CONNECT).map_err(|e| match e {
-                ipckit_core::Error::Disconnected | ipckit_core::Error::Timeout => {
+                ipckit_core::Error::Disconnected => Error::Disconnected,
+                ipckit_core::Error::Timeout => {
                     Error::Protocol(format!("no greeting from the manager: {e}"))
                 }
                 e => Error::Core(e),

@@ -192,6 +192,49 @@ fn large_values_and_answers_cross_in_pieces() {
     assert_eq!(t.join().unwrap(), Some(2000));
 }
 
+/// A server of the protocol before the fast path: it drops a connection whose first frame
+/// it does not know, and greets one that says `ipckit-manager`.
+fn old_server(listener: std::os::unix::net::UnixListener) -> Vec<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut firsts = Vec::new();
+    for _ in 0..2 {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut first = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut first).unwrap();
+        if first == b"ipckit-manager" {
+            // Hello { version: 2, max_value: 1024 } in postcard, framed.
+            s.write_all(&[0, 0, 0, 3, 2, 0x80, 0x08]).unwrap();
+            firsts.push(first);
+            return firsts;
+        }
+        firsts.push(first);
+    }
+    firsts
+}
+
+#[test]
+fn a_server_without_the_fast_path_is_reached_on_its_socket() {
+    enter(&[]);
+    let addr = Address::Unix(ipckit_core::temp_path("mgrold"));
+    let Address::Unix(path) = &addr else {
+        unreachable!()
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let server = std::thread::spawn(move || old_server(listener));
+    let m = Manager::connect(&addr, None).unwrap();
+    assert!(!m.is_fast_path());
+    let firsts = server.join().unwrap();
+    assert_eq!(
+        firsts,
+        [&b"ipckit-manager/local"[..], &b"ipckit-manager"[..]]
+    );
+    drop(m);
+    let _ = fs::remove_file(path);
+}
+
 #[test]
 fn a_server_may_keep_local_clients_on_the_socket() {
     enter(&[]);
