@@ -10,6 +10,9 @@
 //!   each a quarter of the batch: `incr` is one server-side update per call;
 //!   `lock_get_set` is the Python tutorial's way (`with lock: d[k] = d[k] + 1`: four round
 //!   trips). After each row the key must hold every increment. Target: incr ≥ 100 k ops/s.
+//!   Each row runs twice: over the server's Unix socket (`incr`, `lock_get_set`) and
+//!   through the local fast path's shared-memory queues (`incr_fast_path`,
+//!   `lock_get_set_fast_path`; target ≥ 1 M ops/s).
 //!
 //! Python's own `multiprocessing.Manager` does the same (`benches/python/manager_bench.py`:
 //! `d.get`, and four processes doing lock + get + set, and without the lock) in the same
@@ -161,8 +164,14 @@ struct FourRig {
 }
 
 impl FourRig {
-    fn start(role: &'static str) -> anyhow::Result<Self> {
-        let m = Manager::start()?;
+    /// Four workers of `role` against a fresh server, which serves them through the
+    /// shared-memory fast path if `fast`, else over its Unix socket.
+    fn start(role: &'static str, fast: bool) -> anyhow::Result<Self> {
+        let m = Manager::start_with(ServeOptions::new().fast_path(fast))?;
+        ensure!(
+            m.is_fast_path() == fast,
+            "the manager's path is not the one asked for"
+        );
         let addr = m.address().to_string();
         let workers = (0..4)
             .map(|_| Worker::start(role, &addr, []))
@@ -324,8 +333,10 @@ fn main() -> anyhow::Result<()> {
 
     let name = "manager_dict_incr_4x";
     let mut g = Group::new(&mut c, name, Figure::Rate);
-    g.row("incr", || FourRig::start(INCR))?;
-    g.row("lock_get_set", || FourRig::start(LOCKED))?;
+    g.row("incr", || FourRig::start(INCR, false))?;
+    g.row("incr_fast_path", || FourRig::start(INCR, true))?;
+    g.row("lock_get_set", || FourRig::start(LOCKED, false))?;
+    g.row("lock_get_set_fast_path", || FourRig::start(LOCKED, true))?;
     if g.finish(&[], &[]) {
         let k = |row| mean(name, row).map(|m| 1.0 / m.as_secs_f64() / 1e3);
         if let (Some(incr), Some(locked)) = (k("incr"), k("lock_get_set")) {
@@ -334,6 +345,18 @@ fn main() -> anyhow::Result<()> {
                 "{name}: incr {incr:.1} k ops/s, lock_get_set {locked:.1} k ops/s (4 processes, one key)"
             );
             println!("{name}: target incr ≥ 100 k ops/s: {verdict}");
+            if let (Some(fast), Some(fast_locked)) =
+                (k("incr_fast_path"), k("lock_get_set_fast_path"))
+            {
+                let verdict = if fast >= 1000.0 { "met" } else { "missed" };
+                println!(
+                    "{name}: fast path: incr {fast:.1} k ops/s ({:.1}× the socket), \
+                     lock_get_set {fast_locked:.1} k ops/s ({:.1}×)",
+                    fast / incr,
+                    fast_locked / locked
+                );
+                println!("{name}: target incr_fast_path ≥ 1000 k ops/s: {verdict}");
+            }
             if let Some(p) = py(&python, "lock_get_set_4x_ops") {
                 let p = p / 1e3;
                 println!(

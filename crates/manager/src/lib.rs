@@ -1,14 +1,20 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod client;
 mod error;
+mod local;
 mod pickle;
 mod protocol;
 mod proxies;
 mod python;
 mod server;
 mod store;
+#[expect(
+    unsafe_code,
+    reason = "owns the descriptors received with SCM_RIGHTS (the fast path's queues)"
+)]
+mod sys;
 mod value;
 mod watch;
 

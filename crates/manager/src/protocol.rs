@@ -12,6 +12,13 @@ pub(crate) const VERSION: u32 = 2;
 /// starts with 0x80): the server answers it with [`Hello`].
 pub(crate) const CLIENT_HELLO: &[u8] = b"ipckit-manager";
 
+/// The first frame of an ipckit client on a Unix socket, which asks for the local fast
+/// path: the server answers with one byte (carrying the descriptors of the two queues if
+/// it offers the fast path) and then [`Hello`]. Calls and answers then pass through the
+/// queues, as the same postcard frames as on the socket, each prefixed with a byte that
+/// says whether the frame goes on in the next message; watch events stay on the socket.
+pub(crate) const CLIENT_HELLO_LOCAL: &[u8] = b"ipckit-manager/local";
+
 /// The server's first frame on every connection.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Hello {

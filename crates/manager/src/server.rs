@@ -8,16 +8,17 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use ipckit_core::{Reader, RecvBytes, SendBytes, Writer};
+use ipckit_core::{Deadline, Reader, RecvBytes, SendBytes, Writer};
 use ipckit_sockets::{Address, Connection, Listener};
 use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::{
     Result,
-    protocol::{Answer, CLIENT_HELLO, Fault, Hello, Reply, Request, VERSION},
+    local::{Outbound, Pair},
+    protocol::{Answer, CLIENT_HELLO, CLIENT_HELLO_LOCAL, Fault, Hello, Reply, Request, VERSION},
     python::{Ctx, PyState},
     store::{ClientId, Outbox, Store, kick_pending, lock},
 };
@@ -26,13 +27,16 @@ use crate::{
 /// events may wait for a slow client.
 ///
 /// `ServeOptions::default()` takes values up to 16 MiB, no authkey (a Unix socket file is
-/// mode 0600: only its owner connects), and lets 4096 events wait per client.
+/// mode 0600: only its owner connects), lets 4096 events wait per client, and offers the
+/// local fast path ([`fast_path`](ServeOptions::fast_path)) to ipckit clients on a Unix
+/// socket.
 #[derive(Clone)]
 pub struct ServeOptions {
     pub(crate) authkey: Option<Vec<u8>>,
     pub(crate) max_value: usize,
     pub(crate) watch_backlog: usize,
     pub(crate) legacy_md5: bool,
+    pub(crate) fast_path: bool,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -42,6 +46,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("max_value", &self.max_value)
             .field("watch_backlog", &self.watch_backlog)
             .field("legacy_md5", &self.legacy_md5)
+            .field("fast_path", &self.fast_path)
             .finish()
     }
 }
@@ -53,6 +58,7 @@ impl Default for ServeOptions {
             max_value: 16 << 20,
             watch_backlog: 4096,
             legacy_md5: false,
+            fast_path: true,
         }
     }
 }
@@ -84,6 +90,26 @@ impl ServeOptions {
     #[must_use]
     pub fn legacy_md5(mut self, allow: bool) -> Self {
         self.legacy_md5 = allow;
+        self
+    }
+
+    /// Whether ipckit clients on a Unix socket are served through shared-memory queues
+    /// (on by default): after the socket's handshake (the authkey first), the server
+    /// makes two queues in anonymous shared memory (memfd, nothing in `/dev/shm`) and
+    /// hands them to the client over the socket; calls and answers then pass through them
+    /// — several times faster than the socket, with the same proxies and the same
+    /// answers. The socket stays open as the sign of life: a client whose socket closes
+    /// (it exited or was killed) releases its locks and permits at once and its queues
+    /// are freed; when the server's end closes, every call of that client (blocked ones
+    /// too) returns `Disconnected`. Watch events still come over the socket. TCP clients
+    /// and Python clients always use the socket. [`Manager::is_fast_path`](crate::Manager::is_fast_path)
+    /// says which a connection uses.
+    ///
+    /// Each fast-path client costs two queues of 64 slots of 4 KiB (its pages are used
+    /// as they are written) and one more server thread.
+    #[must_use]
+    pub fn fast_path(mut self, on: bool) -> Self {
+        self.fast_path = on;
         self
     }
 
@@ -252,6 +278,9 @@ fn start_client(conn: Connection, opts: &ServeOptions, shared: &Arc<Shared>) -> 
                     serve_rust(client, &peer, reader, writer, &opts, &s);
                     Ok(())
                 }
+                Ok(()) if first == CLIENT_HELLO_LOCAL => {
+                    offer_local(client, &peer, reader, writer, &opts, &s)
+                }
                 Ok(()) => Err("it speaks neither ipckit's protocol nor Python's".to_string()),
             };
             if let Err(reason) = outcome {
@@ -362,6 +391,170 @@ fn serve_rust(
     };
     with_store(s, |st| st.remove_client(client));
     out.close();
+    let (bad, reason) = reason;
+    if bad {
+        tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");
+    } else {
+        tracing::info!(client, peer = %peer, reason = %reason, "client left");
+    }
+}
+
+/// Answers a client that asked for the fast path: with the queues, then serves it through
+/// them; or, if this server does not offer it (or cannot make the queues), over the
+/// socket.
+fn offer_local(
+    client: ClientId,
+    peer: &str,
+    reader: Reader,
+    writer: Writer,
+    opts: &ServeOptions,
+    s: &Arc<Shared>,
+) -> std::result::Result<(), String> {
+    let pair = if opts.fast_path {
+        Pair::create()
+            .map_err(|e| tracing::warn!(client, error = %e, "no fast path for a client"))
+            .ok()
+    } else {
+        None
+    };
+    match pair {
+        Some(pair) => {
+            pair.offer(writer.as_fd())
+                .map_err(|e| format!("its queues could not be sent ({e})"))?;
+            serve_local(client, peer, reader, writer, &pair, opts, s);
+        }
+        None => {
+            Pair::decline(writer.as_fd()).map_err(|e| format!("it cannot be answered ({e})"))?;
+            serve_rust(client, peer, reader, writer, opts, s);
+        }
+    }
+    Ok(())
+}
+
+/// A fast-path client's outgoing side: answers go into its reply queue, watch events
+/// onto its socket, in the order they were queued in its outbox. Drained by the thread
+/// that applied the client's call, and by a writer thread for what other clients' calls
+/// queued (grants, events).
+#[derive(Debug)]
+struct LocalOut {
+    out: Arc<Outbox>,
+    send: Mutex<(Outbound, Writer)>,
+}
+
+impl LocalOut {
+    /// Sends everything queued; `false` once the client is gone.
+    fn drain(&self) -> bool {
+        let mut send = lock(&self.send);
+        let (replies, socket) = &mut *send;
+        while let Some(frame) = self.out.next_frame(Some(Instant::now())) {
+            // `Reply::Done` is variant 0: its frame begins with a zero byte.
+            let sent = if frame.first() == Some(&0) {
+                replies.put(&frame).is_ok()
+            } else {
+                socket.send_bytes(&frame).is_ok()
+            };
+            if !sent {
+                self.out.close();
+                let _ = shutdown(socket.as_fd().as_raw_fd(), Shutdown::Both);
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Serves an ipckit client through its queues: this thread applies its requests, a
+/// writer thread sends what others queued for it, and a third watches the socket, whose
+/// end (the client exited or was killed) ends the queues and so the client.
+fn serve_local(
+    client: ClientId,
+    peer: &str,
+    mut reader: Reader,
+    mut writer: Writer,
+    pair: &Pair,
+    opts: &ServeOptions,
+    s: &Arc<Shared>,
+) {
+    let limit = opts.max_value.saturating_add(REQUEST_OVERHEAD);
+    let ends = pair.server_ends(limit);
+    let hello = postcard::to_stdvec(&Hello {
+        version: VERSION,
+        max_value: opts.max_value as u64,
+    })
+    .unwrap_or_default();
+    let (replies, mut requests) = match ends {
+        Ok(ends) if writer.send_bytes(&hello).is_ok() => ends,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(client, error = %e, "a fast-path client's queues cannot be used");
+            return;
+        }
+    };
+    let out = Arc::new(Outbox::new(opts.watch_backlog, usize::MAX, None));
+    let link = Arc::new(LocalOut {
+        out: Arc::clone(&out),
+        send: Mutex::new((replies, writer)),
+    });
+    with_store(s, |st| st.add_client(client, Arc::clone(&out)));
+    tracing::debug!(client, peer = %peer, "client joined (fast path)");
+
+    let w_link = Arc::clone(&link);
+    let writer_thread = thread::Builder::new()
+        .name(format!("manager-w{client}"))
+        .spawn(move || while w_link.out.wait_frame() && w_link.drain() {});
+    let queues = pair.try_clone();
+    let watcher = queues.and_then(|queues| {
+        thread::Builder::new()
+            .name(format!("manager-s{client}"))
+            .spawn(move || {
+                // Nothing comes on the socket but its end.
+                let mut buf = Vec::new();
+                let got = reader.recv_bytes_into(&mut buf);
+                if got.is_ok() {
+                    tracing::warn!(client, "a fast-path client wrote on its socket");
+                }
+                queues.close();
+            })
+            .map_err(ipckit_core::Error::Io)
+    });
+    if writer_thread.is_err() || watcher.is_err() {
+        tracing::warn!(client, "no threads to serve a fast-path client");
+        pair.close();
+    }
+
+    let reason = loop {
+        let frame = match requests.recv(Deadline::Never) {
+            Ok(frame) => frame,
+            Err(ipckit_core::Error::Disconnected) => {
+                break (false, "its connection ended".to_string());
+            }
+            Err(e) => break (true, format!("it sent a malformed request ({e})")),
+        };
+        match postcard::from_bytes::<Request>(frame) {
+            Ok(Request::Call { id, op }) => {
+                lock(&s.store).call(client, id, op);
+                kick_pending();
+                link.drain();
+            }
+            Ok(Request::Cancel { id }) => {
+                lock(&s.store).cancel(client, id);
+                kick_pending();
+                link.drain();
+            }
+            Ok(Request::Shutdown) => {
+                tracing::info!(client, "shutdown asked");
+                s.stop.store(true, Ordering::SeqCst);
+                break (false, "it asked the server to shut down".to_string());
+            }
+            Err(e) => break (true, format!("it sent a malformed request ({e})")),
+        }
+    };
+    with_store(s, |st| st.remove_client(client));
+    out.close();
+    // Wakes a drain waiting for room in the reply queue, then ends the socket, which
+    // the client takes as the server's end of it.
+    pair.close();
+    let _ = shutdown(lock(&link.send).1.as_fd().as_raw_fd(), Shutdown::Both);
     let (bad, reason) = reason;
     if bad {
         tracing::warn!(client, peer = %peer, reason = %reason, "client dropped");

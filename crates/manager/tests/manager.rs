@@ -20,16 +20,85 @@ fn fresh_addr() -> Address {
     Address::Unix(ipckit_core::temp_path("mgrtest"))
 }
 
+/// How local clients reach the server: every behaviour of the proxies runs both ways
+/// ([`both_ways!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Calls and answers over the Unix socket.
+    Socket,
+    /// Through the shared-memory queues of the fast path.
+    Queues,
+}
+
+impl Via {
+    fn fast(self) -> bool {
+        self == Via::Queues
+    }
+}
+
+/// A server's options for clients that come `via`.
+fn opts(via: Via) -> ServeOptions {
+    ServeOptions::new().fast_path(via.fast())
+}
+
+/// A server process whose clients come `via`, and a client of it.
+fn start(via: Via) -> Manager {
+    let m = Manager::start_with(opts(via)).unwrap();
+    assert_eq!(m.is_fast_path(), via.fast());
+    m
+}
+
+/// A client of the server at `addr`, which must have come `via`.
+fn connect(addr: &Address, via: Via) -> Manager {
+    let m = Manager::connect(addr, None).unwrap();
+    assert_eq!(m.is_fast_path(), via.fast());
+    m
+}
+
+/// Runs each test `name(via)` once over the socket and once over the fast path, as
+/// `name::socket` and `name::queues`.
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn socket() {
+                super::$name(super::Via::Socket);
+            }
+            #[test]
+            fn queues() {
+                super::$name(super::Via::Queues);
+            }
+        }
+    )*};
+}
+
+both_ways!(
+    every_object_type,
+    wrong_type_names_object_and_both_types,
+    four_processes_lose_no_update,
+    watch_sees_every_change_in_order,
+    slow_watcher_lags_without_stalling_others,
+    lock_of_a_killed_holder_is_released_at_once,
+    server_killed_disconnects_every_client_and_blocked_call,
+    bad_input_drops_only_that_client,
+    nothing_left_behind,
+    a_stopped_watcher_process_never_blocks_the_others,
+    many_threads_share_one_connection,
+    rlock_barrier_and_namespace,
+    rlock_and_permits_of_a_killed_holder_come_back,
+    condition_across_processes,
+    answers_may_exceed_the_largest_value,
+);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Player {
     name: String,
     level: u8,
 }
 
-#[test]
-fn every_object_type() {
+fn every_object_type(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
 
     let d = m.dict::<String, Player>("players").unwrap();
     let ana = Player {
@@ -188,10 +257,9 @@ fn every_object_type() {
     assert_eq!(log.snapshot().unwrap(), ["ana+2"]);
 }
 
-#[test]
-fn wrong_type_names_object_and_both_types() {
+fn wrong_type_names_object_and_both_types(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let _d = m.dict::<String, i64>("scores").unwrap();
     match m.dict::<String, String>("scores") {
         Err(Error::WrongType {
@@ -215,7 +283,7 @@ fn wrong_type_names_object_and_both_types() {
     assert!(matches!(m.lock("scores"), Err(Error::WrongType { .. })));
 }
 
-fn incr_worker((addr, n): (String, u32)) -> Result<(), String> {
+fn incr_worker((addr, n): (String, u32)) -> Result<bool, String> {
     let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
         .map_err(|e| e.to_string())?;
     let d = m.dict::<String, i64>("scores").map_err(|e| e.to_string())?;
@@ -229,10 +297,10 @@ fn incr_worker((addr, n): (String, u32)) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
     }
-    Ok(())
+    Ok(m.is_fast_path())
 }
 
-fn lock_worker((addr, n): (String, u32)) -> Result<(), String> {
+fn lock_worker((addr, n): (String, u32)) -> Result<bool, String> {
     let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
         .map_err(|e| e.to_string())?;
     let d = m.dict::<String, i64>("scores").map_err(|e| e.to_string())?;
@@ -242,20 +310,20 @@ fn lock_worker((addr, n): (String, u32)) -> Result<(), String> {
         let v = d.get("y").map_err(|e| e.to_string())?.unwrap_or(0);
         d.insert("y", &(v + 1)).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(m.is_fast_path())
 }
 
-#[test]
-fn four_processes_lose_no_update() {
+fn four_processes_lose_no_update(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let addr = m.address().to_string();
     let mut kids: Vec<_> = (0..4)
         .map(|_| spawn((addr.clone(), 2000), incr_worker).unwrap())
         .chain((0..4).map(|_| spawn((addr.clone(), 300), lock_worker).unwrap()))
         .collect();
     for k in &mut kids {
-        k.join_timeout(PATIENCE).unwrap().unwrap();
+        let fast = k.join_timeout(PATIENCE).unwrap().unwrap();
+        assert_eq!(fast, via.fast(), "each worker came {via:?}");
     }
     let d = m.dict::<String, i64>("scores").unwrap();
     assert_eq!(d.get("x").unwrap(), Some(8000));
@@ -275,10 +343,9 @@ fn many_changes((addr, n): (String, i64)) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn watch_sees_every_change_in_order() {
+fn watch_sees_every_change_in_order(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let d = m.dict::<String, i64>("w").unwrap();
     d.insert("before", &1).unwrap();
     let mut w = d.watch().unwrap();
@@ -313,14 +380,13 @@ fn watch_sees_every_change_in_order() {
     child.join_timeout(PATIENCE).unwrap().unwrap();
 }
 
-#[test]
-fn slow_watcher_lags_without_stalling_others() {
+fn slow_watcher_lags_without_stalling_others(via: Via) {
     enter(&[]);
     let addr = fresh_addr();
-    let server = Manager::serve(&addr, ServeOptions::new().watch_backlog(16)).unwrap();
-    let watcher = Manager::connect(server.address(), None).unwrap();
+    let server = Manager::serve(&addr, opts(via).watch_backlog(16)).unwrap();
+    let watcher = connect(server.address(), via);
     let mut w = watcher.value::<i64>("v").unwrap().watch().unwrap();
-    let m = Manager::connect(server.address(), None).unwrap();
+    let m = connect(server.address(), via);
     let v = m.value::<i64>("v").unwrap();
     let start = Instant::now();
     for i in 0..20_000 {
@@ -368,10 +434,9 @@ fn hold_lock(addr: String) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn lock_of_a_killed_holder_is_released_at_once() {
+fn lock_of_a_killed_holder_is_released_at_once(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let mut holder = spawn(m.address().to_string(), hold_lock).unwrap();
     m.event("held")
         .unwrap()
@@ -399,9 +464,9 @@ fn lock_of_a_killed_holder_is_released_at_once() {
     assert!(lock.try_acquire().unwrap().is_some());
 }
 
-fn serve_at(addr: String) -> Result<(), String> {
+fn serve_at((addr, fast): (String, bool)) -> Result<(), String> {
     let addr: Address = addr.parse().map_err(|e| format!("{e}"))?;
-    Manager::serve_forever(&addr, ServeOptions::new()).map_err(|e| e.to_string())
+    Manager::serve_forever(&addr, ServeOptions::new().fast_path(fast)).map_err(|e| e.to_string())
 }
 
 fn blocked_client(addr: String) -> Result<String, String> {
@@ -418,13 +483,13 @@ fn blocked_client(addr: String) -> Result<String, String> {
     }
 }
 
-#[test]
-fn server_killed_disconnects_every_client_and_blocked_call() {
+fn server_killed_disconnects_every_client_and_blocked_call(via: Via) {
     enter(&[]);
     let addr = fresh_addr();
-    let mut server = spawn(addr.to_string(), serve_at).unwrap();
+    let mut server = spawn((addr.to_string(), via.fast()), serve_at).unwrap();
     let m =
         Manager::connect_with(&addr, &ConnectOptions::new().retry(true).timeout(PATIENCE)).unwrap();
+    assert_eq!(m.is_fast_path(), via.fast());
     let mut client = spawn(addr.to_string(), blocked_client).unwrap();
     m.event("client-ready")
         .unwrap()
@@ -433,7 +498,7 @@ fn server_killed_disconnects_every_client_and_blocked_call() {
         .unwrap();
     let lock = m.lock("l").unwrap();
     let _g = lock.acquire().unwrap();
-    let other = Manager::connect(&addr, None).unwrap();
+    let other = connect(&addr, via);
     let l2 = other.lock("l").unwrap();
     let blocked = thread::spawn(move || l2.acquire().map(|_| ()));
     let q = other.queue::<i32>("q").unwrap();
@@ -476,18 +541,17 @@ fn server_killed_disconnects_every_client_and_blocked_call() {
         panic!("a Unix socket")
     };
     assert!(path.exists());
-    let again = Manager::serve(&addr, ServeOptions::new())
-        .expect("a new server binds where the killed one was");
+    let again =
+        Manager::serve(&addr, opts(via)).expect("a new server binds where the killed one was");
     drop(again);
     assert!(!path.exists());
 }
 
-#[test]
-fn bad_input_drops_only_that_client() {
+fn bad_input_drops_only_that_client(via: Via) {
     enter(&[]);
     let addr = fresh_addr();
-    let server = Manager::serve(&addr, ServeOptions::new().max_value(1024)).unwrap();
-    let good = Manager::connect(&addr, None).unwrap();
+    let server = Manager::serve(&addr, opts(via).max_value(1024)).unwrap();
+    let good = connect(&addr, via);
     let d = good.dict::<String, String>("d").unwrap();
     d.insert("a", &"b".into()).unwrap();
 
@@ -524,6 +588,7 @@ fn tcp_needs_and_checks_the_authkey() {
     ));
     let server = Manager::serve(&tcp, ServeOptions::new().authkey(b"sesame")).unwrap();
     let m = Manager::connect(server.address(), Some(b"sesame")).unwrap();
+    assert!(!m.is_fast_path(), "TCP clients use the socket");
     m.dict::<String, i64>("d").unwrap().incr("a", 1).unwrap();
     assert!(matches!(
         Manager::connect(server.address(), Some(b"wrong")),
@@ -555,10 +620,9 @@ fn a_started_server_takes_options() {
     assert_eq!(d.get("a").unwrap().as_deref(), Some("b"));
 }
 
-#[test]
-fn nothing_left_behind() {
+fn nothing_left_behind(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let pid = m.server_pid().unwrap();
     let Address::Unix(path) = m.address().clone() else {
         panic!("a Unix socket by default")
@@ -604,16 +668,15 @@ fn stopped_watcher(addr: String) -> Result<u64, String> {
     }
 }
 
-#[test]
-fn a_stopped_watcher_process_never_blocks_the_others() {
+fn a_stopped_watcher_process_never_blocks_the_others(via: Via) {
     use nix::{
         sys::signal::{Signal, kill},
         unistd::Pid,
     };
     enter(&[]);
     let addr = fresh_addr();
-    let server = Manager::serve(&addr, ServeOptions::new().watch_backlog(64)).unwrap();
-    let m = Manager::connect(server.address(), None).unwrap();
+    let server = Manager::serve(&addr, opts(via).watch_backlog(64)).unwrap();
+    let m = connect(server.address(), via);
     let mut watcher = spawn(addr.to_string(), stopped_watcher).unwrap();
     m.event("watching")
         .unwrap()
@@ -640,10 +703,9 @@ fn a_stopped_watcher_process_never_blocks_the_others() {
     assert!(lagged >= 1, "the stopped watcher must have lagged");
 }
 
-#[test]
-fn many_threads_share_one_connection() {
+fn many_threads_share_one_connection(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let q = m.queue::<i64>("q").unwrap();
     let blocked = {
         let q = q.clone();
@@ -689,10 +751,9 @@ fn barrier_party(addr: String) -> Result<usize, String> {
     b.with_timeout(PATIENCE).wait().map_err(|e| e.to_string())
 }
 
-#[test]
-fn rlock_barrier_and_namespace() {
+fn rlock_barrier_and_namespace(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
 
     // A barrier of four: three processes and this one.
     let addr = m.address().to_string();
@@ -762,10 +823,9 @@ fn hold_rlock(addr: String) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn rlock_and_permits_of_a_killed_holder_come_back() {
+fn rlock_and_permits_of_a_killed_holder_come_back(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let mut holder = spawn(m.address().to_string(), hold_rlock).unwrap();
     m.event("held")
         .unwrap()
@@ -798,10 +858,9 @@ fn wait_for_ready(addr: String) -> Result<i64, String> {
     run().map_err(|e| e.to_string())
 }
 
-#[test]
-fn condition_across_processes() {
+fn condition_across_processes(via: Via) {
     enter(&[]);
-    let m = Manager::start().unwrap();
+    let m = start(via);
     let c = m.condition("c").unwrap();
     assert!(matches!(c.notify(1), Err(Error::Invalid { .. })));
     {
@@ -825,12 +884,11 @@ fn condition_across_processes() {
     assert_eq!(waiter.join_timeout(PATIENCE).unwrap().unwrap(), 7);
 }
 
-#[test]
-fn answers_may_exceed_the_largest_value() {
+fn answers_may_exceed_the_largest_value(via: Via) {
     enter(&[]);
     let addr = fresh_addr();
-    let _server = Manager::serve(&addr, ServeOptions::new().max_value(8192)).unwrap();
-    let m = Manager::connect(&addr, None).unwrap();
+    let _server = Manager::serve(&addr, opts(via).max_value(8192)).unwrap();
+    let m = connect(&addr, via);
     let d = m.dict::<u32, String>("d").unwrap();
     let v = "x".repeat(4000);
     for k in 0..100 {
