@@ -12,16 +12,21 @@
 //! with one system call and one wake-up. Chunks wait behind the running one only while
 //! they add up to [`PREFETCH_BYTES`]: they then fit the socket's buffer, and sending them
 //! never blocks this thread. A large chunk goes only to an idle worker, which is reading,
-//! so sending it takes the time of a copy. When a worker dies, only the chunk it was
-//! running counts an attempt; those waiting behind it never started and go back to the
-//! queue as they were.
+//! so sending it takes the time of a copy.
+//!
+//! A worker counts the chunks it begins in shared memory ([`Progress`]), so this thread
+//! knows which one it runs although its replies may come later, in batches. When a worker
+//! dies, only the chunk it was running counts an attempt; the chunks it finished but
+//! whose replies died with it run again, and those waiting behind it never started: both
+//! go back to the queue as they were. A task's timeout counts from the moment the worker
+//! began its chunk.
 
 use std::{
     collections::VecDeque,
     io::Read,
     os::{fd::AsFd, unix::net::UnixStream},
     sync::{Arc, mpsc},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ipckit_core::{Child, Connection, Deadline, Error as CoreError, RecvBytes, SendBytes};
@@ -31,7 +36,7 @@ use crate::{
     Event, WorkerInfo,
     job::{Done, Failure, Shared, Task, lock},
     options::OnEvent,
-    worker::{push_frame, write_frames},
+    worker::{Progress, monotonic_ns, push_frame, write_frames},
 };
 
 /// Chunks in flight per worker.
@@ -45,7 +50,7 @@ const START_FAILURES: u32 = 3;
 
 /// Starts one worker process and gives it and the pool's end of its connection.
 pub(crate) type SpawnWorker =
-    Box<dyn FnMut() -> ipckit_core::Result<(Child<()>, Connection)> + Send>;
+    Box<dyn FnMut() -> ipckit_core::Result<(Child<()>, Connection, Progress)> + Send>;
 
 /// What the pool's thread needs to run.
 pub(crate) struct Config {
@@ -65,10 +70,17 @@ struct Worker {
     /// `None` once the pool asked it to go (it then exits by itself).
     conn: Option<Connection>,
     ready: bool,
-    /// Chunks sent and not answered: the first is the one it runs.
+    /// What it has begun, as it writes it.
+    progress: Progress,
+    /// Chunks sent and not answered, in the order sent: the first is number `done` of
+    /// those sent to it.
     inflight: VecDeque<Task>,
-    /// When the first chunk in flight began (about: when the one before was answered).
-    head_since: Instant,
+    /// The bytes of the chunks in `inflight`.
+    inflight_bytes: usize,
+    /// With a task timeout: when the first chunk in flight was sent or the one before it
+    /// answered (in [`monotonic_ns`]), the time it is counted from until the worker says
+    /// it began it.
+    head_since: u64,
     sent: u64,
     done: u64,
 }
@@ -84,12 +96,43 @@ impl Worker {
         }
     }
 
-    /// The time its running chunk may take, if it runs one and tasks have a limit.
-    fn deadline(&self, limit: Option<Duration>) -> Option<Instant> {
+    /// Takes the first chunk in flight, answered.
+    fn pop_head(&mut self) -> Option<Task> {
+        let task = self.inflight.pop_front()?;
+        self.inflight_bytes -= task.bytes.len();
+        self.done += 1;
+        Some(task)
+    }
+
+    /// How many of the chunks in flight it has begun: those before the last it began are
+    /// finished (their replies are on their way, or died with it), the last it runs.
+    fn begun(&self) -> usize {
+        let (count, _) = self.progress.read();
+        usize::try_from(count.saturating_sub(self.done))
+            .unwrap_or(usize::MAX)
+            .min(self.inflight.len())
+    }
+
+    /// The chunk it runs (its number among those sent to it) and when its time is up
+    /// (in [`monotonic_ns`]), if it runs one and tasks have a limit. A chunk sent and not
+    /// yet begun is counted from when it was sent or the one before it answered.
+    fn deadline(&self, limit: Option<Duration>) -> Option<(u64, u64)> {
         let limit = limit?;
-        let head = self.inflight.front()?;
-        let n = u32::try_from(head.job.len_of(head.chunk)).unwrap_or(u32::MAX);
-        self.head_since.checked_add(limit.saturating_mul(n))
+        if self.inflight.is_empty() {
+            return None;
+        }
+        let (count, at) = self.progress.read();
+        let begun = usize::try_from(count.saturating_sub(self.done))
+            .unwrap_or(usize::MAX)
+            .min(self.inflight.len());
+        let (k, since) = match begun {
+            0 => (0, self.head_since),
+            k => (k - 1, at),
+        };
+        let task = &self.inflight[k];
+        let n = u32::try_from(task.job.len_of(task.chunk)).unwrap_or(u32::MAX);
+        let nanos = u64::try_from(limit.saturating_mul(n).as_nanos()).unwrap_or(u64::MAX);
+        Some((self.done + k as u64, since.saturating_add(nanos)))
     }
 }
 
@@ -98,8 +141,9 @@ impl Worker {
 enum Cause {
     /// Its process ended (or its connection broke).
     Ended,
-    /// Its running chunk passed the task timeout; it was killed.
-    TimedOut,
+    /// Its chunk number `.0` (among those sent to it) passed the task timeout; it was
+    /// killed.
+    TimedOut(u64),
 }
 
 pub(crate) struct Dispatcher {
@@ -207,7 +251,7 @@ impl Dispatcher {
             }
             let replacing = self.to_replace.pop_front();
             match (self.cfg.spawn)() {
-                Ok((child, conn)) => {
+                Ok((child, conn, progress)) => {
                     let id = self.next_id;
                     self.next_id += 1;
                     let pid = child.pid();
@@ -217,8 +261,10 @@ impl Dispatcher {
                         child,
                         conn: Some(conn),
                         ready: false,
+                        progress,
                         inflight: VecDeque::new(),
-                        head_since: Instant::now(),
+                        inflight_bytes: 0,
+                        head_since: 0,
                         sent: 0,
                         done: 0,
                     });
@@ -271,12 +317,8 @@ impl Dispatcher {
                     let w = &self.workers[i];
                     let queued = w.inflight.len() + extra[i];
                     // Bytes already waiting behind the chunk the worker runs.
-                    let waiting: usize = w
-                        .inflight
-                        .iter()
-                        .skip(1)
-                        .map(|t| t.bytes.len())
-                        .sum::<usize>()
+                    let waiting = w.inflight_bytes
+                        - w.inflight.front().map_or(0, |t| t.bytes.len())
                         + extra_bytes[i];
                     let room = w.conn.is_some()
                         && w.ready
@@ -320,10 +362,11 @@ impl Dispatcher {
             };
             match sent {
                 Ok(()) => {
-                    if w.inflight.is_empty() {
-                        w.head_since = Instant::now();
+                    if w.inflight.is_empty() && self.cfg.task_timeout.is_some() {
+                        w.head_since = monotonic_ns();
                     }
                     w.sent += tasks.len() as u64;
+                    w.inflight_bytes += tasks.iter().map(|t| t.bytes.len()).sum::<usize>();
                     w.inflight.extend(tasks);
                     self.dirty = true;
                 }
@@ -370,11 +413,8 @@ impl Dispatcher {
         let timeout = match self.next_deadline() {
             None => PollTimeout::NONE,
             Some(d) => {
-                let ms = d
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .saturating_add(1);
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                let ms = d.saturating_sub(monotonic_ns()).div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u64) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
         let mut answered = Vec::new();
@@ -438,33 +478,43 @@ impl Dispatcher {
     }
 
     /// The earliest deadline of a running chunk.
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self) -> Option<u64> {
         self.workers
             .iter()
             .filter(|w| w.conn.is_some())
             .filter_map(|w| w.deadline(self.cfg.task_timeout))
+            .map(|(_, at)| at)
             .min()
     }
 
     /// Kills the workers whose running chunk passed its deadline.
     fn expire(&mut self) {
-        let now = Instant::now();
-        let late: Vec<u32> = self
+        if self.cfg.task_timeout.is_none() {
+            return;
+        }
+        let now = monotonic_ns();
+        let late: Vec<(u32, u64)> = self
             .workers
             .iter()
             .filter(|w| w.conn.is_some())
-            .filter(|w| w.deadline(self.cfg.task_timeout).is_some_and(|d| d <= now))
-            .map(|w| w.id)
+            .filter_map(|w| match w.deadline(self.cfg.task_timeout) {
+                Some((seq, at)) if at <= now => Some((w.id, seq)),
+                _ => None,
+            })
             .collect();
-        for id in late {
+        for (id, seq) in late {
             if let Some(i) = self.index(id) {
-                self.bury(i, Cause::TimedOut);
+                self.bury(i, Cause::TimedOut(seq));
             }
         }
     }
 
     /// Takes every message worker `i` has sent. False if its connection ended or broke.
     fn read_answers(&mut self, i: usize) -> bool {
+        if self.cfg.task_timeout.is_some() {
+            // The next chunk is counted from here until the worker says it began it.
+            self.workers[i].head_since = monotonic_ns();
+        }
         loop {
             let Some(conn) = self.workers[i].conn.as_mut() else {
                 return true;
@@ -532,7 +582,7 @@ impl Dispatcher {
                 other => other,
             },
             Cause::Ended => w.child.join(),
-            Cause::TimedOut => {
+            Cause::TimedOut(_) => {
                 let _ = w.child.kill();
                 w.child.join()
             }
@@ -566,9 +616,38 @@ impl Dispatcher {
             ));
         }
         let broken = lock(&self.shared.queue).broken.is_some();
+        // The chunk it ran is the last it began (the first in flight if it began none):
+        // those before it were finished, and their replies died with it; those after it
+        // never began.
+        let begun = w.begun();
+        let timed_out = match cause {
+            Cause::TimedOut(seq) => seq
+                .checked_sub(w.done)
+                .and_then(|k| usize::try_from(k).ok())
+                .filter(|&k| k < w.inflight.len()),
+            Cause::Ended => None,
+        };
+        let running = timed_out.unwrap_or(begun.saturating_sub(1));
         let mut back = Vec::new();
-        match (cause, w.inflight.pop_front()) {
-            (Cause::TimedOut, Some(task)) => {
+        let mut tasks = std::mem::take(&mut w.inflight).into_iter();
+        for task in tasks.by_ref().take(running) {
+            if self.cfg.retries > 0 {
+                tracing::debug!(
+                    worker = w.id,
+                    "a finished chunk's reply died with its worker"
+                );
+                back.push(task);
+            } else {
+                let attempts = task.attempts + 1;
+                task.finish(Done::Failed(Failure::Died {
+                    pid: w.pid,
+                    signal,
+                    attempts,
+                }));
+            }
+        }
+        match (timed_out, tasks.next()) {
+            (Some(_), Some(task)) => {
                 tracing::warn!(
                     worker = w.id,
                     pid = w.pid,
@@ -620,8 +699,8 @@ impl Dispatcher {
                 tasks: w.done,
             }),
         }
-        // The chunks queued behind it never started.
-        back.extend(w.inflight.drain(..));
+        // The chunks queued behind it never began.
+        back.extend(tasks);
         self.requeue(back);
         if !asked {
             self.to_replace.push_back(w.id);
@@ -667,11 +746,9 @@ fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
         w.ready = true;
         return Accepted::Ready;
     }
-    let Some(task) = w.inflight.pop_front() else {
+    let Some(task) = w.pop_head() else {
         return Accepted::Bad;
     };
-    w.head_since = Instant::now();
-    w.done += 1;
     task.finish(Done::Reply(msg));
     Accepted::Answer
 }

@@ -17,7 +17,7 @@ use crate::{
     Error, PoolOptions, Result, WorkerInfo,
     dispatch::{Config, Dispatcher, SpawnWorker},
     job::{Done, Job, Shared, Task, lock},
-    worker::{CONN, INIT, Outcome, TASK, WorkerConfig, worker_main},
+    worker::{CONN, INIT, Outcome, PROGRESS, Progress, TASK, WorkerConfig, worker_main},
 };
 
 /// An initializer and its encoded argument.
@@ -130,7 +130,8 @@ where
             );
         }
         let max_message = opts.max_message;
-        let hold_replies = opts.task_timeout.is_none();
+        let hold_replies = opts.retries > 0;
+        let timed = opts.task_timeout.is_some();
         let init_fn = init.as_ref().map(|(f, _)| *f);
         let init_args = init.map(|(_, a)| a);
         let spawn: SpawnWorker = Box::new(move || {
@@ -139,15 +140,18 @@ where
                 init: init_args.clone(),
                 max_message,
                 hold_replies,
+                timed,
             };
+            let (progress, their_progress) = Progress::create()?;
             let mut cmd = Command::function(&config, worker_main::<A, R, I>)?
                 .pass_fn(TASK, f)
-                .handle(CONN, theirs);
+                .handle(CONN, theirs)
+                .handle(PROGRESS, their_progress);
             if let Some(init) = init_fn {
                 cmd = cmd.pass_fn(INIT, init);
             }
             let child: Child<()> = cmd.spawn()?;
-            Ok((child, ours.max_message(max_message)))
+            Ok((child, ours.max_message(max_message), progress))
         });
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(CoreError::from)?;
         wake_tx.set_nonblocking(true).map_err(CoreError::from)?;

@@ -9,14 +9,21 @@
 //! - the pool closes the connection when the worker should go: it finishes nothing more
 //!   and exits.
 //!
-//! The worker runs one chunk at a time, in the order they came, so the pool knows which
-//! chunk a dead worker was running: the first it has not answered.
+//! The worker runs one chunk at a time, in the order they came, and counts the chunks it
+//! begins in a shared-memory [`Progress`] (with the time it began the last one), so the
+//! pool knows which chunk a dead worker was running, even when the worker held back the
+//! replies of the chunks before it, and how long that chunk has run.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use ipckit_core::{
     Codec, Connection, Ctx, Deadline, Error as CoreError, Postcard, RecvBytes, SendBytes,
 };
+use ipckit_shmem::Shared;
+use nix::time::{ClockId, clock_gettime};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The key of the task function passed to a worker.
@@ -25,6 +32,56 @@ pub(crate) const TASK: &str = "ipckit-pool-task";
 pub(crate) const INIT: &str = "ipckit-pool-init";
 /// The key of the worker's connection to the pool.
 pub(crate) const CONN: &str = "ipckit-pool-conn";
+/// The key of the worker's [`Progress`].
+pub(crate) const PROGRESS: &str = "ipckit-pool-progress";
+
+/// What a worker has begun, in shared memory that the pool reads: the number of chunks it
+/// has begun, and when it began the last one ([`monotonic_ns`], or 0 when tasks have no
+/// timeout). Written with two stores per chunk: no system call, no wake-up.
+pub(crate) struct Progress(Shared<(AtomicU64, AtomicU64)>);
+
+impl Progress {
+    /// A new counter, at zero, and its twin for the worker.
+    pub(crate) fn create() -> ipckit_core::Result<(Progress, Progress)> {
+        let ours: Shared<(AtomicU64, AtomicU64)> = Shared::create((0, 0))?;
+        let theirs = ours.try_clone()?;
+        Ok((Progress(ours), Progress(theirs)))
+    }
+
+    /// The worker begins its next chunk.
+    fn begin(&self, count: u64, at: u64) {
+        // The time first: a reader that sees the count sees this time or a later one.
+        self.0.1.store(at, Ordering::Relaxed);
+        self.0.0.store(count, Ordering::Release);
+    }
+
+    /// How many chunks the worker has begun, and when it began the last (or a later one,
+    /// if it is moving on).
+    pub(crate) fn read(&self) -> (u64, u64) {
+        let count = self.0.0.load(Ordering::Acquire);
+        (count, self.0.1.load(Ordering::Relaxed))
+    }
+}
+
+impl ipckit_core::Handle for Progress {
+    fn into_handoff(self) -> ipckit_core::Handoff {
+        self.0.into_handoff()
+    }
+
+    fn from_handoff(h: ipckit_core::Handoff) -> ipckit_core::Result<Self> {
+        Ok(Progress(Shared::from_handoff(h)?))
+    }
+}
+
+/// The system's monotonic clock in nanoseconds, the same in every process (an `Instant`
+/// cannot cross one).
+pub(crate) fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
+}
 
 /// What a worker is started with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,9 +90,11 @@ pub(crate) struct WorkerConfig {
     pub(crate) init: Option<Vec<u8>>,
     /// The largest message either way.
     pub(crate) max_message: usize,
-    /// Whether replies may wait for the chunks already here. Not with a task timeout:
-    /// the pool times the chunk it believes runs, so each reply must go at once.
+    /// Whether replies may wait for the chunks already here. Not without retries: a
+    /// worker that dies loses the replies it held, and the pool runs their chunks again.
     pub(crate) hold_replies: bool,
+    /// Whether tasks have a timeout: the worker then notes when it begins each chunk.
+    pub(crate) timed: bool,
 }
 
 /// What became of one task.
@@ -60,6 +119,8 @@ where
     let f: fn(A) -> R = ctx.function(TASK)?;
     let mut conn: Connection = ctx.handle(CONN)?;
     conn = conn.max_message(config.max_message);
+    let progress: Progress = ctx.handle(PROGRESS)?;
+    let mut begun = 0u64;
     if let Some(bytes) = config.init {
         let init: fn(I) = ctx.function(INIT)?;
         // A panic here ends the worker; the pool reports it as a failed start.
@@ -72,7 +133,8 @@ where
     }
     // Replies wait while more chunks are already here, then go out in one write: small
     // tasks cost one wake-up and one system call per batch, not per task. A worker killed
-    // with replies waiting loses them with the chunks they answer, which the pool re-runs.
+    // with replies waiting loses them; the pool, which reads in `progress` which chunks
+    // were begun, runs those chunks again.
     let mut replies = Vec::new();
     let mut deadline = Deadline::Never;
     loop {
@@ -90,6 +152,9 @@ where
                 return gone(e);
             }
         }
+        // Counted before anything can fail: a chunk that kills its worker is known.
+        begun += 1;
+        progress.begin(begun, if config.timed { monotonic_ns() } else { 0 });
         let args: Vec<A> = Postcard.decode(&buf)?;
         let outcomes: Vec<Outcome<R>> = args
             .into_iter()
