@@ -7,11 +7,13 @@
 //! thread wakes within the time the kernel takes to end the process: no timer, no
 //! heartbeat. Per-task timeouts are the poll's timeout.
 //!
-//! Each worker has at most [`WINDOW`] chunks in flight: the one it runs, and the next ones
+//! Each worker has a window of chunks in flight: the one it runs, and the next ones
 //! waiting in its socket so that it never idles between two, and reads many small tasks
-//! with one system call and one wake-up. Chunks wait behind the running one only while
-//! they add up to [`PREFETCH_BYTES`]: they then fit the socket's buffer, and sending them
-//! never blocks this thread. A large chunk goes only to an idle worker, which is reading,
+//! with one system call and one wake-up. The window holds about [`QUEUED_NS`] of work at
+//! the pace the worker answers (from 2 chunks for long tasks, so that none waits long
+//! behind another, to [`WINDOW`] for tiny ones). Chunks wait behind the running one only
+//! while they add up to [`PREFETCH_BYTES`]: they then fit the socket's buffer, and sending
+//! them never blocks this thread. A large chunk goes only to an idle worker, which is reading,
 //! so sending it takes the time of a copy.
 //!
 //! A worker counts the chunks it begins in shared memory ([`Progress`]), so this thread
@@ -39,8 +41,12 @@ use crate::{
     worker::{Progress, monotonic_ns, push_frame, write_frames},
 };
 
-/// Chunks in flight per worker.
-const WINDOW: usize = 64;
+/// Chunks in flight per worker, at most.
+const WINDOW: usize = 256;
+/// Chunks in flight per worker at first, and at least.
+const MIN_WINDOW: usize = 2;
+/// About how much work, in nanoseconds, waits in a worker's window.
+const QUEUED_NS: u64 = 1_000_000;
 /// The most bytes of chunks waiting behind a busy worker's running one.
 const PREFETCH_BYTES: usize = 32 << 10;
 /// How long a worker whose connection broke may take to end by itself before it is killed.
@@ -77,10 +83,14 @@ struct Worker {
     inflight: VecDeque<Task>,
     /// The bytes of the chunks in `inflight`.
     inflight_bytes: usize,
-    /// With a task timeout: when the first chunk in flight was sent or the one before it
-    /// answered (in [`monotonic_ns`]), the time it is counted from until the worker says
-    /// it began it.
+    /// When the first chunk in flight was sent or the one before it answered (in
+    /// [`monotonic_ns`]): a task's timeout counts from there until the worker says it
+    /// began it.
     head_since: u64,
+    /// How long it takes per chunk, as its answers come (0: not known yet).
+    chunk_ns: u64,
+    /// How many chunks it may have in flight.
+    window: usize,
     sent: u64,
     done: u64,
 }
@@ -99,7 +109,7 @@ impl Worker {
     /// Takes the first chunk in flight, answered.
     fn pop_head(&mut self) -> Option<Task> {
         let task = self.inflight.pop_front()?;
-        self.inflight_bytes -= task.bytes.len();
+        self.inflight_bytes -= task.bytes().len();
         self.done += 1;
         Some(task)
     }
@@ -265,6 +275,8 @@ impl Dispatcher {
                         inflight: VecDeque::new(),
                         inflight_bytes: 0,
                         head_since: 0,
+                        chunk_ns: 0,
+                        window: MIN_WINDOW,
                         sent: 0,
                         done: 0,
                     });
@@ -318,7 +330,7 @@ impl Dispatcher {
                     let queued = w.inflight.len() + extra[i];
                     // Bytes already waiting behind the chunk the worker runs.
                     let waiting = w.inflight_bytes
-                        - w.inflight.front().map_or(0, |t| t.bytes.len())
+                        - w.inflight.front().map_or(0, |t| t.bytes().len())
                         + extra_bytes[i];
                     let room = w.conn.is_some()
                         && w.ready
@@ -327,10 +339,11 @@ impl Dispatcher {
                             .max_tasks
                             .is_none_or(|m| w.sent + (extra[i] as u64) < m)
                         && (queued == 0
-                            || (queued < WINDOW && waiting + front.bytes.len() <= PREFETCH_BYTES));
+                            || (queued < w.window
+                                && waiting + front.bytes().len() <= PREFETCH_BYTES));
                     if let Some(task) = room.then(|| q.pending.pop_front()).flatten() {
                         if queued > 0 {
-                            extra_bytes[i] += task.bytes.len();
+                            extra_bytes[i] += task.bytes().len();
                         }
                         extra[i] += 1;
                         assigned.push((i, task));
@@ -362,11 +375,11 @@ impl Dispatcher {
             };
             match sent {
                 Ok(()) => {
-                    if w.inflight.is_empty() && self.cfg.task_timeout.is_some() {
+                    if w.inflight.is_empty() {
                         w.head_since = monotonic_ns();
                     }
                     w.sent += tasks.len() as u64;
-                    w.inflight_bytes += tasks.iter().map(|t| t.bytes.len()).sum::<usize>();
+                    w.inflight_bytes += tasks.iter().map(|t| t.bytes().len()).sum::<usize>();
                     w.inflight.extend(tasks);
                     self.dirty = true;
                 }
@@ -509,12 +522,30 @@ impl Dispatcher {
         }
     }
 
-    /// Takes every message worker `i` has sent. False if its connection ended or broke.
+    /// Takes every message worker `i` has sent, and sizes its window from the pace of its
+    /// answers. False if its connection ended or broke.
     fn read_answers(&mut self, i: usize) -> bool {
-        if self.cfg.task_timeout.is_some() {
-            // The next chunk is counted from here until the worker says it began it.
-            self.workers[i].head_since = monotonic_ns();
+        let now = monotonic_ns();
+        let before = self.workers[i].done;
+        let open = self.read_messages(i);
+        let w = &mut self.workers[i];
+        let answered = w.done - before;
+        if let Some(per) = now.saturating_sub(w.head_since).checked_div(answered) {
+            w.chunk_ns = match w.chunk_ns {
+                0 => per,
+                avg => (3 * avg + per) / 4,
+            };
+            w.window = usize::try_from(QUEUED_NS / w.chunk_ns.max(1))
+                .unwrap_or(WINDOW)
+                .clamp(MIN_WINDOW, WINDOW);
         }
+        // The next chunk is counted from here until the worker says it began it.
+        w.head_since = now;
+        open
+    }
+
+    /// Takes every message worker `i` has sent. False if its connection ended or broke.
+    fn read_messages(&mut self, i: usize) -> bool {
         loop {
             let Some(conn) = self.workers[i].conn.as_mut() else {
                 return true;
@@ -761,17 +792,17 @@ fn send_all(
     tasks: &[Task],
     frames: &mut Vec<u8>,
 ) -> ipckit_core::Result<()> {
-    let total: usize = tasks.iter().map(|t| t.bytes.len()).sum();
+    let total: usize = tasks.iter().map(|t| t.bytes().len()).sum();
     if tasks.len() == 1 || total > 2 * PREFETCH_BYTES {
         // A large chunk goes as its own message, as large as the connection allows.
         for t in tasks {
-            conn.send_bytes(&t.bytes)?;
+            conn.send_bytes(t.bytes())?;
         }
         return Ok(());
     }
     frames.clear();
     for t in tasks {
-        push_frame(frames, &t.bytes);
+        push_frame(frames, t.bytes());
     }
     write_frames(conn, frames)
 }

@@ -103,12 +103,16 @@ pub(crate) struct Queue {
 pub(crate) struct Task {
     pub(crate) job: Arc<Job>,
     pub(crate) chunk: usize,
-    pub(crate) bytes: Vec<u8>,
     /// How many times it was started on a worker.
     pub(crate) attempts: u32,
 }
 
 impl Task {
+    /// The chunk's arguments, encoded: one message to a worker.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.job.args_of(self.chunk)
+    }
+
     pub(crate) fn task_ref(&self) -> TaskRef {
         TaskRef {
             call: self.job.call,
@@ -181,6 +185,11 @@ pub(crate) struct Job {
     pub(crate) call: u64,
     pub(crate) items: usize,
     pub(crate) chunk: usize,
+    /// Every chunk's arguments, encoded one after the other: one buffer for the call,
+    /// not one per chunk.
+    args: Vec<u8>,
+    /// Where chunk `k`'s arguments end in `args` (they begin where chunk `k - 1`'s end).
+    ends: Vec<usize>,
     /// Nobody waits for the results any more: tasks not yet sent are dropped.
     abandoned: AtomicBool,
     slots: Mutex<Slots>,
@@ -209,12 +218,23 @@ enum Want {
 }
 
 impl Job {
-    pub(crate) fn new(call: u64, items: usize, chunk: usize) -> Self {
+    /// A call of `items` tasks in chunks of `chunk`, whose encoded arguments are
+    /// `args`, chunk `k`'s ending at `ends[k]`.
+    pub(crate) fn new(
+        call: u64,
+        items: usize,
+        chunk: usize,
+        args: Vec<u8>,
+        ends: Vec<usize>,
+    ) -> Self {
         let chunks = items.div_ceil(chunk.max(1));
+        debug_assert_eq!(ends.len(), chunks);
         Job {
             call,
             items,
             chunk: chunk.max(1),
+            args,
+            ends,
             abandoned: AtomicBool::new(false),
             slots: Mutex::new(Slots {
                 done: (0..chunks).map(|_| None).collect(),
@@ -224,6 +244,12 @@ impl Job {
             }),
             cond: Condvar::new(),
         }
+    }
+
+    /// Chunk `chunk`'s arguments, encoded.
+    pub(crate) fn args_of(&self, chunk: usize) -> &[u8] {
+        let start = chunk.checked_sub(1).map_or(0, |k| self.ends[k]);
+        &self.args[start..self.ends[chunk]]
     }
 
     pub(crate) fn chunks(&self) -> usize {
@@ -332,6 +358,14 @@ impl Job {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         slots.want = Want::Nothing;
+    }
+
+    /// Takes every chunk's outcome (after [`wait_all`](Job::wait_all): each has one), in
+    /// chunk order, with one lock.
+    pub(crate) fn take_all(&self) -> Vec<Option<Done>> {
+        let mut slots = lock(&self.slots);
+        slots.order.clear();
+        std::mem::take(&mut slots.done)
     }
 
     /// Whether chunk `chunk` has its outcome (and it was not taken).

@@ -17,7 +17,9 @@ use crate::{
     Error, PoolOptions, Result, WorkerInfo,
     dispatch::{Config, Dispatcher, SpawnWorker},
     job::{Done, Job, Shared, Task, lock},
-    worker::{CONN, INIT, Outcome, PROGRESS, Progress, TASK, WorkerConfig, worker_main},
+    worker::{
+        CONN, INIT, Outcome, PROGRESS, Progress, TASK, WorkerConfig, decode_each, worker_main,
+    },
 };
 
 /// An initializer and its encoded argument.
@@ -193,25 +195,31 @@ where
     /// Queues `items` in chunks of `chunk` as one call.
     fn enqueue(&self, items: Vec<A>, chunk: usize) -> Result<Arc<Job>> {
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        let job = Arc::new(Job::new(call, items.len(), chunk));
-        let mut tasks = Vec::with_capacity(job.chunks());
-        for (k, part) in items.chunks(job.chunk).enumerate() {
-            let mut bytes = Vec::new();
-            Postcard.encode(part, &mut bytes)?;
-            if bytes.len() > self.opts.max_message {
+        let chunk = chunk.max(1);
+        // Every chunk's arguments in one buffer, one after the other.
+        let mut args = Vec::new();
+        let mut ends = Vec::with_capacity(items.len().div_ceil(chunk));
+        for part in items.chunks(chunk) {
+            let start = args.len();
+            Postcard.encode(part, &mut args)?;
+            let len = args.len() - start;
+            if len > self.opts.max_message {
                 return Err(CoreError::TooLarge {
-                    len: bytes.len() as u64,
+                    len: len as u64,
                     max: self.opts.max_message,
                 }
                 .into());
             }
-            tasks.push(Task {
+            ends.push(args.len());
+        }
+        let job = Arc::new(Job::new(call, items.len(), chunk, args, ends));
+        let tasks: Vec<Task> = (0..job.chunks())
+            .map(|k| Task {
                 job: job.clone(),
                 chunk: k,
-                bytes,
                 attempts: 0,
-            });
-        }
+            })
+            .collect();
         {
             let mut q = lock(&self.shared.queue);
             if let Some(message) = &q.broken {
@@ -237,11 +245,20 @@ where
     /// [`Error::WorkerDied`], [`Error::TaskTimedOut`], …); the tasks after it that have
     /// not started are dropped. [`Error::Closed`] after [`close`](Pool::close).
     pub fn map(&self, items: impl IntoIterator<Item = A>) -> Result<Vec<R>> {
-        let results = self.imap(items)?;
+        let items: Vec<A> = items.into_iter().collect();
+        let chunk = self.opts.chunk_for(items.len());
+        let job = self.enqueue(items, chunk)?;
         // Every chunk ends (with its result, or a failure: never a hang), so waiting for
-        // them all costs one wake-up instead of one per chunk.
-        results.job.wait_all();
-        results.collect()
+        // them all costs one wake-up instead of one per chunk; the results are then
+        // decoded straight into the output.
+        job.wait_all();
+        let mut out = Vec::with_capacity(job.items);
+        for (k, done) in job.take_all().into_iter().enumerate() {
+            let done =
+                done.ok_or_else(|| CoreError::Malformed("a chunk without outcome".into()))?;
+            decode_into(&job, k, done, &mut out)?;
+        }
+        Ok(out)
     }
 
     /// Runs `f` on every item and yields the results in input order as they come:
@@ -370,6 +387,43 @@ impl<A, R> Drop for Pool<A, R> {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Decodes chunk `chunk`'s results onto the end of `out`; the first failed task's error.
+fn decode_into<R: DeserializeOwned>(
+    job: &Job,
+    chunk: usize,
+    done: Done,
+    out: &mut Vec<R>,
+) -> Result<()> {
+    let first = job.first_of(chunk);
+    let len = job.len_of(chunk);
+    let bytes = match done {
+        Done::Reply(bytes) => bytes,
+        Done::Failed(failure) => return Err(failure.to_error(first)),
+    };
+    let mut failed = None;
+    let mut task = first;
+    let n = decode_each(&bytes, |o: Outcome<R>| {
+        match o {
+            Outcome::Ok(r) if failed.is_none() => out.push(r),
+            Outcome::Ok(_) => {}
+            Outcome::Panicked(message) => {
+                failed.get_or_insert(Error::Panicked { task, message });
+            }
+            Outcome::Unsendable(reason) => {
+                failed.get_or_insert(Error::Unsendable { task, reason });
+            }
+        }
+        task += 1;
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if n != len {
+        return Err(CoreError::Malformed(format!("{n} results for a chunk of {len}")).into());
+    }
+    Ok(())
 }
 
 /// Turns chunk `chunk`'s outcome into one result per task, with the task's position.

@@ -15,6 +15,7 @@
 //! replies of the chunks before it, and how long that chunk has run.
 
 use std::{
+    marker::PhantomData,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -24,7 +25,10 @@ use ipckit_core::{
 };
 use ipckit_shmem::Shared;
 use nix::time::{ClockId, clock_gettime};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{
+    Deserialize, Serialize,
+    de::{self, DeserializeOwned},
+};
 
 /// The key of the task function passed to a worker.
 pub(crate) const TASK: &str = "ipckit-pool-task";
@@ -128,6 +132,8 @@ where
     }
     let mut buf = Vec::new();
     let mut out = Vec::new();
+    // Kept from chunk to chunk: a chunk allocates nothing of its own.
+    let mut outcomes: Vec<Outcome<R>> = Vec::new();
     if let Err(e) = conn.send_bytes(&[]) {
         return gone(e);
     }
@@ -155,14 +161,13 @@ where
         // Counted before anything can fail: a chunk that kills its worker is known.
         begun += 1;
         progress.begin(begun, if config.timed { monotonic_ns() } else { 0 });
-        let args: Vec<A> = Postcard.decode(&buf)?;
-        let outcomes: Vec<Outcome<R>> = args
-            .into_iter()
-            .map(|a| match catch_unwind(AssertUnwindSafe(|| f(a))) {
+        outcomes.clear();
+        decode_each(&buf, |a: A| {
+            outcomes.push(match catch_unwind(AssertUnwindSafe(|| f(a))) {
                 Ok(r) => Outcome::Ok(r),
                 Err(payload) => Outcome::Panicked(panic_message(&*payload)),
-            })
-            .collect();
+            });
+        })?;
         encode_reply(&outcomes, config.max_message, &mut out);
         if out.len() > BATCH_BYTES {
             // A large reply goes as it is, after those waiting.
@@ -183,6 +188,45 @@ where
             };
         }
     }
+}
+
+/// Decodes the postcard encoding of a sequence of `T` (as `[T]` or `Vec<T>` encode),
+/// giving each element to `each` as it comes, with no vector in between; returns the
+/// number of elements.
+pub(crate) fn decode_each<T: DeserializeOwned>(
+    bytes: &[u8],
+    each: impl FnMut(T),
+) -> ipckit_core::Result<usize> {
+    struct Each<F, T>(F, PhantomData<fn(T)>);
+
+    impl<'de, F: FnMut(T), T: Deserialize<'de>> de::DeserializeSeed<'de> for Each<F, T> {
+        type Value = usize;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, F: FnMut(T), T: Deserialize<'de>> de::Visitor<'de> for Each<F, T> {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<S: de::SeqAccess<'de>>(mut self, mut seq: S) -> Result<usize, S::Error> {
+            let mut n = 0;
+            while let Some(x) = seq.next_element()? {
+                (self.0)(x);
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    let mut d = postcard::Deserializer::from_bytes(bytes);
+    de::DeserializeSeed::deserialize(Each(each, PhantomData), &mut d)
+        .map_err(|e| CoreError::Codec(e.to_string()))
 }
 
 /// Replies above this size are not held back.
