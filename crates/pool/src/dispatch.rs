@@ -101,7 +101,10 @@ impl Worker {
             worker: self.id,
             pid: self.pid,
             ready: self.ready,
-            task: self.inflight.front().map(Task::task_ref),
+            task: self
+                .inflight
+                .get(self.begun().saturating_sub(1))
+                .map(Task::task_ref),
             done: self.done,
         }
     }

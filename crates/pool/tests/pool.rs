@@ -305,6 +305,83 @@ fn without_retries_a_killed_workers_task_is_reported_within_100_ms() {
     assert!(most < Duration::from_secs(2), "max {most:?}");
 }
 
+/// One worker, one task per chunk: after many tiny tasks its window is wide, so a call's
+/// ten chunks reach it in one write and it holds back the replies of those it finishes
+/// while the next is already there. The victim (task 5) then dies by SIGKILL, or runs past
+/// `timeout`: the pool must blame task 5, not the first chunk it has no reply for, and run
+/// the finished chunks whose replies died with the worker again, each result once.
+fn held_replies_then(name: &str, timeout: Option<Duration>) {
+    let (tx, rx) = mpsc::channel();
+    let opts = PoolOptions::new(1)
+        .chunk_size(1)
+        .task_timeout(timeout.unwrap_or(PATIENCE))
+        .on_event(move |e| {
+            let _ = tx.send((Instant::now(), e.clone()));
+        });
+    let pool = Pool::new(opts, hang_once).unwrap();
+    let dir = marker_dir(name, 0);
+    let task = |n, victim| Hang {
+        n,
+        victim,
+        dir: dir.clone(),
+    };
+    assert_eq!(
+        pool.map((0..500).map(|n| task(n, u64::MAX))).unwrap().len(),
+        500
+    );
+    let victim = 5;
+    let mut results = pool
+        .imap_unordered((0..10).map(|n| task(n, victim)))
+        .unwrap();
+    let pid = victim_pid(&dir, victim);
+    if timeout.is_none() {
+        sigkill(pid);
+    }
+    let blamed = wait_event(&rx, |_, e| match e {
+        Event::Died {
+            pid: p,
+            task: Some(task),
+            retried,
+            ..
+        } if *p == pid => {
+            assert!(retried);
+            Some(*task)
+        }
+        Event::TimedOut { pid: p, task, .. } if *p == pid => Some(*task),
+        _ => None,
+    });
+    assert_eq!((blamed.index, blamed.count), (victim as usize, 1));
+    let mut tally = BTreeMap::new();
+    while let Some(r) = results.next_timeout(PATIENCE) {
+        let i = match r {
+            Ok((i, (sq, _))) => {
+                assert_eq!(sq, (i * i) as u64);
+                i
+            }
+            Err(Error::TaskTimedOut { task, pid: p, .. }) if timeout.is_some() => {
+                assert_eq!((task, p), (victim as usize, pid));
+                task
+            }
+            Err(e) => panic!("{e}"),
+        };
+        *tally.entry(i).or_insert(0) += 1;
+    }
+    assert_eq!(tally, (0..10).map(|i| (i, 1)).collect());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_worker_killed_with_replies_held_back_has_the_right_task_blamed_and_retried() {
+    enter();
+    held_replies_then("held-kill", None);
+}
+
+#[test]
+fn a_task_timed_out_behind_replies_held_back_is_the_one_reported() {
+    enter();
+    held_replies_then("held-timeout", Some(Duration::from_millis(300)));
+}
+
 fn abort_on_odd(x: u64) -> u64 {
     if x % 2 == 1 {
         std::process::abort();
