@@ -36,7 +36,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{
     Event, WorkerInfo,
-    job::{Done, Failure, Shared, Task, lock},
+    job::{Done, Failure, Reply, Shared, Task, lock},
     options::OnEvent,
     worker::{Progress, monotonic_ns, push_frame, write_frames},
 };
@@ -549,14 +549,15 @@ impl Dispatcher {
 
     /// Takes every message worker `i` has sent. False if its connection ended or broke.
     fn read_messages(&mut self, i: usize) -> bool {
+        // One buffer for the batch: small replies are copied out of it.
+        let mut buf = Vec::new();
         loop {
             let Some(conn) = self.workers[i].conn.as_mut() else {
                 return true;
             };
-            let mut buf = Vec::new();
             match conn.recv_bytes_into_deadline(&mut buf, Deadline::Now) {
                 Ok(()) => {
-                    if !self.on_message(i, buf) {
+                    if !self.on_message(i, &mut buf) {
                         return false;
                     }
                 }
@@ -572,7 +573,7 @@ impl Dispatcher {
     }
 
     /// Handles one message of worker `i`. False if it breaks the protocol.
-    fn on_message(&mut self, i: usize, msg: Vec<u8>) -> bool {
+    fn on_message(&mut self, i: usize, msg: &mut Vec<u8>) -> bool {
         let w = &mut self.workers[i];
         self.dirty = true;
         match accept(w, msg) {
@@ -627,7 +628,7 @@ impl Dispatcher {
                 .recv_bytes_into_deadline(&mut buf, Deadline::Now)
                 .is_ok()
             {
-                if matches!(accept(&mut w, std::mem::take(&mut buf)), Accepted::Bad) {
+                if matches!(accept(&mut w, &mut buf), Accepted::Bad) {
                     break;
                 }
             }
@@ -772,7 +773,7 @@ enum Accepted {
 }
 
 /// Takes a message of `w`: its ready signal, or the answer to its running chunk.
-fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
+fn accept(w: &mut Worker, msg: &mut Vec<u8>) -> Accepted {
     if !w.ready {
         if !msg.is_empty() {
             return Accepted::Bad;
@@ -783,7 +784,7 @@ fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
     let Some(task) = w.pop_head() else {
         return Accepted::Bad;
     };
-    task.finish(Done::Reply(msg));
+    task.finish(Done::Reply(Reply::take(msg)));
     Accepted::Answer
 }
 

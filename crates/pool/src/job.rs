@@ -131,9 +131,41 @@ impl Task {
 #[derive(Debug)]
 pub(crate) enum Done {
     /// The worker's reply: the encoded outcomes.
-    Reply(Vec<u8>),
+    Reply(Reply),
     /// No reply will come.
     Failed(Failure),
+}
+
+/// Replies up to this size are kept inline: the reply of a small task allocates nothing.
+const INLINE: usize = 30;
+
+/// A worker's reply to a chunk, as the pool's thread received it.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Vec<u8>),
+}
+
+impl Reply {
+    /// Takes the message in `buf`: a small one is copied (`buf` keeps its memory for the
+    /// next), a large one taken whole.
+    pub(crate) fn take(buf: &mut Vec<u8>) -> Reply {
+        match u8::try_from(buf.len()) {
+            Ok(len) if buf.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..buf.len()].copy_from_slice(buf);
+                Reply::Inline { len, bytes }
+            }
+            _ => Reply::Heap(std::mem::take(buf)),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Reply::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Reply::Heap(v) => v,
+        }
+    }
 }
 
 /// Why no reply will come for a chunk.

@@ -399,12 +399,12 @@ fn decode_into<R: DeserializeOwned>(
     let first = job.first_of(chunk);
     let len = job.len_of(chunk);
     let bytes = match done {
-        Done::Reply(bytes) => bytes,
+        Done::Reply(reply) => reply,
         Done::Failed(failure) => return Err(failure.to_error(first)),
     };
     let mut failed = None;
     let mut task = first;
-    let n = decode_each(&bytes, |o: Outcome<R>| {
+    let n = decode_each(bytes.as_bytes(), |o: Outcome<R>| {
         match o {
             Outcome::Ok(r) if failed.is_none() => out.push(r),
             Outcome::Ok(_) => {}
@@ -432,7 +432,7 @@ fn expand<R: DeserializeOwned>(job: &Job, chunk: usize, done: Done) -> Vec<(usiz
     let len = job.len_of(chunk);
     let positions = first..first + len;
     match done {
-        Done::Reply(bytes) => match Postcard.decode::<Vec<Outcome<R>>>(&bytes) {
+        Done::Reply(reply) => match Postcard.decode::<Vec<Outcome<R>>>(reply.as_bytes()) {
             Ok(outcomes) if outcomes.len() == len => positions
                 .zip(outcomes)
                 .map(|(task, o)| {

@@ -24,7 +24,7 @@ use ipckit_core::{
     Codec, Connection, Ctx, Deadline, Error as CoreError, Postcard, RecvBytes, SendBytes,
 };
 use ipckit_shmem::Shared;
-use nix::time::{ClockId, clock_gettime};
+use nix::time::{ClockId, clock_getres, clock_gettime};
 use serde::{
     Deserialize, Serialize,
     de::{self, DeserializeOwned},
@@ -80,11 +80,22 @@ impl ipckit_core::Handle for Progress {
 /// The system's monotonic clock in nanoseconds, the same in every process (an `Instant`
 /// cannot cross one).
 pub(crate) fn monotonic_ns() -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        (t.tv_sec() as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(t.tv_nsec() as u64)
-    })
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| nanos(&t))
+}
+
+fn nanos(t: &nix::sys::time::TimeSpec) -> u64 {
+    (t.tv_sec() as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec() as u64)
+}
+
+/// A time of the same clock as [`monotonic_ns`], never earlier than it would say now, read
+/// from the coarse clock (the last tick, with no counter to read: a few nanoseconds a
+/// chunk) plus its resolution `res`. It may be later by up to `res` (a few milliseconds),
+/// so a task's timeout may fire that much late, never early.
+fn not_before_now(res: u64) -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .map_or_else(|_| monotonic_ns(), |t| nanos(&t).saturating_add(res))
 }
 
 /// What a worker is started with.
@@ -125,6 +136,7 @@ where
     conn = conn.max_message(config.max_message);
     let progress: Progress = ctx.handle(PROGRESS)?;
     let mut begun = 0u64;
+    let coarse = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(0, |t| nanos(&t));
     if let Some(bytes) = config.init {
         let init: fn(I) = ctx.function(INIT)?;
         // A panic here ends the worker; the pool reports it as a failed start.
@@ -160,7 +172,14 @@ where
         }
         // Counted before anything can fail: a chunk that kills its worker is known.
         begun += 1;
-        progress.begin(begun, if config.timed { monotonic_ns() } else { 0 });
+        progress.begin(
+            begun,
+            if config.timed {
+                not_before_now(coarse)
+            } else {
+                0
+            },
+        );
         outcomes.clear();
         decode_each(&buf, |a: A| {
             outcomes.push(match catch_unwind(AssertUnwindSafe(|| f(a))) {
