@@ -36,7 +36,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{
     Event, WorkerInfo,
-    job::{Done, Failure, Reply, Shared, Task, lock},
+    job::{Done, Failure, Reply, Shared, Snap, Task, lock},
     options::OnEvent,
     worker::{Progress, monotonic_ns, push_frame, write_frames},
 };
@@ -77,7 +77,7 @@ struct Worker {
     conn: Option<Connection>,
     ready: bool,
     /// What it has begun, as it writes it.
-    progress: Progress,
+    progress: Arc<Progress>,
     /// Chunks sent and not answered, in the order sent: the first is number `done` of
     /// those sent to it.
     inflight: VecDeque<Task>,
@@ -235,9 +235,29 @@ impl Dispatcher {
     }
 
     fn publish(&mut self) {
-        if self.dirty {
-            *lock(&self.shared.snapshot) = self.workers.iter().map(Worker::info).collect();
-            self.dirty = false;
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut snap = lock(&self.shared.snapshot);
+        snap.truncate(self.workers.len());
+        for (k, w) in self.workers.iter().enumerate() {
+            if k == snap.len() {
+                snap.push(Snap {
+                    info: w.info(),
+                    progress: w.progress.clone(),
+                    done: 0,
+                    inflight: Vec::new(),
+                });
+            }
+            let s = &mut snap[k];
+            if !Arc::ptr_eq(&s.progress, &w.progress) {
+                s.progress = w.progress.clone();
+            }
+            s.info = w.info();
+            s.done = w.done;
+            s.inflight.clear();
+            s.inflight.extend(w.inflight.iter().map(Task::task_ref));
         }
     }
 
@@ -274,7 +294,7 @@ impl Dispatcher {
                         child,
                         conn: Some(conn),
                         ready: false,
-                        progress,
+                        progress: Arc::new(progress),
                         inflight: VecDeque::new(),
                         inflight_bytes: 0,
                         head_since: 0,

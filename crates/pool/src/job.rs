@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Error, TaskRef, WorkerInfo};
+use crate::{Error, TaskRef, WorkerInfo, worker::Progress};
 
 /// Locks `m`, whatever a panicking thread left (every state here stays consistent between
 /// statements).
@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     /// Written to wake the pool's thread (its other end is in the poll set).
     wake: UnixStream,
     pub(crate) next_call: AtomicU64,
-    pub(crate) snapshot: Mutex<Vec<WorkerInfo>>,
+    pub(crate) snapshot: Mutex<Vec<Snap>>,
     /// Set when the pool's thread has ended every worker.
     pub(crate) ended: Mutex<bool>,
     pub(crate) ended_cond: Condvar,
@@ -83,6 +83,33 @@ impl Shared {
             }
         }
         true
+    }
+}
+
+/// A worker as the pool's thread last published it, for [`Pool::workers`]: the chunk it
+/// runs is read from its own count when asked, since it begins chunks without telling.
+///
+/// [`Pool::workers`]: crate::Pool::workers
+#[derive(Debug)]
+pub(crate) struct Snap {
+    pub(crate) info: WorkerInfo,
+    pub(crate) progress: Arc<Progress>,
+    /// Chunks it had answered.
+    pub(crate) done: u64,
+    /// The chunks in flight, in the order sent.
+    pub(crate) inflight: Vec<TaskRef>,
+}
+
+impl Snap {
+    /// The worker as it is now.
+    pub(crate) fn now(&self) -> WorkerInfo {
+        let (count, _) = self.progress.read();
+        let begun = usize::try_from(count.saturating_sub(self.done)).unwrap_or(usize::MAX);
+        let running = begun.min(self.inflight.len()).saturating_sub(1);
+        WorkerInfo {
+            task: self.inflight.get(running).copied(),
+            ..self.info
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     Error, PoolOptions, Result, WorkerInfo,
     dispatch::{Config, Dispatcher, SpawnWorker},
-    job::{Done, Job, Shared, Task, lock},
+    job::{Done, Job, Shared, Snap, Task, lock},
     worker::{
         CONN, INIT, Outcome, PROGRESS, Progress, TASK, WorkerConfig, decode_each, worker_main,
     },
@@ -67,7 +67,7 @@ impl<A, R> fmt::Debug for Pool<A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("options", &self.opts)
-            .field("workers", &*lock(&self.shared.snapshot))
+            .field("workers", &self.workers())
             .finish_non_exhaustive()
     }
 }
@@ -326,7 +326,7 @@ impl<A, R> Pool<A, R> {
 
     /// The workers as they were a moment ago: number, process id, what they run.
     pub fn workers(&self) -> Vec<WorkerInfo> {
-        lock(&self.shared.snapshot).clone()
+        lock(&self.shared.snapshot).iter().map(Snap::now).collect()
     }
 
     /// Takes no more tasks (later calls fail with [`Error::Closed`]); the tasks taken are

@@ -67,6 +67,16 @@ impl Progress {
     }
 }
 
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (begun, at) = self.read();
+        f.debug_struct("Progress")
+            .field("begun", &begun)
+            .field("at", &at)
+            .finish()
+    }
+}
+
 impl ipckit_core::Handle for Progress {
     fn into_handoff(self) -> ipckit_core::Handoff {
         self.0.into_handoff()

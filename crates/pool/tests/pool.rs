@@ -382,6 +382,37 @@ fn a_task_timed_out_behind_replies_held_back_is_the_one_reported() {
     held_replies_then("held-timeout", Some(Duration::from_millis(300)));
 }
 
+#[test]
+fn workers_shows_the_task_a_worker_runs_while_it_holds_back_the_reply_before_it() {
+    enter();
+    let pool = Pool::new(
+        PoolOptions::new(1).chunk_size(1).task_timeout(PATIENCE),
+        hang_once,
+    )
+    .unwrap();
+    let dir = marker_dir("shows", 0);
+    // Tasks 0 and 1 reach the worker in one write: it runs 1 with 0's reply held back.
+    let mut results = pool
+        .imap((0..3).map(|n| Hang {
+            n,
+            victim: 1,
+            dir: dir.clone(),
+        }))
+        .unwrap();
+    let pid = victim_pid(&dir, 1);
+    wait_until("the snapshot shows task 1", || {
+        pool.workers()
+            .iter()
+            .any(|w| w.pid == pid && w.task.is_some_and(|t| t.index == 1))
+    });
+    sigkill(pid);
+    for i in 0..3u64 {
+        let r = results.next_timeout(PATIENCE).expect("a result");
+        assert_eq!(r.unwrap().0, i * i);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn abort_on_odd(x: u64) -> u64 {
     if x % 2 == 1 {
         std::process::abort();
