@@ -60,7 +60,9 @@ impl PoolOptions {
 
     /// The longest a task may run: past it, its worker is killed and replaced, and the
     /// task reported as [`Error::TaskTimedOut`](crate::Error::TaskTimedOut) (not retried).
-    /// A chunk of `n` tasks may run `n` times this.
+    /// A chunk of `n` tasks may run `n` times this, counted from when its worker began
+    /// it; the worker is killed up to a few milliseconds after the limit (two ticks of the
+    /// system's coarse clock), never before.
     #[must_use]
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);

@@ -99,13 +99,10 @@ fn nanos(t: &nix::sys::time::TimeSpec) -> u64 {
         .saturating_add(t.tv_nsec() as u64)
 }
 
-/// A time of the same clock as [`monotonic_ns`], never earlier than it would say now, read
-/// from the coarse clock (the last tick, with no counter to read: a few nanoseconds a
-/// chunk) plus its resolution `res`. It may be later by up to `res` (a few milliseconds),
-/// so a task's timeout may fire that much late, never early.
-fn not_before_now(res: u64) -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
-        .map_or_else(|_| monotonic_ns(), |t| nanos(&t).saturating_add(res))
+/// The coarse clock: [`monotonic_ns`] as of the last tick (a few nanoseconds to read, no
+/// counter), at most its resolution behind.
+fn coarse_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).map_or_else(|_| monotonic_ns(), |t| nanos(&t))
 }
 
 /// What a worker is started with.
@@ -146,6 +143,7 @@ where
     conn = conn.max_message(config.max_message);
     let progress: Progress = ctx.handle(PROGRESS)?;
     let mut begun = 0u64;
+    // A tick of the coarse clock, its resolution.
     let coarse = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(0, |t| nanos(&t));
     if let Some(bytes) = config.init {
         let init: fn(I) = ctx.function(INIT)?;
@@ -182,10 +180,14 @@ where
         }
         // Counted before anything can fail: a chunk that kills its worker is known.
         begun += 1;
+        let began = coarse_ns();
+        // The coarse clock is behind by less than a tick (it is brought up to date when a
+        // processor wakes from idle); with two ticks added, the stamp is never earlier
+        // than the real start: a timeout may fire a few milliseconds late, never early.
         progress.begin(
             begun,
             if config.timed {
-                not_before_now(coarse)
+                began.saturating_add(2 * coarse)
             } else {
                 0
             },
@@ -206,8 +208,11 @@ where
             deadline = Deadline::Never;
         } else {
             push_frame(&mut replies, &out);
-            // Look for the next chunk without waiting; none there: the replies go.
-            deadline = if !config.hold_replies || replies.len() > BATCH_BYTES {
+            // Look for the next chunk without waiting; none there: the replies go. A chunk
+            // that took more than a tick of the coarse clock replies at once: its reply
+            // would otherwise wait for the next chunk, which may be as long.
+            let short = coarse_ns().saturating_sub(began) <= coarse;
+            deadline = if !config.hold_replies || !short || replies.len() > BATCH_BYTES {
                 if let Err(e) = flush(&mut conn, &mut replies) {
                     return gone(e);
                 }

@@ -493,9 +493,10 @@ fn a_task_past_its_timeout_has_its_worker_killed_and_replaced() {
     let (opts, rx) = events();
     let limit = Duration::from_millis(300);
     let pool = Pool::new(opts.task_timeout(limit), sleep_ms).unwrap();
+    // Before the submit: the worker may begin the task before `submit` returns.
+    let started = Instant::now();
     let mut slow = pool.submit(600_000).unwrap();
     let quick = pool.submit(1).unwrap();
-    let started = Instant::now();
     match slow.wait_timeout(PATIENCE) {
         Err(Error::TaskTimedOut {
             task: 0,
@@ -503,7 +504,7 @@ fn a_task_past_its_timeout_has_its_worker_killed_and_replaced() {
             limit: l,
         }) => {
             assert_eq!(l, limit);
-            assert!(started.elapsed() >= limit);
+            assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
             assert!(!alive(pid));
             let (replaced, by) = wait_event(&rx, |_, e| match e {
                 Event::Started {
@@ -523,6 +524,17 @@ fn a_task_past_its_timeout_has_its_worker_killed_and_replaced() {
     let pids: Vec<u32> = pool.map(vec![50; 6]).unwrap();
     assert!(!pids.is_empty());
     assert_eq!(pool.workers().len(), 3);
+}
+
+#[test]
+fn a_long_tasks_result_is_not_held_back_while_the_next_task_runs() {
+    enter();
+    let pool = Pool::new(PoolOptions::new(1).task_timeout(PATIENCE), sleep_ms).unwrap();
+    let mut first = pool.submit(50).unwrap();
+    // Already in the worker's socket when the first ends, and runs for ten minutes.
+    let _second = pool.submit(600_000).unwrap();
+    let pid = first.wait_timeout(PATIENCE).unwrap();
+    assert!(alive(pid));
 }
 
 fn pid_of(_: u64) -> u32 {
