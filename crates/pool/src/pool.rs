@@ -46,10 +46,12 @@ type Init<I> = (fn(I), Vec<u8>);
 /// a replacement, and the task the worker was running is run again on another worker
 /// ([`PoolOptions::retries`], once by default) or reported to its caller as
 /// [`Error::WorkerDied`] with the signal. Chunks queued behind it had not started and go
-/// back to the queue. A task that panics gives [`Error::Panicked`] with the message; its
-/// worker goes on. A task that runs past [`PoolOptions::task_timeout`] gives
-/// [`Error::TaskTimedOut`]; its worker is killed and replaced. Each task's result is
-/// delivered once.
+/// back to the queue; so do the quick chunks it had finished but whose replies it was
+/// still holding back to send them together (it counts the chunks it begins in shared
+/// memory, so the pool knows which is which), to run again. A task that panics gives
+/// [`Error::Panicked`] with the message; its worker goes on. A task that runs past
+/// [`PoolOptions::task_timeout`] gives [`Error::TaskTimedOut`]; its worker is killed and
+/// replaced. Each task's result is delivered once.
 ///
 /// # Ending
 ///
