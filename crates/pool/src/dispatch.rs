@@ -120,10 +120,16 @@ impl Worker {
     /// How many of the chunks in flight it has begun: those before the last it began are
     /// finished (their replies are on their way, or died with it), the last it runs.
     fn begun(&self) -> usize {
-        let (count, _) = self.progress.read();
-        usize::try_from(count.saturating_sub(self.done))
+        self.begun_at().0
+    }
+
+    /// As [`begun`](Worker::begun), with when it began the last (or a later one).
+    fn begun_at(&self) -> (usize, u64) {
+        let (count, at) = self.progress.read();
+        let begun = usize::try_from(count.saturating_sub(self.done))
             .unwrap_or(usize::MAX)
-            .min(self.inflight.len())
+            .min(self.inflight.len());
+        (begun, at)
     }
 
     /// The chunk it runs (its number among those sent to it) and when its time is up
@@ -134,13 +140,9 @@ impl Worker {
         if self.inflight.is_empty() {
             return None;
         }
-        let (count, at) = self.progress.read();
-        let begun = usize::try_from(count.saturating_sub(self.done))
-            .unwrap_or(usize::MAX)
-            .min(self.inflight.len());
-        let (k, since) = match begun {
-            0 => (0, self.head_since),
-            k => (k - 1, at),
+        let (k, since) = match self.begun_at() {
+            (0, _) => (0, self.head_since),
+            (k, at) => (k - 1, at),
         };
         let task = &self.inflight[k];
         let n = u32::try_from(task.job.len_of(task.chunk)).unwrap_or(u32::MAX);
