@@ -7,21 +7,28 @@
 //! thread wakes within the time the kernel takes to end the process: no timer, no
 //! heartbeat. Per-task timeouts are the poll's timeout.
 //!
-//! Each worker has at most [`WINDOW`] chunks in flight: the one it runs, and the next ones
+//! Each worker has a window of chunks in flight: the one it runs, and the next ones
 //! waiting in its socket so that it never idles between two, and reads many small tasks
-//! with one system call and one wake-up. Chunks wait behind the running one only while
-//! they add up to [`PREFETCH_BYTES`]: they then fit the socket's buffer, and sending them
-//! never blocks this thread. A large chunk goes only to an idle worker, which is reading,
-//! so sending it takes the time of a copy. When a worker dies, only the chunk it was
-//! running counts an attempt; those waiting behind it never started and go back to the
-//! queue as they were.
+//! with one system call and one wake-up. The window holds about [`QUEUED_NS`] of work at
+//! the pace the worker answers (from 2 chunks for long tasks, so that none waits long
+//! behind another, to [`WINDOW`] for tiny ones). Chunks wait behind the running one only
+//! while they add up to [`PREFETCH_BYTES`]: they then fit the socket's buffer, and sending
+//! them never blocks this thread. A large chunk goes only to an idle worker, which is reading,
+//! so sending it takes the time of a copy.
+//!
+//! A worker counts the chunks it begins in shared memory ([`Progress`]), so this thread
+//! knows which one it runs although its replies may come later, in batches. When a worker
+//! dies, only the chunk it was running counts an attempt; the chunks it finished but
+//! whose replies died with it run again, and those waiting behind it never started: both
+//! go back to the queue as they were. A task's timeout counts from the moment the worker
+//! began its chunk.
 
 use std::{
     collections::VecDeque,
     io::Read,
     os::{fd::AsFd, unix::net::UnixStream},
     sync::{Arc, mpsc},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ipckit_core::{Child, Connection, Deadline, Error as CoreError, RecvBytes, SendBytes};
@@ -29,13 +36,17 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{
     Event, WorkerInfo,
-    job::{Done, Failure, Shared, Task, lock},
+    job::{Done, Failure, Reply, Shared, Snap, Task, lock},
     options::OnEvent,
-    worker::{push_frame, write_frames},
+    worker::{Progress, monotonic_ns, push_frame, write_frames},
 };
 
-/// Chunks in flight per worker.
-const WINDOW: usize = 64;
+/// Chunks in flight per worker, at most.
+const WINDOW: usize = 256;
+/// Chunks in flight per worker at first, and at least.
+const MIN_WINDOW: usize = 2;
+/// About how much work, in nanoseconds, waits in a worker's window.
+const QUEUED_NS: u64 = 1_000_000;
 /// The most bytes of chunks waiting behind a busy worker's running one.
 const PREFETCH_BYTES: usize = 32 << 10;
 /// How long a worker whose connection broke may take to end by itself before it is killed.
@@ -45,7 +56,7 @@ const START_FAILURES: u32 = 3;
 
 /// Starts one worker process and gives it and the pool's end of its connection.
 pub(crate) type SpawnWorker =
-    Box<dyn FnMut() -> ipckit_core::Result<(Child<()>, Connection)> + Send>;
+    Box<dyn FnMut() -> ipckit_core::Result<(Child<()>, Connection, Progress)> + Send>;
 
 /// What the pool's thread needs to run.
 pub(crate) struct Config {
@@ -65,10 +76,21 @@ struct Worker {
     /// `None` once the pool asked it to go (it then exits by itself).
     conn: Option<Connection>,
     ready: bool,
-    /// Chunks sent and not answered: the first is the one it runs.
+    /// What it has begun, as it writes it.
+    progress: Arc<Progress>,
+    /// Chunks sent and not answered, in the order sent: the first is number `done` of
+    /// those sent to it.
     inflight: VecDeque<Task>,
-    /// When the first chunk in flight began (about: when the one before was answered).
-    head_since: Instant,
+    /// The bytes of the chunks in `inflight`.
+    inflight_bytes: usize,
+    /// When the first chunk in flight was sent or the one before it answered (in
+    /// [`monotonic_ns`]): a task's timeout counts from there until the worker says it
+    /// began it.
+    head_since: u64,
+    /// How long it takes per chunk, as its answers come (0: not known yet).
+    chunk_ns: u64,
+    /// How many chunks it may have in flight.
+    window: usize,
     sent: u64,
     done: u64,
 }
@@ -79,17 +101,53 @@ impl Worker {
             worker: self.id,
             pid: self.pid,
             ready: self.ready,
-            task: self.inflight.front().map(Task::task_ref),
+            task: self
+                .inflight
+                .get(self.begun().saturating_sub(1))
+                .map(Task::task_ref),
             done: self.done,
         }
     }
 
-    /// The time its running chunk may take, if it runs one and tasks have a limit.
-    fn deadline(&self, limit: Option<Duration>) -> Option<Instant> {
+    /// Takes the first chunk in flight, answered.
+    fn pop_head(&mut self) -> Option<Task> {
+        let task = self.inflight.pop_front()?;
+        self.inflight_bytes -= task.bytes().len();
+        self.done += 1;
+        Some(task)
+    }
+
+    /// How many of the chunks in flight it has begun: those before the last it began are
+    /// finished (their replies are on their way, or died with it), the last it runs.
+    fn begun(&self) -> usize {
+        self.begun_at().0
+    }
+
+    /// As [`begun`](Worker::begun), with when it began the last (or a later one).
+    fn begun_at(&self) -> (usize, u64) {
+        let (count, at) = self.progress.read();
+        let begun = usize::try_from(count.saturating_sub(self.done))
+            .unwrap_or(usize::MAX)
+            .min(self.inflight.len());
+        (begun, at)
+    }
+
+    /// The chunk it runs (its number among those sent to it) and when its time is up
+    /// (in [`monotonic_ns`]), if it runs one and tasks have a limit. A chunk sent and not
+    /// yet begun is counted from when it was sent or the one before it answered.
+    fn deadline(&self, limit: Option<Duration>) -> Option<(u64, u64)> {
         let limit = limit?;
-        let head = self.inflight.front()?;
-        let n = u32::try_from(head.job.len_of(head.chunk)).unwrap_or(u32::MAX);
-        self.head_since.checked_add(limit.saturating_mul(n))
+        if self.inflight.is_empty() {
+            return None;
+        }
+        let (k, since) = match self.begun_at() {
+            (0, _) => (0, self.head_since),
+            (k, at) => (k - 1, at),
+        };
+        let task = &self.inflight[k];
+        let n = u32::try_from(task.job.len_of(task.chunk)).unwrap_or(u32::MAX);
+        let nanos = u64::try_from(limit.saturating_mul(n).as_nanos()).unwrap_or(u64::MAX);
+        Some((self.done + k as u64, since.saturating_add(nanos)))
     }
 }
 
@@ -98,8 +156,9 @@ impl Worker {
 enum Cause {
     /// Its process ended (or its connection broke).
     Ended,
-    /// Its running chunk passed the task timeout; it was killed.
-    TimedOut,
+    /// Its chunk number `.0` (among those sent to it) passed the task timeout; it was
+    /// killed.
+    TimedOut(u64),
 }
 
 pub(crate) struct Dispatcher {
@@ -178,9 +237,29 @@ impl Dispatcher {
     }
 
     fn publish(&mut self) {
-        if self.dirty {
-            *lock(&self.shared.snapshot) = self.workers.iter().map(Worker::info).collect();
-            self.dirty = false;
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut snap = lock(&self.shared.snapshot);
+        snap.truncate(self.workers.len());
+        for (k, w) in self.workers.iter().enumerate() {
+            if k == snap.len() {
+                snap.push(Snap {
+                    info: w.info(),
+                    progress: w.progress.clone(),
+                    done: 0,
+                    inflight: Vec::new(),
+                });
+            }
+            let s = &mut snap[k];
+            if !Arc::ptr_eq(&s.progress, &w.progress) {
+                s.progress = w.progress.clone();
+            }
+            s.info = w.info();
+            s.done = w.done;
+            s.inflight.clear();
+            s.inflight.extend(w.inflight.iter().map(Task::task_ref));
         }
     }
 
@@ -207,7 +286,7 @@ impl Dispatcher {
             }
             let replacing = self.to_replace.pop_front();
             match (self.cfg.spawn)() {
-                Ok((child, conn)) => {
+                Ok((child, conn, progress)) => {
                     let id = self.next_id;
                     self.next_id += 1;
                     let pid = child.pid();
@@ -217,8 +296,12 @@ impl Dispatcher {
                         child,
                         conn: Some(conn),
                         ready: false,
+                        progress: Arc::new(progress),
                         inflight: VecDeque::new(),
-                        head_since: Instant::now(),
+                        inflight_bytes: 0,
+                        head_since: 0,
+                        chunk_ns: 0,
+                        window: MIN_WINDOW,
                         sent: 0,
                         done: 0,
                     });
@@ -271,12 +354,8 @@ impl Dispatcher {
                     let w = &self.workers[i];
                     let queued = w.inflight.len() + extra[i];
                     // Bytes already waiting behind the chunk the worker runs.
-                    let waiting: usize = w
-                        .inflight
-                        .iter()
-                        .skip(1)
-                        .map(|t| t.bytes.len())
-                        .sum::<usize>()
+                    let waiting = w.inflight_bytes
+                        - w.inflight.front().map_or(0, |t| t.bytes().len())
                         + extra_bytes[i];
                     let room = w.conn.is_some()
                         && w.ready
@@ -285,10 +364,11 @@ impl Dispatcher {
                             .max_tasks
                             .is_none_or(|m| w.sent + (extra[i] as u64) < m)
                         && (queued == 0
-                            || (queued < WINDOW && waiting + front.bytes.len() <= PREFETCH_BYTES));
+                            || (queued < w.window
+                                && waiting + front.bytes().len() <= PREFETCH_BYTES));
                     if let Some(task) = room.then(|| q.pending.pop_front()).flatten() {
                         if queued > 0 {
-                            extra_bytes[i] += task.bytes.len();
+                            extra_bytes[i] += task.bytes().len();
                         }
                         extra[i] += 1;
                         assigned.push((i, task));
@@ -321,9 +401,10 @@ impl Dispatcher {
             match sent {
                 Ok(()) => {
                     if w.inflight.is_empty() {
-                        w.head_since = Instant::now();
+                        w.head_since = monotonic_ns();
                     }
                     w.sent += tasks.len() as u64;
+                    w.inflight_bytes += tasks.iter().map(|t| t.bytes().len()).sum::<usize>();
                     w.inflight.extend(tasks);
                     self.dirty = true;
                 }
@@ -370,11 +451,8 @@ impl Dispatcher {
         let timeout = match self.next_deadline() {
             None => PollTimeout::NONE,
             Some(d) => {
-                let ms = d
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .saturating_add(1);
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                let ms = d.saturating_sub(monotonic_ns()).div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u64) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
         let mut answered = Vec::new();
@@ -438,41 +516,70 @@ impl Dispatcher {
     }
 
     /// The earliest deadline of a running chunk.
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self) -> Option<u64> {
         self.workers
             .iter()
             .filter(|w| w.conn.is_some())
             .filter_map(|w| w.deadline(self.cfg.task_timeout))
+            .map(|(_, at)| at)
             .min()
     }
 
     /// Kills the workers whose running chunk passed its deadline.
     fn expire(&mut self) {
-        let now = Instant::now();
-        let late: Vec<u32> = self
+        if self.cfg.task_timeout.is_none() {
+            return;
+        }
+        let now = monotonic_ns();
+        let late: Vec<(u32, u64)> = self
             .workers
             .iter()
             .filter(|w| w.conn.is_some())
-            .filter(|w| w.deadline(self.cfg.task_timeout).is_some_and(|d| d <= now))
-            .map(|w| w.id)
+            .filter_map(|w| match w.deadline(self.cfg.task_timeout) {
+                Some((seq, at)) if at <= now => Some((w.id, seq)),
+                _ => None,
+            })
             .collect();
-        for id in late {
+        for (id, seq) in late {
             if let Some(i) = self.index(id) {
-                self.bury(i, Cause::TimedOut);
+                self.bury(i, Cause::TimedOut(seq));
             }
         }
     }
 
-    /// Takes every message worker `i` has sent. False if its connection ended or broke.
+    /// Takes every message worker `i` has sent, and sizes its window from the pace of its
+    /// answers. False if its connection ended or broke.
     fn read_answers(&mut self, i: usize) -> bool {
+        let now = monotonic_ns();
+        let before = self.workers[i].done;
+        let open = self.read_messages(i);
+        let w = &mut self.workers[i];
+        let answered = w.done - before;
+        if let Some(per) = now.saturating_sub(w.head_since).checked_div(answered) {
+            w.chunk_ns = match w.chunk_ns {
+                0 => per,
+                avg => (3 * avg + per) / 4,
+            };
+            w.window = usize::try_from(QUEUED_NS / w.chunk_ns.max(1))
+                .unwrap_or(WINDOW)
+                .clamp(MIN_WINDOW, WINDOW);
+        }
+        // The next chunk is counted from here until the worker says it began it.
+        w.head_since = now;
+        open
+    }
+
+    /// Takes every message worker `i` has sent. False if its connection ended or broke.
+    fn read_messages(&mut self, i: usize) -> bool {
+        // One buffer for the batch: small replies are copied out of it.
+        let mut buf = Vec::new();
         loop {
             let Some(conn) = self.workers[i].conn.as_mut() else {
                 return true;
             };
-            let mut buf = Vec::new();
             match conn.recv_bytes_into_deadline(&mut buf, Deadline::Now) {
                 Ok(()) => {
-                    if !self.on_message(i, buf) {
+                    if !self.on_message(i, &mut buf) {
                         return false;
                     }
                 }
@@ -488,7 +595,7 @@ impl Dispatcher {
     }
 
     /// Handles one message of worker `i`. False if it breaks the protocol.
-    fn on_message(&mut self, i: usize, msg: Vec<u8>) -> bool {
+    fn on_message(&mut self, i: usize, msg: &mut Vec<u8>) -> bool {
         let w = &mut self.workers[i];
         self.dirty = true;
         match accept(w, msg) {
@@ -532,7 +639,7 @@ impl Dispatcher {
                 other => other,
             },
             Cause::Ended => w.child.join(),
-            Cause::TimedOut => {
+            Cause::TimedOut(_) => {
                 let _ = w.child.kill();
                 w.child.join()
             }
@@ -543,7 +650,7 @@ impl Dispatcher {
                 .recv_bytes_into_deadline(&mut buf, Deadline::Now)
                 .is_ok()
             {
-                if matches!(accept(&mut w, std::mem::take(&mut buf)), Accepted::Bad) {
+                if matches!(accept(&mut w, &mut buf), Accepted::Bad) {
                     break;
                 }
             }
@@ -566,9 +673,38 @@ impl Dispatcher {
             ));
         }
         let broken = lock(&self.shared.queue).broken.is_some();
+        // The chunk it ran is the last it began (the first in flight if it began none):
+        // those before it were finished, and their replies died with it; those after it
+        // never began.
+        let begun = w.begun();
+        let timed_out = match cause {
+            Cause::TimedOut(seq) => seq
+                .checked_sub(w.done)
+                .and_then(|k| usize::try_from(k).ok())
+                .filter(|&k| k < w.inflight.len()),
+            Cause::Ended => None,
+        };
+        let running = timed_out.unwrap_or(begun.saturating_sub(1));
         let mut back = Vec::new();
-        match (cause, w.inflight.pop_front()) {
-            (Cause::TimedOut, Some(task)) => {
+        let mut tasks = std::mem::take(&mut w.inflight).into_iter();
+        for task in tasks.by_ref().take(running) {
+            if self.cfg.retries > 0 {
+                tracing::debug!(
+                    worker = w.id,
+                    "a finished chunk's reply died with its worker"
+                );
+                back.push(task);
+            } else {
+                let attempts = task.attempts + 1;
+                task.finish(Done::Failed(Failure::Died {
+                    pid: w.pid,
+                    signal,
+                    attempts,
+                }));
+            }
+        }
+        match (timed_out, tasks.next()) {
+            (Some(_), Some(task)) => {
                 tracing::warn!(
                     worker = w.id,
                     pid = w.pid,
@@ -620,8 +756,8 @@ impl Dispatcher {
                 tasks: w.done,
             }),
         }
-        // The chunks queued behind it never started.
-        back.extend(w.inflight.drain(..));
+        // The chunks queued behind it never began.
+        back.extend(tasks);
         self.requeue(back);
         if !asked {
             self.to_replace.push_back(w.id);
@@ -659,7 +795,7 @@ enum Accepted {
 }
 
 /// Takes a message of `w`: its ready signal, or the answer to its running chunk.
-fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
+fn accept(w: &mut Worker, msg: &mut Vec<u8>) -> Accepted {
     if !w.ready {
         if !msg.is_empty() {
             return Accepted::Bad;
@@ -667,12 +803,10 @@ fn accept(w: &mut Worker, msg: Vec<u8>) -> Accepted {
         w.ready = true;
         return Accepted::Ready;
     }
-    let Some(task) = w.inflight.pop_front() else {
+    let Some(task) = w.pop_head() else {
         return Accepted::Bad;
     };
-    w.head_since = Instant::now();
-    w.done += 1;
-    task.finish(Done::Reply(msg));
+    task.finish(Done::Reply(Reply::take(msg)));
     Accepted::Answer
 }
 
@@ -684,17 +818,17 @@ fn send_all(
     tasks: &[Task],
     frames: &mut Vec<u8>,
 ) -> ipckit_core::Result<()> {
-    let total: usize = tasks.iter().map(|t| t.bytes.len()).sum();
+    let total: usize = tasks.iter().map(|t| t.bytes().len()).sum();
     if tasks.len() == 1 || total > 2 * PREFETCH_BYTES {
         // A large chunk goes as its own message, as large as the connection allows.
         for t in tasks {
-            conn.send_bytes(&t.bytes)?;
+            conn.send_bytes(t.bytes())?;
         }
         return Ok(());
     }
     frames.clear();
     for t in tasks {
-        push_frame(frames, &t.bytes);
+        push_frame(frames, t.bytes());
     }
     write_frames(conn, frames)
 }

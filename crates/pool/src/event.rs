@@ -72,7 +72,8 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// Whether it has run its initializer and takes tasks.
     pub ready: bool,
-    /// The tasks it runs now (the first sent to it and not yet answered), if any.
+    /// The tasks it runs now (the last it began of those sent to it and not yet
+    /// answered), if any.
     pub task: Option<TaskRef>,
     /// How many dispatches it has answered.
     pub done: u64,

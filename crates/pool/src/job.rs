@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Error, TaskRef, WorkerInfo};
+use crate::{Error, TaskRef, WorkerInfo, worker::Progress};
 
 /// Locks `m`, whatever a panicking thread left (every state here stays consistent between
 /// statements).
@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     /// Written to wake the pool's thread (its other end is in the poll set).
     wake: UnixStream,
     pub(crate) next_call: AtomicU64,
-    pub(crate) snapshot: Mutex<Vec<WorkerInfo>>,
+    pub(crate) snapshot: Mutex<Vec<Snap>>,
     /// Set when the pool's thread has ended every worker.
     pub(crate) ended: Mutex<bool>,
     pub(crate) ended_cond: Condvar,
@@ -86,6 +86,33 @@ impl Shared {
     }
 }
 
+/// A worker as the pool's thread last published it, for [`Pool::workers`]: the chunk it
+/// runs is read from its own count when asked, since it begins chunks without telling.
+///
+/// [`Pool::workers`]: crate::Pool::workers
+#[derive(Debug)]
+pub(crate) struct Snap {
+    pub(crate) info: WorkerInfo,
+    pub(crate) progress: Arc<Progress>,
+    /// Chunks it had answered.
+    pub(crate) done: u64,
+    /// The chunks in flight, in the order sent.
+    pub(crate) inflight: Vec<TaskRef>,
+}
+
+impl Snap {
+    /// The worker as it is now.
+    pub(crate) fn now(&self) -> WorkerInfo {
+        let (count, _) = self.progress.read();
+        let begun = usize::try_from(count.saturating_sub(self.done)).unwrap_or(usize::MAX);
+        let running = begun.min(self.inflight.len()).saturating_sub(1);
+        WorkerInfo {
+            task: self.inflight.get(running).copied(),
+            ..self.info
+        }
+    }
+}
+
 /// Tasks waiting for a worker, and what the pool was told to do.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
@@ -103,12 +130,16 @@ pub(crate) struct Queue {
 pub(crate) struct Task {
     pub(crate) job: Arc<Job>,
     pub(crate) chunk: usize,
-    pub(crate) bytes: Vec<u8>,
     /// How many times it was started on a worker.
     pub(crate) attempts: u32,
 }
 
 impl Task {
+    /// The chunk's arguments, encoded: one message to a worker.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.job.args_of(self.chunk)
+    }
+
     pub(crate) fn task_ref(&self) -> TaskRef {
         TaskRef {
             call: self.job.call,
@@ -127,9 +158,41 @@ impl Task {
 #[derive(Debug)]
 pub(crate) enum Done {
     /// The worker's reply: the encoded outcomes.
-    Reply(Vec<u8>),
+    Reply(Reply),
     /// No reply will come.
     Failed(Failure),
+}
+
+/// Replies up to this size are kept inline: the reply of a small task allocates nothing.
+const INLINE: usize = 30;
+
+/// A worker's reply to a chunk, as the pool's thread received it.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Vec<u8>),
+}
+
+impl Reply {
+    /// Takes the message in `buf`: a small one is copied (`buf` keeps its memory for the
+    /// next), a large one taken whole.
+    pub(crate) fn take(buf: &mut Vec<u8>) -> Reply {
+        match u8::try_from(buf.len()) {
+            Ok(len) if buf.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..buf.len()].copy_from_slice(buf);
+                Reply::Inline { len, bytes }
+            }
+            _ => Reply::Heap(std::mem::take(buf)),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Reply::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Reply::Heap(v) => v,
+        }
+    }
 }
 
 /// Why no reply will come for a chunk.
@@ -181,6 +244,11 @@ pub(crate) struct Job {
     pub(crate) call: u64,
     pub(crate) items: usize,
     pub(crate) chunk: usize,
+    /// Every chunk's arguments, encoded one after the other: one buffer for the call,
+    /// not one per chunk.
+    args: Vec<u8>,
+    /// Where chunk `k`'s arguments end in `args` (they begin where chunk `k - 1`'s end).
+    ends: Vec<usize>,
     /// Nobody waits for the results any more: tasks not yet sent are dropped.
     abandoned: AtomicBool,
     slots: Mutex<Slots>,
@@ -209,12 +277,23 @@ enum Want {
 }
 
 impl Job {
-    pub(crate) fn new(call: u64, items: usize, chunk: usize) -> Self {
+    /// A call of `items` tasks in chunks of `chunk`, whose encoded arguments are
+    /// `args`, chunk `k`'s ending at `ends[k]`.
+    pub(crate) fn new(
+        call: u64,
+        items: usize,
+        chunk: usize,
+        args: Vec<u8>,
+        ends: Vec<usize>,
+    ) -> Self {
         let chunks = items.div_ceil(chunk.max(1));
+        debug_assert_eq!(ends.len(), chunks);
         Job {
             call,
             items,
             chunk: chunk.max(1),
+            args,
+            ends,
             abandoned: AtomicBool::new(false),
             slots: Mutex::new(Slots {
                 done: (0..chunks).map(|_| None).collect(),
@@ -224,6 +303,12 @@ impl Job {
             }),
             cond: Condvar::new(),
         }
+    }
+
+    /// Chunk `chunk`'s arguments, encoded.
+    pub(crate) fn args_of(&self, chunk: usize) -> &[u8] {
+        let start = chunk.checked_sub(1).map_or(0, |k| self.ends[k]);
+        &self.args[start..self.ends[chunk]]
     }
 
     pub(crate) fn chunks(&self) -> usize {
@@ -332,6 +417,14 @@ impl Job {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         slots.want = Want::Nothing;
+    }
+
+    /// Takes every chunk's outcome (after [`wait_all`](Job::wait_all): each has one), in
+    /// chunk order, with one lock.
+    pub(crate) fn take_all(&self) -> Vec<Option<Done>> {
+        let mut slots = lock(&self.slots);
+        slots.order.clear();
+        std::mem::take(&mut slots.done)
     }
 
     /// Whether chunk `chunk` has its outcome (and it was not taken).

@@ -49,7 +49,9 @@ impl PoolOptions {
     /// before it is reported as [`Error::WorkerDied`](crate::Error::WorkerDied). The
     /// default, 1, makes tasks *at least once*: a task may have run partly (or wholly,
     /// if the worker died after its work but before its answer) before it runs again.
-    /// 0 makes them *at most once*.
+    /// 0 makes them *at most once*: workers then send each reply at once instead of in
+    /// batches (a worker's death loses only the chunk it ran), which costs a system call
+    /// and a wake-up per chunk with tiny tasks.
     #[must_use]
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
@@ -58,7 +60,9 @@ impl PoolOptions {
 
     /// The longest a task may run: past it, its worker is killed and replaced, and the
     /// task reported as [`Error::TaskTimedOut`](crate::Error::TaskTimedOut) (not retried).
-    /// A chunk of `n` tasks may run `n` times this.
+    /// A chunk of `n` tasks may run `n` times this, counted from when its worker began
+    /// it; the worker is killed up to a few milliseconds after the limit (two ticks of the
+    /// system's coarse clock), never before.
     #[must_use]
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);

@@ -16,8 +16,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     Error, PoolOptions, Result, WorkerInfo,
     dispatch::{Config, Dispatcher, SpawnWorker},
-    job::{Done, Job, Shared, Task, lock},
-    worker::{CONN, INIT, Outcome, TASK, WorkerConfig, worker_main},
+    job::{Done, Job, Shared, Snap, Task, lock},
+    worker::{
+        CONN, INIT, Outcome, PROGRESS, Progress, TASK, WorkerConfig, decode_each, worker_main,
+    },
 };
 
 /// An initializer and its encoded argument.
@@ -44,10 +46,12 @@ type Init<I> = (fn(I), Vec<u8>);
 /// a replacement, and the task the worker was running is run again on another worker
 /// ([`PoolOptions::retries`], once by default) or reported to its caller as
 /// [`Error::WorkerDied`] with the signal. Chunks queued behind it had not started and go
-/// back to the queue. A task that panics gives [`Error::Panicked`] with the message; its
-/// worker goes on. A task that runs past [`PoolOptions::task_timeout`] gives
-/// [`Error::TaskTimedOut`]; its worker is killed and replaced. Each task's result is
-/// delivered once.
+/// back to the queue; so do the quick chunks it had finished but whose replies it was
+/// still holding back to send them together (it counts the chunks it begins in shared
+/// memory, so the pool knows which is which), to run again. A task that panics gives
+/// [`Error::Panicked`] with the message; its worker goes on. A task that runs past
+/// [`PoolOptions::task_timeout`] gives [`Error::TaskTimedOut`]; its worker is killed and
+/// replaced. Each task's result is delivered once.
 ///
 /// # Ending
 ///
@@ -65,7 +69,7 @@ impl<A, R> fmt::Debug for Pool<A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("options", &self.opts)
-            .field("workers", &*lock(&self.shared.snapshot))
+            .field("workers", &self.workers())
             .finish_non_exhaustive()
     }
 }
@@ -130,7 +134,8 @@ where
             );
         }
         let max_message = opts.max_message;
-        let hold_replies = opts.task_timeout.is_none();
+        let hold_replies = opts.retries > 0;
+        let timed = opts.task_timeout.is_some();
         let init_fn = init.as_ref().map(|(f, _)| *f);
         let init_args = init.map(|(_, a)| a);
         let spawn: SpawnWorker = Box::new(move || {
@@ -139,15 +144,18 @@ where
                 init: init_args.clone(),
                 max_message,
                 hold_replies,
+                timed,
             };
+            let (progress, their_progress) = Progress::create()?;
             let mut cmd = Command::function(&config, worker_main::<A, R, I>)?
                 .pass_fn(TASK, f)
-                .handle(CONN, theirs);
+                .handle(CONN, theirs)
+                .handle(PROGRESS, their_progress);
             if let Some(init) = init_fn {
                 cmd = cmd.pass_fn(INIT, init);
             }
             let child: Child<()> = cmd.spawn()?;
-            Ok((child, ours.max_message(max_message)))
+            Ok((child, ours.max_message(max_message), progress))
         });
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(CoreError::from)?;
         wake_tx.set_nonblocking(true).map_err(CoreError::from)?;
@@ -189,25 +197,31 @@ where
     /// Queues `items` in chunks of `chunk` as one call.
     fn enqueue(&self, items: Vec<A>, chunk: usize) -> Result<Arc<Job>> {
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        let job = Arc::new(Job::new(call, items.len(), chunk));
-        let mut tasks = Vec::with_capacity(job.chunks());
-        for (k, part) in items.chunks(job.chunk).enumerate() {
-            let mut bytes = Vec::new();
-            Postcard.encode(part, &mut bytes)?;
-            if bytes.len() > self.opts.max_message {
+        let chunk = chunk.max(1);
+        // Every chunk's arguments in one buffer, one after the other.
+        let mut args = Vec::new();
+        let mut ends = Vec::with_capacity(items.len().div_ceil(chunk));
+        for part in items.chunks(chunk) {
+            let start = args.len();
+            Postcard.encode(part, &mut args)?;
+            let len = args.len() - start;
+            if len > self.opts.max_message {
                 return Err(CoreError::TooLarge {
-                    len: bytes.len() as u64,
+                    len: len as u64,
                     max: self.opts.max_message,
                 }
                 .into());
             }
-            tasks.push(Task {
+            ends.push(args.len());
+        }
+        let job = Arc::new(Job::new(call, items.len(), chunk, args, ends));
+        let tasks: Vec<Task> = (0..job.chunks())
+            .map(|k| Task {
                 job: job.clone(),
                 chunk: k,
-                bytes,
                 attempts: 0,
-            });
-        }
+            })
+            .collect();
         {
             let mut q = lock(&self.shared.queue);
             if let Some(message) = &q.broken {
@@ -233,11 +247,20 @@ where
     /// [`Error::WorkerDied`], [`Error::TaskTimedOut`], …); the tasks after it that have
     /// not started are dropped. [`Error::Closed`] after [`close`](Pool::close).
     pub fn map(&self, items: impl IntoIterator<Item = A>) -> Result<Vec<R>> {
-        let results = self.imap(items)?;
+        let items: Vec<A> = items.into_iter().collect();
+        let chunk = self.opts.chunk_for(items.len());
+        let job = self.enqueue(items, chunk)?;
         // Every chunk ends (with its result, or a failure: never a hang), so waiting for
-        // them all costs one wake-up instead of one per chunk.
-        results.job.wait_all();
-        results.collect()
+        // them all costs one wake-up instead of one per chunk; the results are then
+        // decoded straight into the output.
+        job.wait_all();
+        let mut out = Vec::with_capacity(job.items);
+        for (k, done) in job.take_all().into_iter().enumerate() {
+            let done =
+                done.ok_or_else(|| CoreError::Malformed("a chunk without outcome".into()))?;
+            decode_into(&job, k, done, &mut out)?;
+        }
+        Ok(out)
     }
 
     /// Runs `f` on every item and yields the results in input order as they come:
@@ -305,7 +328,7 @@ impl<A, R> Pool<A, R> {
 
     /// The workers as they were a moment ago: number, process id, what they run.
     pub fn workers(&self) -> Vec<WorkerInfo> {
-        lock(&self.shared.snapshot).clone()
+        lock(&self.shared.snapshot).iter().map(Snap::now).collect()
     }
 
     /// Takes no more tasks (later calls fail with [`Error::Closed`]); the tasks taken are
@@ -368,13 +391,50 @@ impl<A, R> Drop for Pool<A, R> {
     }
 }
 
+/// Decodes chunk `chunk`'s results onto the end of `out`; the first failed task's error.
+fn decode_into<R: DeserializeOwned>(
+    job: &Job,
+    chunk: usize,
+    done: Done,
+    out: &mut Vec<R>,
+) -> Result<()> {
+    let first = job.first_of(chunk);
+    let len = job.len_of(chunk);
+    let bytes = match done {
+        Done::Reply(reply) => reply,
+        Done::Failed(failure) => return Err(failure.to_error(first)),
+    };
+    let mut failed = None;
+    let mut task = first;
+    let n = decode_each(bytes.as_bytes(), |o: Outcome<R>| {
+        match o {
+            Outcome::Ok(r) if failed.is_none() => out.push(r),
+            Outcome::Ok(_) => {}
+            Outcome::Panicked(message) => {
+                failed.get_or_insert(Error::Panicked { task, message });
+            }
+            Outcome::Unsendable(reason) => {
+                failed.get_or_insert(Error::Unsendable { task, reason });
+            }
+        }
+        task += 1;
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if n != len {
+        return Err(CoreError::Malformed(format!("{n} results for a chunk of {len}")).into());
+    }
+    Ok(())
+}
+
 /// Turns chunk `chunk`'s outcome into one result per task, with the task's position.
 fn expand<R: DeserializeOwned>(job: &Job, chunk: usize, done: Done) -> Vec<(usize, Result<R>)> {
     let first = job.first_of(chunk);
     let len = job.len_of(chunk);
     let positions = first..first + len;
     match done {
-        Done::Reply(bytes) => match Postcard.decode::<Vec<Outcome<R>>>(&bytes) {
+        Done::Reply(reply) => match Postcard.decode::<Vec<Outcome<R>>>(reply.as_bytes()) {
             Ok(outcomes) if outcomes.len() == len => positions
                 .zip(outcomes)
                 .map(|(task, o)| {

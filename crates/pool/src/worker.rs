@@ -9,15 +9,26 @@
 //! - the pool closes the connection when the worker should go: it finishes nothing more
 //!   and exits.
 //!
-//! The worker runs one chunk at a time, in the order they came, so the pool knows which
-//! chunk a dead worker was running: the first it has not answered.
+//! The worker runs one chunk at a time, in the order they came, and counts the chunks it
+//! begins in a shared-memory [`Progress`] (with the time it began the last one), so the
+//! pool knows which chunk a dead worker was running, even when the worker held back the
+//! replies of the chunks before it, and how long that chunk has run.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::{
+    marker::PhantomData,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use ipckit_core::{
     Codec, Connection, Ctx, Deadline, Error as CoreError, Postcard, RecvBytes, SendBytes,
 };
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use ipckit_shmem::Shared;
+use nix::time::{ClockId, clock_getres, clock_gettime};
+use serde::{
+    Deserialize, Serialize,
+    de::{self, DeserializeOwned},
+};
 
 /// The key of the task function passed to a worker.
 pub(crate) const TASK: &str = "ipckit-pool-task";
@@ -25,6 +36,74 @@ pub(crate) const TASK: &str = "ipckit-pool-task";
 pub(crate) const INIT: &str = "ipckit-pool-init";
 /// The key of the worker's connection to the pool.
 pub(crate) const CONN: &str = "ipckit-pool-conn";
+/// The key of the worker's [`Progress`].
+pub(crate) const PROGRESS: &str = "ipckit-pool-progress";
+
+/// What a worker has begun, in shared memory that the pool reads: the number of chunks it
+/// has begun, and when it began the last one ([`monotonic_ns`], or 0 when tasks have no
+/// timeout). Written with two stores per chunk: no system call, no wake-up.
+pub(crate) struct Progress(Shared<(AtomicU64, AtomicU64)>);
+
+impl Progress {
+    /// A new counter, at zero, and its twin for the worker.
+    pub(crate) fn create() -> ipckit_core::Result<(Progress, Progress)> {
+        let ours: Shared<(AtomicU64, AtomicU64)> = Shared::create((0, 0))?;
+        let theirs = ours.try_clone()?;
+        Ok((Progress(ours), Progress(theirs)))
+    }
+
+    /// The worker begins its next chunk.
+    fn begin(&self, count: u64, at: u64) {
+        // The time first: a reader that sees the count sees this time or a later one.
+        self.0.1.store(at, Ordering::Relaxed);
+        self.0.0.store(count, Ordering::Release);
+    }
+
+    /// How many chunks the worker has begun, and when it began the last (or a later one,
+    /// if it is moving on).
+    pub(crate) fn read(&self) -> (u64, u64) {
+        let count = self.0.0.load(Ordering::Acquire);
+        (count, self.0.1.load(Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (begun, at) = self.read();
+        f.debug_struct("Progress")
+            .field("begun", &begun)
+            .field("at", &at)
+            .finish()
+    }
+}
+
+impl ipckit_core::Handle for Progress {
+    fn into_handoff(self) -> ipckit_core::Handoff {
+        self.0.into_handoff()
+    }
+
+    fn from_handoff(h: ipckit_core::Handoff) -> ipckit_core::Result<Self> {
+        Ok(Progress(Shared::from_handoff(h)?))
+    }
+}
+
+/// The system's monotonic clock in nanoseconds, the same in every process (an `Instant`
+/// cannot cross one).
+pub(crate) fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| nanos(&t))
+}
+
+fn nanos(t: &nix::sys::time::TimeSpec) -> u64 {
+    (t.tv_sec() as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec() as u64)
+}
+
+/// The coarse clock: [`monotonic_ns`] as of the last tick (a few nanoseconds to read, no
+/// counter), at most its resolution behind.
+fn coarse_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).map_or_else(|_| monotonic_ns(), |t| nanos(&t))
+}
 
 /// What a worker is started with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,9 +112,11 @@ pub(crate) struct WorkerConfig {
     pub(crate) init: Option<Vec<u8>>,
     /// The largest message either way.
     pub(crate) max_message: usize,
-    /// Whether replies may wait for the chunks already here. Not with a task timeout:
-    /// the pool times the chunk it believes runs, so each reply must go at once.
+    /// Whether replies may wait for the chunks already here. Not without retries: a
+    /// worker that dies loses the replies it held, and the pool runs their chunks again.
     pub(crate) hold_replies: bool,
+    /// Whether tasks have a timeout: the worker then notes when it begins each chunk.
+    pub(crate) timed: bool,
 }
 
 /// What became of one task.
@@ -60,6 +141,10 @@ where
     let f: fn(A) -> R = ctx.function(TASK)?;
     let mut conn: Connection = ctx.handle(CONN)?;
     conn = conn.max_message(config.max_message);
+    let progress: Progress = ctx.handle(PROGRESS)?;
+    let mut begun = 0u64;
+    // A tick of the coarse clock, its resolution.
+    let coarse = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(0, |t| nanos(&t));
     if let Some(bytes) = config.init {
         let init: fn(I) = ctx.function(INIT)?;
         // A panic here ends the worker; the pool reports it as a failed start.
@@ -67,12 +152,15 @@ where
     }
     let mut buf = Vec::new();
     let mut out = Vec::new();
+    // Kept from chunk to chunk: a chunk allocates nothing of its own.
+    let mut outcomes: Vec<Outcome<R>> = Vec::new();
     if let Err(e) = conn.send_bytes(&[]) {
         return gone(e);
     }
     // Replies wait while more chunks are already here, then go out in one write: small
     // tasks cost one wake-up and one system call per batch, not per task. A worker killed
-    // with replies waiting loses them with the chunks they answer, which the pool re-runs.
+    // with replies waiting loses them; the pool, which reads in `progress` which chunks
+    // were begun, runs those chunks again.
     let mut replies = Vec::new();
     let mut deadline = Deadline::Never;
     loop {
@@ -90,14 +178,27 @@ where
                 return gone(e);
             }
         }
-        let args: Vec<A> = Postcard.decode(&buf)?;
-        let outcomes: Vec<Outcome<R>> = args
-            .into_iter()
-            .map(|a| match catch_unwind(AssertUnwindSafe(|| f(a))) {
+        // Counted before anything can fail: a chunk that kills its worker is known.
+        begun += 1;
+        let began = coarse_ns();
+        // The coarse clock is behind by less than a tick (it is brought up to date when a
+        // processor wakes from idle); with two ticks added, the stamp is never earlier
+        // than the real start: a timeout may fire a few milliseconds late, never early.
+        progress.begin(
+            begun,
+            if config.timed {
+                began.saturating_add(2 * coarse)
+            } else {
+                0
+            },
+        );
+        outcomes.clear();
+        decode_each(&buf, |a: A| {
+            outcomes.push(match catch_unwind(AssertUnwindSafe(|| f(a))) {
                 Ok(r) => Outcome::Ok(r),
                 Err(payload) => Outcome::Panicked(panic_message(&*payload)),
-            })
-            .collect();
+            });
+        })?;
         encode_reply(&outcomes, config.max_message, &mut out);
         if out.len() > BATCH_BYTES {
             // A large reply goes as it is, after those waiting.
@@ -107,8 +208,11 @@ where
             deadline = Deadline::Never;
         } else {
             push_frame(&mut replies, &out);
-            // Look for the next chunk without waiting; none there: the replies go.
-            deadline = if !config.hold_replies || replies.len() > BATCH_BYTES {
+            // Look for the next chunk without waiting; none there: the replies go. A chunk
+            // that took more than a tick of the coarse clock replies at once: its reply
+            // would otherwise wait for the next chunk, which may be as long.
+            let short = coarse_ns().saturating_sub(began) <= coarse;
+            deadline = if !config.hold_replies || !short || replies.len() > BATCH_BYTES {
                 if let Err(e) = flush(&mut conn, &mut replies) {
                     return gone(e);
                 }
@@ -118,6 +222,45 @@ where
             };
         }
     }
+}
+
+/// Decodes the postcard encoding of a sequence of `T` (as `[T]` or `Vec<T>` encode),
+/// giving each element to `each` as it comes, with no vector in between; returns the
+/// number of elements.
+pub(crate) fn decode_each<T: DeserializeOwned>(
+    bytes: &[u8],
+    each: impl FnMut(T),
+) -> ipckit_core::Result<usize> {
+    struct Each<F, T>(F, PhantomData<fn(T)>);
+
+    impl<'de, F: FnMut(T), T: Deserialize<'de>> de::DeserializeSeed<'de> for Each<F, T> {
+        type Value = usize;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, F: FnMut(T), T: Deserialize<'de>> de::Visitor<'de> for Each<F, T> {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<S: de::SeqAccess<'de>>(mut self, mut seq: S) -> Result<usize, S::Error> {
+            let mut n = 0;
+            while let Some(x) = seq.next_element()? {
+                (self.0)(x);
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    let mut d = postcard::Deserializer::from_bytes(bytes);
+    de::DeserializeSeed::deserialize(Each(each, PhantomData), &mut d)
+        .map_err(|e| CoreError::Codec(e.to_string()))
 }
 
 /// Replies above this size are not held back.

@@ -305,6 +305,114 @@ fn without_retries_a_killed_workers_task_is_reported_within_100_ms() {
     assert!(most < Duration::from_secs(2), "max {most:?}");
 }
 
+/// One worker, one task per chunk: after many tiny tasks its window is wide, so a call's
+/// ten chunks reach it in one write and it holds back the replies of those it finishes
+/// while the next is already there. The victim (task 5) then dies by SIGKILL, or runs past
+/// `timeout`: the pool must blame task 5, not the first chunk it has no reply for, and run
+/// the finished chunks whose replies died with the worker again, each result once.
+fn held_replies_then(name: &str, timeout: Option<Duration>) {
+    let (tx, rx) = mpsc::channel();
+    let opts = PoolOptions::new(1)
+        .chunk_size(1)
+        .task_timeout(timeout.unwrap_or(PATIENCE))
+        .on_event(move |e| {
+            let _ = tx.send((Instant::now(), e.clone()));
+        });
+    let pool = Pool::new(opts, hang_once).unwrap();
+    let dir = marker_dir(name, 0);
+    let task = |n, victim| Hang {
+        n,
+        victim,
+        dir: dir.clone(),
+    };
+    assert_eq!(
+        pool.map((0..500).map(|n| task(n, u64::MAX))).unwrap().len(),
+        500
+    );
+    let victim = 5;
+    let mut results = pool
+        .imap_unordered((0..10).map(|n| task(n, victim)))
+        .unwrap();
+    let pid = victim_pid(&dir, victim);
+    if timeout.is_none() {
+        sigkill(pid);
+    }
+    let blamed = wait_event(&rx, |_, e| match e {
+        Event::Died {
+            pid: p,
+            task: Some(task),
+            retried,
+            ..
+        } if *p == pid => {
+            assert!(retried);
+            Some(*task)
+        }
+        Event::TimedOut { pid: p, task, .. } if *p == pid => Some(*task),
+        _ => None,
+    });
+    assert_eq!((blamed.index, blamed.count), (victim as usize, 1));
+    let mut tally = BTreeMap::new();
+    while let Some(r) = results.next_timeout(PATIENCE) {
+        let i = match r {
+            Ok((i, (sq, _))) => {
+                assert_eq!(sq, (i * i) as u64);
+                i
+            }
+            Err(Error::TaskTimedOut { task, pid: p, .. }) if timeout.is_some() => {
+                assert_eq!((task, p), (victim as usize, pid));
+                task
+            }
+            Err(e) => panic!("{e}"),
+        };
+        *tally.entry(i).or_insert(0) += 1;
+    }
+    assert_eq!(tally, (0..10).map(|i| (i, 1)).collect());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_worker_killed_with_replies_held_back_has_the_right_task_blamed_and_retried() {
+    enter();
+    held_replies_then("held-kill", None);
+}
+
+#[test]
+fn a_task_timed_out_behind_replies_held_back_is_the_one_reported() {
+    enter();
+    held_replies_then("held-timeout", Some(Duration::from_millis(300)));
+}
+
+#[test]
+fn workers_shows_the_task_a_worker_runs_while_it_holds_back_the_reply_before_it() {
+    enter();
+    let pool = Pool::new(
+        PoolOptions::new(1).chunk_size(1).task_timeout(PATIENCE),
+        hang_once,
+    )
+    .unwrap();
+    let dir = marker_dir("shows", 0);
+    // Tasks 0 and 1 reach the worker in one write: it runs 1 with 0's reply held back.
+    let mut results = pool
+        .imap((0..3).map(|n| Hang {
+            n,
+            victim: 1,
+            dir: dir.clone(),
+        }))
+        .unwrap();
+    let pid = victim_pid(&dir, 1);
+    wait_until("the snapshot shows task 1", || {
+        pool.workers()
+            .iter()
+            .any(|w| w.pid == pid && w.task.is_some_and(|t| t.index == 1))
+    });
+    sigkill(pid);
+    for i in 0..3u64 {
+        let r = results.next_timeout(PATIENCE).expect("a result");
+        assert_eq!(r.unwrap().0, i * i);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn abort_on_odd(x: u64) -> u64 {
     if x % 2 == 1 {
         std::process::abort();
@@ -385,9 +493,10 @@ fn a_task_past_its_timeout_has_its_worker_killed_and_replaced() {
     let (opts, rx) = events();
     let limit = Duration::from_millis(300);
     let pool = Pool::new(opts.task_timeout(limit), sleep_ms).unwrap();
+    // Before the submit: the worker may begin the task before `submit` returns.
+    let started = Instant::now();
     let mut slow = pool.submit(600_000).unwrap();
     let quick = pool.submit(1).unwrap();
-    let started = Instant::now();
     match slow.wait_timeout(PATIENCE) {
         Err(Error::TaskTimedOut {
             task: 0,
@@ -395,7 +504,7 @@ fn a_task_past_its_timeout_has_its_worker_killed_and_replaced() {
             limit: l,
         }) => {
             assert_eq!(l, limit);
-            assert!(started.elapsed() >= limit);
+            assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
             assert!(!alive(pid));
             let (replaced, by) = wait_event(&rx, |_, e| match e {
                 Event::Started {
@@ -415,6 +524,17 @@ fn a_task_past_its_timeout_has_its_worker_killed_and_replaced() {
     let pids: Vec<u32> = pool.map(vec![50; 6]).unwrap();
     assert!(!pids.is_empty());
     assert_eq!(pool.workers().len(), 3);
+}
+
+#[test]
+fn a_long_tasks_result_is_not_held_back_while_the_next_task_runs() {
+    enter();
+    let pool = Pool::new(PoolOptions::new(1).task_timeout(PATIENCE), sleep_ms).unwrap();
+    let mut first = pool.submit(50).unwrap();
+    // Already in the worker's socket when the first ends, and runs for ten minutes.
+    let _second = pool.submit(600_000).unwrap();
+    let pid = first.wait_timeout(PATIENCE).unwrap();
+    assert!(alive(pid));
 }
 
 fn pid_of(_: u64) -> u32 {
