@@ -28,6 +28,9 @@ const CHECK_EVERY: Duration = Duration::from_millis(50);
 const SPINS: u32 = 100;
 /// How stale a consumer's knowledge of whether sender processes live may be, in ms.
 const LIVENESS_EVERY: u64 = 10;
+/// Spinning, the clock is read (for the deadline, for the senders' liveness) once in this
+/// many rounds: a round is tens of nanoseconds, a clock read about as much.
+const CLOCK_EVERY: u32 = 64;
 
 /// Whether a waiter that has waited `waited` rounds should look for dead processes that
 /// block it (a system call and a `/proc` read): only once it is about to sleep, or every
@@ -218,8 +221,10 @@ impl RawQueue {
             match slots::get(self, self.pid, out, check)? {
                 Step::Done => return Ok(()),
                 Step::Blocked { pos, seen } => {
-                    // Nothing at the head. Is anything coming?
-                    if self.no_more_coming(pos, seen) {
+                    // Nothing at the head. Is anything coming? (Asked at once, then while
+                    // spinning only now and then: the answer reads the clock.)
+                    let ask = !deadline.is_blocking() || waited % CLOCK_EVERY == 0;
+                    if ask && self.no_more_coming(pos, seen) {
                         return Err(Error::Disconnected);
                     }
                     if !deadline.is_blocking() {
@@ -293,16 +298,19 @@ impl RawQueue {
         spin: bool,
         blocked: impl FnMut() -> bool,
     ) -> Result<()> {
-        if deadline.has_passed() {
-            return Err(Error::Timeout);
-        }
         *waited = waited.saturating_add(1);
         if spin || *waited < SPINS {
+            if *waited % CLOCK_EVERY == 0 && deadline.has_passed() {
+                return Err(Error::Timeout);
+            }
             std::hint::spin_loop();
             if spin && *waited % 1024 == 0 {
                 std::thread::yield_now();
             }
             return Ok(());
+        }
+        if deadline.has_passed() {
+            return Err(Error::Timeout);
         }
         let nap = deadline
             .remaining()
