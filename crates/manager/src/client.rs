@@ -382,6 +382,8 @@ pub struct Manager {
 struct Owned {
     child: Mutex<Child<()>>,
     conn: Arc<Conn>,
+    /// The server's socket file, which a killed server leaves behind.
+    path: std::path::PathBuf,
 }
 
 impl Drop for Owned {
@@ -392,6 +394,8 @@ impl Drop for Owned {
             let _ = child.kill();
             let _ = child.join_timeout(STOP);
         }
+        // A server that ended cleanly removed it already; one that was killed could not.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -439,7 +443,8 @@ impl Manager {
     /// # Errors
     /// As [`start`](Manager::start).
     pub fn start_with(opts: ServeOptions) -> Result<Manager> {
-        let addr = Address::Unix(ipckit_core::temp_path("manager"));
+        let path = ipckit_core::temp_path("manager");
+        let addr = Address::Unix(path.clone());
         let args: ChildArgs = (
             addr.to_string(),
             opts.max_value as u64,
@@ -457,6 +462,7 @@ impl Manager {
         let owned = Owned {
             child: Mutex::new(child),
             conn: Arc::clone(&m.conn),
+            path,
         };
         Ok(Manager {
             _owned: Some(Arc::new(owned)),

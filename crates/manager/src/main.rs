@@ -1,4 +1,4 @@
-//! `ipckit-manager serve --addr … [--authkey-file …]`: a manager server on its own.
+//! `ipckit-manager serve --addr … [--authkey-file …] [--no-fast-path]`: a manager server on its own.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -26,6 +26,10 @@ enum Cmd {
         /// The largest value taken, in bytes.
         #[arg(long, default_value_t = 16 << 20)]
         max_value: usize,
+        /// Keep local clients on the socket instead of offering them the shared-memory
+        /// fast path.
+        #[arg(long)]
+        no_fast_path: bool,
     },
 }
 
@@ -40,8 +44,11 @@ fn main() -> ExitCode {
         addr,
         authkey_file,
         max_value,
+        no_fast_path,
     } = Cli::parse().cmd;
-    let mut opts = ServeOptions::new().max_value(max_value);
+    let mut opts = ServeOptions::new()
+        .max_value(max_value)
+        .fast_path(!no_fast_path);
     if let Some(path) = authkey_file {
         match std::fs::read(&path) {
             Ok(key) => opts = opts.authkey(key.trim_ascii()),

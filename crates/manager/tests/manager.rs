@@ -906,3 +906,27 @@ fn answers_may_exceed_the_largest_value(via: Via) {
         100
     );
 }
+
+#[test]
+fn a_started_server_killed_leaves_no_socket_file_once_its_handle_is_dropped() {
+    enter(&[]);
+    let m = Manager::start().unwrap();
+    let Address::Unix(path) = m.address().clone() else {
+        panic!("Manager::start listens on a Unix socket file")
+    };
+    let pid = m.server_pid().expect("a started server's pid");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the server is gone", || {
+        matches!(m.dict::<String, i64>("d"), Err(Error::Disconnected))
+    });
+    assert!(
+        path.exists(),
+        "a killed server cannot remove its socket file"
+    );
+    drop(m);
+    assert!(!path.exists(), "the handle that started it removes it");
+}
