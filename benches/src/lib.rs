@@ -9,15 +9,20 @@
 //!   on the row's first batch and ended after its last; it prints the group's ratio lines.
 //! - [`Work`] is the echo-and-stream workload of the pipe and socket benches, run over
 //!   any [`Link`].
+//! - [`Paired`] measures a group's rows in alternating rounds against processes that stay
+//!   up, and reports each row's median ratio to a reference with its spread ([`Report`]);
+//!   [`two_cores`] and [`pin`] place the two sides of a busy-wait row.
 //! - [`PingPong`] is one round trip of the round-trip rows, [`echoes`] the worker that
 //!   answers it.
 
+mod paired;
 mod pingpong;
 mod python;
 mod raw;
 mod worker;
 
 pub use {
+    paired::{Outcome, Paired, Report, Rounds, RowReport, Spread, pin, two_cores},
     pingpong::{PingPong, echoes},
     python::PythonProc,
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
