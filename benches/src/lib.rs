@@ -22,7 +22,7 @@ mod raw;
 mod worker;
 
 pub use {
-    paired::{Outcome, Paired, Report, Rounds, RowReport, Spread, pin, two_cores},
+    paired::{Outcome, Paired, Report, Rounds, RowReport, Spread, pin, three_digits, two_cores},
     pingpong::{PingPong, echoes},
     python::PythonProc,
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},

@@ -89,6 +89,26 @@ fn restore(set: &CpuSet) -> anyhow::Result<()> {
     nix::sched::sched_setaffinity(Pid::from_raw(0), set).context("sched_setaffinity")
 }
 
+/// `v` with three significant digits (at least the units).
+#[must_use]
+pub fn three_digits(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 || v.abs() >= 100.0 {
+        return format!("{v:.0}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
+}
+
+/// The unit of a figure's values, short.
+fn unit(f: Figure) -> &'static str {
+    match f {
+        Figure::RoundTrip => "µs/RTT",
+        Figure::Bandwidth(_) => "GB/s",
+        Figure::Rate => "M/s",
+        Figure::Operation => "ns/op",
+    }
+}
+
 /// A row of a paired group while it runs.
 struct Row {
     name: String,
@@ -474,9 +494,10 @@ impl Report {
             let _ = match &r.outcome {
                 Outcome::Measured { value, ratio, .. } => write!(
                     s,
-                    "  {:width$}  {:>14}  {:>7.2}×  IQR {:.2}–{:.2}  range {:.2}–{:.2}",
+                    "  {:width$}  {:>8} {:<7}  {:>7.2}×  IQR {:.2}–{:.2}  range {:.2}–{:.2}",
                     r.name,
-                    self.figure.show(*value, true),
+                    three_digits(*value),
+                    unit(self.figure),
                     ratio.median,
                     ratio.q1,
                     ratio.q3,
@@ -535,6 +556,15 @@ mod tests {
         fn finish(self) -> anyhow::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn three_significant_digits() {
+        assert_eq!(three_digits(0.02034), "0.0203");
+        assert_eq!(three_digits(0.294), "0.294");
+        assert_eq!(three_digits(4.071), "4.07");
+        assert_eq!(three_digits(46.71), "46.7");
+        assert_eq!(three_digits(1169.2), "1169");
     }
 
     #[test]
