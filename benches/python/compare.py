@@ -17,6 +17,7 @@ checks the count and the sum, so a lost message fails the run.
 
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -134,7 +135,7 @@ class Rig:
 
     def __init__(self, workload, mech):
         self.workload, self.mech = workload, mech
-        self.procs, self.ctls, self.keep = [], [], []
+        self.procs, self.ctls, self.folders = [], [], []
         self.size = BIG if workload == "bw" else SMALL
         if mech == "xmlrpc":
             if workload != "rtt":
@@ -177,7 +178,9 @@ class Rig:
             p, ctl = start(queue_child, role, to_me, to_child, *args)
             mine_ends = QueueEnds(to_child, to_me)
         elif mech == "connection":
-            address = os.path.join(tempfile.mkdtemp(prefix="ipckit-py"), "sock")
+            folder = tempfile.mkdtemp(prefix="ipckit-py")
+            self.folders.append(folder)
+            address = os.path.join(folder, "sock")
             listener = Listener(address, family="AF_UNIX")
             p, ctl = start(connection_worker, role, address, *args)
             mine_ends = PipeEnds(listener.accept())
@@ -274,6 +277,8 @@ class Rig:
                 raise SystemExit(f"a process ended with {p.exitcode}")
         if hasattr(self, "_manager"):
             self._manager.shutdown()
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def pipe_child(ctl, role, conn, *args):
