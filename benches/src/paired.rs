@@ -17,7 +17,7 @@ use nix::{sched::CpuSet, unistd::Pid};
 use crate::{Figure, Rig};
 
 /// A [`Rig`] behind a box: the rows of a group are of different types.
-trait Batches {
+pub(crate) trait Batches {
     fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
     fn finish(self: Box<Self>) -> anyhow::Result<()>;
 }
@@ -43,9 +43,15 @@ pub struct Rounds {
 }
 
 impl Rounds {
-    /// A full measurement: 30 rounds of batches of about 5 ms.
+    /// A full measurement: 50 rounds of batches of about 10 ms.
     pub const FULL: Rounds = Rounds {
-        rounds: 30,
+        rounds: 50,
+        batch: Duration::from_millis(10),
+    };
+    /// The paired rounds that follow a criterion [`Group`](crate::Group): 20 rounds of
+    /// about 5 ms.
+    pub const GROUP: Rounds = Rounds {
+        rounds: 20,
         batch: Duration::from_millis(5),
     };
     /// A smoke round, to check that every row works: 3 rounds of about 1 ms.
@@ -195,6 +201,26 @@ impl Paired {
             }
             Err(e) => self.skip(name, &format!("{e:#}")),
         }
+    }
+
+    /// As [`row`](Paired::row), for a rig already boxed.
+    pub(crate) fn row_boxed(
+        &mut self,
+        name: &str,
+        start: impl FnOnce() -> anyhow::Result<Box<dyn Batches>>,
+    ) {
+        let state = match start() {
+            Ok(rig) => State::Running(rig),
+            Err(e) => State::Out(format!("cannot start: {e:#}")),
+        };
+        self.rows.push(Row {
+            name: name.to_owned(),
+            note: None,
+            state,
+            pin: None,
+            iters: 0,
+            secs: Vec::new(),
+        });
     }
 
     /// Keeps row `name` as not run, because of `why`.
@@ -370,6 +396,8 @@ pub struct RowReport {
     pub note: Option<String>,
     /// What it measured, or why it has no figure.
     pub outcome: Outcome,
+    /// Its seconds per iteration in each round (`None` where it did not run).
+    pub secs: Vec<Option<f64>>,
 }
 
 /// What a row of a [`Report`] measured.
@@ -463,6 +491,7 @@ impl Report {
                     name: r.name.clone(),
                     note: r.note.clone(),
                     outcome,
+                    secs: r.secs.clone(),
                 }
             })
             .collect();
@@ -517,6 +546,95 @@ impl Report {
     /// Prints [`text`](Report::text) to standard output.
     pub fn print(&self) {
         print!("{}", self.text());
+    }
+
+    /// The spread over the rounds of row `a`'s time per iteration divided by row `b`'s in
+    /// the same round, if both were measured in some round.
+    pub fn between(&self, a: &str, b: &str) -> Option<Spread> {
+        let secs = |name: &str| {
+            self.rows
+                .iter()
+                .find(|r| r.name == name && matches!(r.outcome, Outcome::Measured { .. }))
+                .map(|r| &r.secs)
+        };
+        let ratios: Vec<f64> = secs(a)?
+            .iter()
+            .zip(secs(b)?)
+            .filter_map(|(x, y)| Some(x.as_ref()? / y.as_ref()?))
+            .collect();
+        Spread::of(&ratios)
+    }
+
+    /// The median figure of row `row`, if it was measured.
+    pub fn value(&self, row: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.name == row)
+            .and_then(|r| match r.outcome {
+                Outcome::Measured { value, .. } => Some(value),
+                Outcome::NotRun(_) => None,
+            })
+    }
+
+    /// The line comparing row `ours` with its `floors` (the ratio is ours/raw of the
+    /// figure) and the `peers` (how many times faster or slower ours is), each the median
+    /// of the per-round ratios with their IQR; rows not measured are left out; `None` if
+    /// `ours` was not.
+    pub fn ratio_line(&self, ours: &str, floors: &[&str], peers: &[&str]) -> Option<String> {
+        let f = self.figure;
+        let our = self.value(ours)?;
+        let mut line = format!(
+            "{} (paired, {} rounds): {ours} {} {}",
+            self.name,
+            self.rounds,
+            three_digits(our),
+            unit(f)
+        );
+        // Per-round ratios of times, turned into ratios of the figure.
+        let of_figure = |s: Spread| match f {
+            Figure::RoundTrip | Figure::Operation => s,
+            Figure::Bandwidth(_) | Figure::Rate => Spread {
+                median: 1.0 / s.median,
+                q1: 1.0 / s.q3,
+                q3: 1.0 / s.q1,
+                min: 1.0 / s.max,
+                max: 1.0 / s.min,
+            },
+        };
+        let mut first = true;
+        for &row in floors {
+            let (Some(v), Some(s)) = (self.value(row), self.between(ours, row)) else {
+                continue;
+            };
+            let s = of_figure(s);
+            let _ = write!(
+                line,
+                "{} {row} {} → {ours}/raw = {:.2}× (IQR {:.2}–{:.2})",
+                if first { "," } else { ";" },
+                three_digits(v),
+                s.median,
+                s.q1,
+                s.q3
+            );
+            first = false;
+        }
+        for &row in peers {
+            let (Some(v), Some(s)) = (self.value(row), self.between(row, ours)) else {
+                continue;
+            };
+            // Their time over ours: how many times faster ours is.
+            let (times, lo, hi, word) = if s.median >= 1.0 {
+                (s.median, s.q1, s.q3, "faster")
+            } else {
+                (1.0 / s.median, 1.0 / s.q3, 1.0 / s.q1, "slower")
+            };
+            let _ = write!(
+                line,
+                "; {row} {} → {ours} is {times:.2}× {word} (IQR {lo:.2}–{hi:.2})",
+                three_digits(v)
+            );
+        }
+        Some(line)
     }
 
     /// The median ratio of row `row`, if it was measured.
@@ -614,6 +732,11 @@ mod tests {
         );
         let text = r.text();
         assert!(text.contains("3.00×"), "{text}");
+        assert_eq!(
+            r.ratio_line("slow", &["floor"], &["floor"]).unwrap(),
+            "t (paired, 5 rounds): slow 30.0 µs/RTT, floor 10.0 → slow/raw = 3.00× (IQR \
+             3.00–3.00); floor 10.0 → slow is 3.00× slower (IQR 3.00–3.00)"
+        );
         assert!(text.contains("not run: not found"), "{text}");
     }
 
