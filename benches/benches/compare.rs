@@ -497,6 +497,35 @@ struct Env {
     python: Option<PathBuf>,
 }
 
+impl Env {
+    /// What `python --version` says, or that there is none.
+    fn python_version(&self) -> String {
+        let Some(py) = &self.python else {
+            return "not found (its rows were not run)".to_owned();
+        };
+        std::process::Command::new(py)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| py.display().to_string())
+    }
+
+    /// What `redis-server --version` says, or why its rows were not run.
+    fn redis_version(&self) -> String {
+        if let Err(why) = &self.redis {
+            return format!("{why} (its rows were not run)");
+        }
+        std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// A fresh queue name.
 fn fresh(what: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -504,9 +533,15 @@ fn fresh(what: &str) -> String {
     format!("{what}-{}-{n}", std::process::id())
 }
 
-/// Starts a child doing `part` over `mech` for messages of `len` bytes, and makes the
-/// parent's ends of the link to it.
-fn link(env: &Env, mech: Mech, part: Part, len: usize) -> anyhow::Result<(Ends, Worker)> {
+/// Starts a child doing `part` over `mech` for messages of `len` bytes (pinned to CPU
+/// `cpu`, if any), and makes the parent's ends of the link to it.
+fn link(
+    env: &Env,
+    mech: Mech,
+    part: Part,
+    len: usize,
+    cpu: Option<usize>,
+) -> anyhow::Result<(Ends, Worker)> {
     let (to_child, from_child) = (part.takes(), part.sends());
     let mut e = Ends::default();
     let mut handles: Vec<(&'static str, Handoff)> = Vec::new();
@@ -514,7 +549,7 @@ fn link(env: &Env, mech: Mech, part: Part, len: usize) -> anyhow::Result<(Ends, 
         part,
         len,
         open,
-        cpu: None,
+        cpu,
     };
     let worker = match mech {
         Mech::Pipe => {
@@ -712,13 +747,17 @@ struct Rtt {
 
 impl Rtt {
     fn start(env: &Env, mech: Mech) -> anyhow::Result<Self> {
-        let (ends, worker) = link(env, mech, Part::Echo, SMALL)?;
-        Ok(Rtt {
+        let (ends, worker) = link(env, mech, Part::Echo, SMALL, None)?;
+        Ok(Rtt::new(ends, worker))
+    }
+
+    fn new(ends: Ends, worker: Worker) -> Self {
+        Rtt {
             ends,
             worker,
             msg: vec![0xa5; SMALL],
             buf: Vec::with_capacity(SMALL),
-        })
+        }
     }
 }
 
@@ -754,10 +793,16 @@ struct Fan {
 }
 
 impl Fan {
-    fn start(env: &Env, mech: Mech, len: usize, children: usize) -> anyhow::Result<Self> {
+    fn start(
+        env: &Env,
+        mech: Mech,
+        len: usize,
+        children: usize,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Self> {
         Ok(Fan {
             links: (0..children)
-                .map(|_| link(env, mech, Part::Consume, len))
+                .map(|_| link(env, mech, Part::Consume, len, cpu))
                 .collect::<anyhow::Result<_>>()?,
             msg: vec![0xa5; len],
         })
@@ -959,37 +1004,6 @@ impl Rig for SpinRtt {
     }
 }
 
-/// As [`Rtt`] over busy-waiting shared-memory queues, the child pinned to its CPU.
-fn shm_spin_rtt(cpus: (usize, usize)) -> anyhow::Result<Rtt> {
-    let opts = QueueOptions::new(16).max_message(SMALL);
-    let (down, up) = (
-        Queue::<Vec<u8>>::create(opts)?,
-        Queue::<Vec<u8>>::create(opts)?,
-    );
-    let handles = [
-        ("rx", down.try_clone()?.into_handoff()),
-        ("tx", up.try_clone()?.into_handoff()),
-    ];
-    let job = Job {
-        part: Part::Echo,
-        len: SMALL,
-        open: Open::Shm(true),
-        cpu: Some(cpus.1),
-    };
-    let worker = Worker::start(CHILD, &job, handles)?;
-    let ends = Ends {
-        tx: boxed_tx(Ip(down.spin(true).byte_sender()?)),
-        rx: boxed_rx(Ip(up.spin(true).byte_receiver()?)),
-        keep: Vec::new(),
-    };
-    Ok(Rtt {
-        ends,
-        worker,
-        msg: vec![0xa5; SMALL],
-        buf: Vec::with_capacity(SMALL),
-    })
-}
-
 /// ipckit rpc: `echo` of 64 bytes on a child's server over a Unix socket.
 struct RpcRtt {
     client: Option<Client>,
@@ -1156,13 +1170,12 @@ fn rows(env: &Env, w: &Workload) -> Paired {
                     g.row(m.label(), || Rtt::start(env, m));
                 }
             }
-            g.pinned_row(Mech::ShmSpin.label(), &env.cpus, || {
-                shm_spin_rtt(*env.cpus.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?)
+            g.pinned_row(Mech::ShmSpin.label(), &env.cpus, |cpus| {
+                let (ends, worker) = link(env, Mech::ShmSpin, Part::Echo, SMALL, Some(cpus.1))?;
+                Ok(Rtt::new(ends, worker))
             });
             g.row("ipckit rpc", RpcRtt::start);
-            g.pinned_row("raw spin (two atomics)", &env.cpus, || {
-                SpinRtt::start(*env.cpus.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?)
-            });
+            g.pinned_row("raw spin (two atomics)", &env.cpus, SpinRtt::start);
         }
         "bw_1MiB" | "tput_1to1_64B" | "fanout_8_64B" => {
             let len = if w.name == "bw_1MiB" { BIG } else { SMALL };
@@ -1176,9 +1189,14 @@ fn rows(env: &Env, w: &Workload) -> Paired {
                     continue;
                 }
                 match carries(m, len) {
-                    Ok(()) => g.row(m.label(), || Fan::start(env, m, len, children)),
+                    Ok(()) => g.row(m.label(), || Fan::start(env, m, len, children, None)),
                     Err(why) => g.skip(m.label(), &why),
                 }
+            }
+            if children == 1 {
+                g.pinned_row(Mech::ShmSpin.label(), &env.cpus, |cpus| {
+                    Fan::start(env, Mech::ShmSpin, len, 1, Some(cpus.1))
+                });
             }
         }
         "tput_4to1_64B" => {
@@ -1298,23 +1316,25 @@ fn fmt_value(v: f64) -> String {
 }
 
 /// `docs/comparison.md`: the run's header, then a table per workload.
-fn markdown(reports: &[(&Workload, Report)], command: &str, took: Duration) -> String {
+fn markdown(reports: &[(&Workload, Report)], env: &Env, command: &str, took: Duration) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Every mechanism, one comparison\n");
+    let _ = writeln!(s, "- command: `{command}` ({:.0} s)", took.as_secs_f64());
+    let _ = writeln!(s, "- date: {}", now_utc());
+    let _ = writeln!(s, "- machine: {}; {} CPUs", machine(), cores());
+    let _ = writeln!(s, "- Python: {}", env.python_version());
+    let _ = writeln!(s, "- Redis: {}\n", env.redis_version());
     let _ = writeln!(
         s,
-        "Made by `{command}` on {} ({}; {} CPUs), in {:.0} s. Each table's rows ran in \
-         paired rounds: every round runs one batch of a few milliseconds of every row, in \
-         an order rotated each round, against processes that stay up for the whole run; a \
-         row's *× fastest* is the median over the rounds of its time per message divided \
-         by the fastest row's in the same round (1.00× is the fastest; IQR and range are \
-         those of the per-round ratios). Busy-wait rows pin their two processes to two \
-         CPUs. Python's rows run `benches/python/compare.py` in the same rounds. Regenerate \
-         on a quiet machine: other load moves the absolute figures more than the ratios.\n",
-        now_utc(),
-        machine(),
-        cores(),
-        took.as_secs_f64(),
+        "Each table's rows ran in paired rounds: every round runs one batch of a few \
+         milliseconds of every row, in an order rotated each round, against processes that \
+         stay up for the whole run. A row's *× fastest* is the median over the rounds of its \
+         time per iteration (round trip or message) divided by the fastest row's in the same \
+         round: 1.00× is the fastest, 2.00× takes twice as long; IQR and range are those of \
+         the per-round ratios, the median figure that of the row's own rounds. Busy-wait \
+         rows pin their two processes to two CPUs. Python's rows run \
+         `benches/python/compare.py`, in the same rounds. Figures from a loaded machine move \
+         more than their ratios: regenerate on a quiet one.\n"
     );
     for (w, r) in reports {
         let better = if higher_is_better(w.figure) {
@@ -1485,7 +1505,7 @@ fn main() -> anyhow::Result<()> {
     if args.smoke {
         command.push_str(" -- --smoke");
     }
-    let md = markdown(&reports, &command, began.elapsed());
+    let md = markdown(&reports, &env, &command, began.elapsed());
     let md_path = out.join("comparison.md");
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     for (w, r) in &reports {

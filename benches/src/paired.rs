@@ -185,19 +185,19 @@ impl Paired {
         self.add(name, None, None, start);
     }
 
-    /// As [`row`](Paired::row), for a busy-wait row: its batches run on CPU `cpus.0` (and
-    /// `start` should pin the other side to `cpus.1`), which the report says. Without two
-    /// CPUs, the row is kept as not run.
+    /// As [`row`](Paired::row), for a busy-wait row: its batches run on CPU `cpus.0`, and
+    /// `start` is given both CPUs to pin the other side to `cpus.1`; the report says so.
+    /// Without two CPUs (`cpus` from [`two_cores`]), the row is kept as not run.
     pub fn pinned_row<R: Rig + 'static>(
         &mut self,
         name: &str,
         cpus: &anyhow::Result<(usize, usize)>,
-        start: impl FnOnce() -> anyhow::Result<R>,
+        start: impl FnOnce((usize, usize)) -> anyhow::Result<R>,
     ) {
         match cpus {
             Ok((a, b)) => {
                 let note = format!("busy-wait, pinned to CPUs {a} and {b}");
-                self.add(name, Some(note), Some(*a), start);
+                self.add(name, Some(note), Some(*a), || start((*a, *b)));
             }
             Err(e) => self.skip(name, &format!("{e:#}")),
         }
