@@ -14,8 +14,9 @@
 //! Each consumer checks the length of every message and reports the sum of their numbers,
 //! which the parent checks, so a lost or doubled message fails the row (and the report
 //! says so). The rows: ipckit's pipe, duplex, FIFO, Unix socket, TCP, shared-memory queue
-//! (blocking, and busy-waiting on two pinned CPUs for the round trip), POSIX message
-//! queue, manager queue, rpc (round trip), Redis queue (when a `redis-server` is found: a
+//! (blocking, and busy-waiting with its two processes pinned to two CPUs, except in the
+//! many-process workloads), POSIX message queue (not for 1 MiB, over Linux's default
+//! `msgsize_max`), manager queue, rpc (round trip), Redis queue (when a `redis-server` is found: a
 //! private one is started), ipc-channel, the raw system calls (pipe, socketpair, Unix
 //! socket, two atomics spun on), and Python's `multiprocessing` equivalents
 //! (`benches/python/compare.py`: `Pipe`, `Queue`, `Manager().Queue`,
@@ -29,8 +30,11 @@
 //! cargo bench -p ipckit-benches --bench compare -- --out DIR rtt_64B   # some workloads
 //! ```
 //!
-//! Every wait has a deadline (`PATIENCE`), except ipc-channel's receive, which has none;
-//! a row whose processes fail is stopped and reported as not run, with the error.
+//! The full run takes a few minutes (50 rounds of ~10 ms batches per workload); `--smoke`
+//! (or `IPCKIT_COMPARE_SMOKE=1`) runs 3 rounds of ~1 ms and writes to a fresh temporary
+//! directory, so a check leaves the tree clean. Every wait has a deadline (`PATIENCE`),
+//! except ipc-channel's receive, which has none; a row whose processes fail is stopped and
+//! reported as not run, with the error, and the other rows go on.
 
 use std::{
     any::Any,
