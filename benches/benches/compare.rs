@@ -30,7 +30,7 @@
 //! cargo bench -p ipckit-benches --bench compare -- --out DIR rtt_64B   # some workloads
 //! ```
 //!
-//! The full run takes a few minutes (50 rounds of ~10 ms batches per workload); `--smoke`
+//! The full run takes a few minutes (100 rounds of ~10 ms batches per workload); `--smoke`
 //! (or `IPCKIT_COMPARE_SMOKE=1`) runs 3 rounds of ~1 ms and writes to a fresh temporary
 //! directory, so a check leaves the tree clean. Every wait has a deadline (`PATIENCE`),
 //! except ipc-channel's receive, which has none; a row whose processes fail is stopped and
@@ -1432,18 +1432,21 @@ fn chart(path: &Path, w: &Workload, r: &Report) -> anyhow::Result<()> {
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(260)
-        .build_cartesian_2d((min..max).log_scale(), 0..n)?;
+        .build_cartesian_2d((min..max).log_scale(), (0..n).into_segmented())?;
     let names: Vec<String> = bars.iter().map(|b| b.0.to_owned()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .label_style(("sans-serif", 14))
         .y_labels(n)
-        .y_label_formatter(&|i| {
+        .y_label_formatter(&|v| match v {
             // Row 0 at the top.
-            n.checked_sub(i + 1)
+            SegmentValue::CenterOf(i) => n
+                .checked_sub(i + 1)
                 .and_then(|k| names.get(k))
                 .cloned()
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            _ => String::new(),
         })
         .x_desc(format!("{} (log scale)", unit(w.figure)))
         .draw()?;
@@ -1460,11 +1463,20 @@ fn chart(path: &Path, w: &Workload, r: &Report) -> anyhow::Result<()> {
     };
     chart.draw_series(bars.iter().enumerate().map(|(k, b)| {
         let y = n - 1 - k;
-        Rectangle::new([(min, y), (b.1, y + 1)], colour(b.0).filled())
+        let mut bar = Rectangle::new(
+            [
+                (min, SegmentValue::Exact(y)),
+                (b.1, SegmentValue::Exact(y + 1)),
+            ],
+            colour(b.0).filled(),
+        );
+        bar.set_margin(3, 3, 0, 0);
+        bar
     }))?;
     chart.draw_series(bars.iter().enumerate().map(|(k, b)| {
         let y = n - 1 - k;
-        PathElement::new(vec![(b.2, y), (b.3, y)], BLACK.stroke_width(2))
+        let at = SegmentValue::CenterOf(y);
+        PathElement::new(vec![(b.2, at.clone()), (b.3, at)], BLACK.stroke_width(2))
     }))?;
     root.present()?;
     Ok(())

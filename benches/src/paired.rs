@@ -43,9 +43,9 @@ pub struct Rounds {
 }
 
 impl Rounds {
-    /// A full measurement: 50 rounds of batches of about 10 ms.
+    /// A full measurement: 100 rounds of batches of about 10 ms.
     pub const FULL: Rounds = Rounds {
-        rounds: 50,
+        rounds: 100,
         batch: Duration::from_millis(10),
     };
     /// The paired rounds that follow a criterion [`Group`](crate::Group): 20 rounds of
