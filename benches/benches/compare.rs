@@ -31,8 +31,8 @@
 //! ```
 //!
 //! The full run takes a few minutes (100 rounds of ~10 ms batches per workload); `--smoke`
-//! (or `IPCKIT_COMPARE_SMOKE=1`) runs 3 rounds of ~1 ms and writes to a fresh temporary
-//! directory, so a check leaves the tree clean. Every wait has a deadline (`PATIENCE`),
+//! (or `IPCKIT_COMPARE_SMOKE=1`, or a run by `cargo test --benches`) runs 3 rounds of
+//! ~1 ms and writes to a fresh temporary directory, so a check leaves the tree clean. Every wait has a deadline (`PATIENCE`),
 //! except ipc-channel's receive, which has none; a row whose processes fail is stopped and
 //! reported as not run, with the error, and the other rows go on.
 
@@ -1237,23 +1237,27 @@ struct Args {
 }
 
 impl Args {
+    /// The arguments. Without `--bench` (which `cargo bench` passes, and `cargo test
+    /// --benches` does not) or with criterion's `--test`, the run is a smoke round, so a
+    /// test run never writes to `docs/`. Other options (a test harness's) are ignored.
     fn parse() -> anyhow::Result<Self> {
         let mut args = Args {
             smoke: std::env::var_os("IPCKIT_COMPARE_SMOKE").is_some_and(|v| v == "1"),
             out: None,
             only: Vec::new(),
         };
+        let mut benching = false;
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
             match a.as_str() {
-                "--smoke" => args.smoke = true,
+                "--smoke" | "--test" => args.smoke = true,
                 "--out" => args.out = Some(it.next().context("--out needs a directory")?.into()),
-                // What cargo bench passes.
-                "--bench" => {}
-                s if s.starts_with('-') => bail!("unknown option {s}"),
+                "--bench" => benching = true,
+                s if s.starts_with('-') => println!("ignored: {s}"),
                 s => args.only.push(s.to_owned()),
             }
         }
+        args.smoke |= !benching;
         Ok(args)
     }
 }
