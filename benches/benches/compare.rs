@@ -199,18 +199,52 @@ impl<T: RecvBytes> Take for Ip<T> {
     }
 }
 
-/// A manager's queue proxy.
-struct Proxy(ipckit_manager::Queue<Vec<u8>>);
+/// A message as a byte buffer to serde (`serialize_bytes`, as `serde_bytes` does): a plain
+/// `Vec<u8>` would go to a manager as a list of integers, one value per byte.
+struct ByteBuf(Vec<u8>);
+
+impl Serialize for ByteBuf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ByteBuf;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+
+        d.deserialize_byte_buf(Visit)
+    }
+}
+
+/// A manager's queue proxy, carrying each message as bytes ([`ByteBuf`]).
+struct Proxy(ipckit_manager::Queue<ByteBuf>);
 
 impl Put for Proxy {
     fn put(&mut self, msg: &[u8]) -> anyhow::Result<()> {
-        Ok(self.0.put(&msg.to_vec())?)
+        Ok(self.0.put(&ByteBuf(msg.to_vec()))?)
     }
 }
 
 impl Take for Proxy {
     fn take(&mut self, buf: &mut Vec<u8>, _: usize) -> anyhow::Result<()> {
-        *buf = self.0.get_timeout(PATIENCE)?;
+        *buf = self.0.get_timeout(PATIENCE)?.0;
         Ok(())
     }
 }
