@@ -32,9 +32,10 @@
 //!
 //! The full run takes a few minutes (100 rounds of ~10 ms batches per workload); `--smoke`
 //! (or `IPCKIT_COMPARE_SMOKE=1`, or a run by `cargo test --benches`) runs 3 rounds of
-//! ~1 ms and writes to a fresh temporary directory, so a check leaves the tree clean. Every wait has a deadline (`PATIENCE`),
-//! except ipc-channel's receive, which has none; a row whose processes fail is stopped and
-//! reported as not run, with the error, and the other rows go on.
+//! ~1 ms and writes to a fresh temporary directory, so a check leaves the tree clean.
+//! Every wait has a deadline (`PATIENCE`), except ipc-channel's receive, which has none;
+//! a row whose processes fail is stopped and reported as not run, with the error, and the
+//! other rows go on.
 
 use std::{
     any::Any,
