@@ -12,6 +12,11 @@ test:
 bench *ARGS:
     cargo bench -p ipckit-benches {{ARGS}}
 
+# Every mechanism on the same workloads, in paired rounds: writes docs/comparison.md and
+# its charts (a quiet machine, under 10 minutes). `just compare --smoke`: a quick check, to a temp dir
+compare *ARGS:
+    cargo bench -p ipckit-benches --bench compare -- {{ARGS}}
+
 # Formatting and lints, as CI checks them
 lint:
     cargo fmt --all -- --check

@@ -701,7 +701,7 @@ fn lock_uncontended(c: &mut Criterion) -> anyhow::Result<()> {
         }))
     })?;
     for (row, robust) in [("raw_pthread", false), ("raw_pthread_robust", true)] {
-        g.row(row, || {
+        g.row(row, move || {
             let counter = pthread_counter(robust)?;
             Ok(Local(move |n| -> anyhow::Result<()> {
                 for _ in 0..n {

@@ -6,18 +6,24 @@
 //!   [`SAMPLES`] batches of a row into a time per iteration, and [`print_ratios`] prints a
 //!   group's line comparing ipckit with its floor and its peers.
 //! - [`Group`] is a criterion group whose rows each run a [`Rig`] of processes, started
-//!   on the row's first batch and ended after its last; it prints the group's ratio lines.
+//!   on the row's first batch and ended after its last; it then measures the rows again in
+//!   paired rounds and prints the group's ratio lines from those.
 //! - [`Work`] is the echo-and-stream workload of the pipe and socket benches, run over
 //!   any [`Link`].
+//! - [`Paired`] measures a group's rows in alternating rounds against processes that stay
+//!   up, and reports each row's median ratio to a reference with its spread ([`Report`]);
+//!   [`two_cores`] and [`pin`] place the two sides of a busy-wait row.
 //! - [`PingPong`] is one round trip of the round-trip rows, [`echoes`] the worker that
 //!   answers it.
 
+mod paired;
 mod pingpong;
 mod python;
 mod raw;
 mod worker;
 
 pub use {
+    paired::{Outcome, Paired, Report, Rounds, RowReport, Spread, pin, three_digits, two_cores},
     pingpong::{PingPong, echoes},
     python::PythonProc,
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
@@ -248,13 +254,22 @@ pub trait Rig {
 }
 
 /// A criterion group of one workload, whose rows each run a [`Rig`] of their own.
-pub struct Group<'a> {
+///
+/// Criterion measures the rows one after the other; [`finish`](Group::finish) then starts
+/// every row that ran again and measures them in paired rounds ([`Paired`]), and its ratio
+/// lines come from those rounds, with their spread.
+pub struct Group<'a, 's> {
     name: &'static str,
     figure: Figure,
     group: BenchmarkGroup<'a, WallTime>,
+    /// The rows criterion ran, and how to start each again.
+    starts: Vec<(&'static str, Starter<'s>)>,
 }
 
-impl std::fmt::Debug for Group<'_> {
+/// How a [`Group`] starts a row's rig again for its paired rounds.
+type Starter<'s> = Box<dyn Fn() -> anyhow::Result<Box<dyn paired::Batches>> + 's>;
+
+impl std::fmt::Debug for Group<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Group")
             .field("name", &self.name)
@@ -263,7 +278,7 @@ impl std::fmt::Debug for Group<'_> {
     }
 }
 
-impl<'a> Group<'a> {
+impl<'a, 's> Group<'a, 's> {
     /// Starts group `name` of `c`, with criterion's throughput (and, for iterations that
     /// move a MiB or more, flat sampling) set from `figure`.
     pub fn new(c: &'a mut Criterion, name: &'static str, figure: Figure) -> Self {
@@ -285,19 +300,22 @@ impl<'a> Group<'a> {
             name,
             figure,
             group,
+            starts: Vec::new(),
         }
     }
 
     /// Benchmarks row `row`: starts its rig with `start` on the first batch (if the row is
     /// run at all), times and [`record`]s every batch, and finishes the rig afterwards.
+    /// `start` is kept to start the row again for the paired rounds of
+    /// [`finish`](Group::finish).
     ///
     /// # Errors
     /// When the rig does not finish cleanly. A rig that cannot start or run panics, as
     /// criterion gives no other way out of a routine.
-    pub fn row<R: Rig>(
+    pub fn row<R: Rig + 'static>(
         &mut self,
         row: &'static str,
-        start: impl Fn() -> anyhow::Result<R>,
+        start: impl Fn() -> anyhow::Result<R> + 's,
     ) -> anyhow::Result<()> {
         let name = self.name;
         let mut rig = None;
@@ -311,24 +329,41 @@ impl<'a> Group<'a> {
             });
         });
         match rig {
-            Some(rig) => rig.finish().with_context(|| format!("{name}/{row}")),
+            Some(rig) => {
+                rig.finish().with_context(|| format!("{name}/{row}"))?;
+                self.starts.push((
+                    row,
+                    Box::new(move || Ok(Box::new(start()?) as Box<dyn paired::Batches>)),
+                ));
+                Ok(())
+            }
             None => Ok(()),
         }
     }
 
-    /// Ends the group and prints a ratio line for each of its ipckit rows `ours` (each
-    /// with its floors), against those floors and the group's `peers`. Returns whether it
-    /// printed: only when benchmarking (`--bench`, as `cargo bench` passes), not in
-    /// criterion's test mode (`--test`, or `cargo test --benches`), where each row runs
-    /// one iteration.
+    /// Ends the group; when benchmarking (`--bench`, as `cargo bench` passes, not
+    /// criterion's test mode: `--test`, or `cargo test --benches`, where each row runs one
+    /// iteration), starts every row that ran again, measures them in paired rounds
+    /// ([`Rounds::GROUP`]), prints their report and a ratio line for each of its ipckit
+    /// rows `ours` (each with its floors) against those floors and the group's `peers`,
+    /// each ratio the median of the per-round ratios. Returns whether it printed.
     pub fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) -> bool {
         self.group.finish();
         let flag = |f: &str| std::env::args().any(|a| a == f);
-        if !flag("--bench") || flag("--test") {
+        if !flag("--bench") || flag("--test") || self.starts.is_empty() {
             return false;
         }
+        let mut paired = Paired::new(self.name, self.figure);
+        for (row, start) in &self.starts {
+            paired.row_boxed(row, start);
+        }
+        paired.run(Rounds::GROUP);
+        let report = paired.finish();
+        report.print();
         for (row, floors) in ours {
-            print_ratios(self.name, self.figure, row, floors, peers);
+            if let Some(line) = report.ratio_line(row, floors, peers) {
+                println!("{line}");
+            }
         }
         true
     }

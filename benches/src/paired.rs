@@ -1,0 +1,766 @@
+//! Paired measurement: the rows of a group take turns in short rounds against processes
+//! that stay up for the whole run, and each row's figure is the median of its per-round
+//! ratios to the group's reference, with their spread.
+//!
+//! A criterion group measures one row after the other, so whatever else the machine does
+//! meanwhile (another build, a frequency change) lands on one row and not on the next, and
+//! a ratio of two such figures swings from run to run. Here every round runs one batch of
+//! every row (the order rotated each round), a batch sized to a few milliseconds, so a
+//! disturbance lasting longer than a round hits all rows alike and cancels out of that
+//! round's ratios.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::{Context as _, bail};
+use nix::{sched::CpuSet, unistd::Pid};
+
+use crate::{Figure, Rig};
+
+/// A [`Rig`] behind a box: the rows of a group are of different types.
+pub(crate) trait Batches {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration>;
+    fn finish(self: Box<Self>) -> anyhow::Result<()>;
+}
+
+impl<R: Rig> Batches for R {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        Rig::run(self, iters)
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<()> {
+        Rig::finish(*self)
+    }
+}
+
+/// How long the rounds of a [`Paired`] group run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rounds {
+    /// How many rounds (each runs one batch of every row).
+    pub rounds: usize,
+    /// How long one batch should take: its iterations are sized to it once, before the
+    /// first round.
+    pub batch: Duration,
+}
+
+impl Rounds {
+    /// A full measurement: 100 rounds of batches of about 10 ms.
+    pub const FULL: Rounds = Rounds {
+        rounds: 100,
+        batch: Duration::from_millis(10),
+    };
+    /// The paired rounds that follow a criterion [`Group`](crate::Group): 20 rounds of
+    /// about 5 ms.
+    pub const GROUP: Rounds = Rounds {
+        rounds: 20,
+        batch: Duration::from_millis(5),
+    };
+    /// A smoke round, to check that every row works: 3 rounds of about 1 ms.
+    pub const SMOKE: Rounds = Rounds {
+        rounds: 3,
+        batch: Duration::from_millis(1),
+    };
+}
+
+/// Two CPUs to pin the two sides of a busy-wait row to, or why there are none.
+///
+/// # Errors
+/// When this process may run on one CPU only: two spinning processes would then take turns
+/// at a scheduler tick each, and the figure would measure the scheduler.
+pub fn two_cores() -> anyhow::Result<(usize, usize)> {
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    let mut cpus = (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+    match (cpus.next(), cpus.next()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => bail!("cannot run on one core: a busy-wait row needs two"),
+    }
+}
+
+/// Pins the calling thread to CPU `cpu`.
+///
+/// # Errors
+/// When the system refuses it.
+pub fn pin(cpu: usize) -> anyhow::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu).context("CPU number")?;
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")?;
+    Ok(())
+}
+
+/// The calling thread's CPUs, to [`restore`] after a pinned row.
+fn affinity() -> anyhow::Result<CpuSet> {
+    nix::sched::sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")
+}
+
+fn restore(set: &CpuSet) -> anyhow::Result<()> {
+    nix::sched::sched_setaffinity(Pid::from_raw(0), set).context("sched_setaffinity")
+}
+
+/// `v` with three significant digits (at least the units).
+#[must_use]
+pub fn three_digits(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 || v.abs() >= 100.0 {
+        return format!("{v:.0}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
+}
+
+/// The unit of a figure's values, short.
+fn unit(f: Figure) -> &'static str {
+    match f {
+        Figure::RoundTrip => "µs/RTT",
+        Figure::Bandwidth(_) => "GB/s",
+        Figure::Rate => "M/s",
+        Figure::Operation => "ns/op",
+    }
+}
+
+/// A row of a paired group while it runs.
+struct Row {
+    name: String,
+    /// Said after the row's name: how it ran (pinned cores…).
+    note: Option<String>,
+    state: State,
+    /// The CPU the parent runs this row's batches on, if pinned.
+    pin: Option<usize>,
+    iters: u64,
+    /// Seconds per iteration, per round (`None` for a round the row missed).
+    secs: Vec<Option<f64>>,
+}
+
+enum State {
+    Running(Box<dyn Batches>),
+    /// Not run (or stopped), and why.
+    Out(String),
+    /// Finished after its rounds.
+    Done,
+}
+
+/// A group of rows measured in paired rounds (see the module's documentation).
+///
+/// Make it with [`Paired::new`], add rows with [`row`](Paired::row) (which starts the
+/// row's processes at once: they stay up until [`finish`](Paired::finish)), then
+/// [`run`](Paired::run) the rounds and [`finish`](Paired::finish) for the [`Report`].
+pub struct Paired {
+    name: String,
+    figure: Figure,
+    reference: Option<String>,
+    rows: Vec<Row>,
+    rounds: usize,
+}
+
+impl std::fmt::Debug for Paired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paired")
+            .field("name", &self.name)
+            .field("figure", &self.figure)
+            .field("rows", &self.rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Paired {
+    /// An empty group `name` whose rows' figure is `figure`.
+    pub fn new(name: impl Into<String>, figure: Figure) -> Self {
+        Paired {
+            name: name.into(),
+            figure,
+            reference: None,
+            rows: Vec::new(),
+            rounds: 0,
+        }
+    }
+
+    /// Makes row `row` the reference of the per-round ratios (the floor); without one, the
+    /// ratios are to the row of the best median time.
+    #[must_use]
+    pub fn reference(mut self, row: &str) -> Self {
+        self.reference = Some(row.to_owned());
+        self
+    }
+
+    /// Adds row `name`, starting its rig with `start` now. A row that cannot start is kept,
+    /// with the reason, as not run.
+    pub fn row<R: Rig + 'static>(&mut self, name: &str, start: impl FnOnce() -> anyhow::Result<R>) {
+        self.add(name, None, None, start);
+    }
+
+    /// As [`row`](Paired::row), for a busy-wait row: its batches run on CPU `cpus.0`, and
+    /// `start` is given both CPUs to pin the other side to `cpus.1`; the report says so.
+    /// Without two CPUs (`cpus` from [`two_cores`]), the row is kept as not run.
+    pub fn pinned_row<R: Rig + 'static>(
+        &mut self,
+        name: &str,
+        cpus: &anyhow::Result<(usize, usize)>,
+        start: impl FnOnce((usize, usize)) -> anyhow::Result<R>,
+    ) {
+        match cpus {
+            Ok((a, b)) => {
+                let note = format!("busy-wait, pinned to CPUs {a} and {b}");
+                self.add(name, Some(note), Some(*a), || start((*a, *b)));
+            }
+            Err(e) => self.skip(name, &format!("{e:#}")),
+        }
+    }
+
+    /// As [`row`](Paired::row), for a rig already boxed.
+    pub(crate) fn row_boxed(
+        &mut self,
+        name: &str,
+        start: impl FnOnce() -> anyhow::Result<Box<dyn Batches>>,
+    ) {
+        let state = match start() {
+            Ok(rig) => State::Running(rig),
+            Err(e) => State::Out(format!("cannot start: {e:#}")),
+        };
+        self.rows.push(Row {
+            name: name.to_owned(),
+            note: None,
+            state,
+            pin: None,
+            iters: 0,
+            secs: Vec::new(),
+        });
+    }
+
+    /// Keeps row `name` as not run, because of `why`.
+    pub fn skip(&mut self, name: &str, why: &str) {
+        self.rows.push(Row {
+            name: name.to_owned(),
+            note: None,
+            state: State::Out(why.to_owned()),
+            pin: None,
+            iters: 0,
+            secs: Vec::new(),
+        });
+    }
+
+    fn add<R: Rig + 'static>(
+        &mut self,
+        name: &str,
+        note: Option<String>,
+        pin: Option<usize>,
+        start: impl FnOnce() -> anyhow::Result<R>,
+    ) {
+        let state = match start() {
+            Ok(rig) => State::Running(Box::new(rig)),
+            Err(e) => State::Out(format!("cannot start: {e:#}")),
+        };
+        self.rows.push(Row {
+            name: name.to_owned(),
+            note,
+            state,
+            pin,
+            iters: 0,
+            secs: Vec::new(),
+        });
+    }
+
+    /// Sizes each row's batch to `rounds.batch`, then runs `rounds.rounds` rounds: each
+    /// runs one batch of every running row, starting one row further each round. A row
+    /// that fails is stopped, and reported with its error.
+    pub fn run(&mut self, rounds: Rounds) {
+        for row in &mut self.rows {
+            if let Err(e) = row.size(rounds.batch) {
+                row.stop(format!("failed while sizing its batch: {e:#}"));
+            }
+        }
+        let n = self.rows.len();
+        for round in 0..rounds.rounds {
+            for k in 0..n {
+                let row = &mut self.rows[(round + k) % n];
+                let got = row.batch(row.iters);
+                match got {
+                    Ok(Some(took)) => row
+                        .secs
+                        .push(Some(took.as_secs_f64() / row.iters.max(1) as f64)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let why = format!("failed in round {}: {e:#}", round + 1);
+                        row.stop(why);
+                    }
+                }
+                if !matches!(row.state, State::Running(_)) && row.secs.len() < round + 1 {
+                    row.secs.push(None);
+                }
+            }
+        }
+        self.rounds += rounds.rounds;
+    }
+
+    /// Ends every row's processes and makes the report. A row that does not end cleanly is
+    /// reported with the error.
+    pub fn finish(mut self) -> Report {
+        for row in &mut self.rows {
+            if !matches!(row.state, State::Running(_)) {
+                continue;
+            }
+            if let State::Running(rig) = std::mem::replace(&mut row.state, State::Done) {
+                if let Err(e) = rig.finish() {
+                    row.state = State::Out(format!("did not end cleanly: {e:#}"));
+                }
+            }
+        }
+        Report::new(self)
+    }
+}
+
+impl Row {
+    /// Runs one batch of `iters` (on the pinned CPU if any); `None` if the row is out.
+    fn batch(&mut self, iters: u64) -> anyhow::Result<Option<Duration>> {
+        let State::Running(rig) = &mut self.state else {
+            return Ok(None);
+        };
+        let Some(cpu) = self.pin else {
+            return rig.run(iters).map(Some);
+        };
+        let before = affinity()?;
+        pin(cpu)?;
+        let took = rig.run(iters);
+        restore(&before)?;
+        took.map(Some)
+    }
+
+    /// Doubles the batch from one iteration until it takes a quarter of `target`, then
+    /// scales it to `target`.
+    fn size(&mut self, target: Duration) -> anyhow::Result<()> {
+        let mut iters = 1u64;
+        // A warm-up: the first batch may page in code and buffers.
+        self.batch(1)?;
+        loop {
+            let Some(took) = self.batch(iters)? else {
+                return Ok(());
+            };
+            if took >= target / 4 || iters >= 1 << 30 {
+                let per = took.as_secs_f64() / iters as f64;
+                self.iters = ((target.as_secs_f64() / per.max(1e-9)) as u64).max(1);
+                return Ok(());
+            }
+            iters *= 2;
+        }
+    }
+
+    fn stop(&mut self, why: String) {
+        if let State::Running(rig) = std::mem::replace(&mut self.state, State::Out(why)) {
+            // The error that stopped it is what the report says.
+            let _ = rig.finish();
+        }
+    }
+}
+
+/// The median and the spread of a set of values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// The median.
+    pub median: f64,
+    /// The first quartile.
+    pub q1: f64,
+    /// The third quartile.
+    pub q3: f64,
+    /// The least value.
+    pub min: f64,
+    /// The greatest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`; `None` if there are none (or one is not a number).
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        // Linear interpolation between the closest ranks.
+        let at = |p: f64| {
+            let x = p * (v.len() - 1) as f64;
+            let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+            v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+        };
+        Some(Spread {
+            median: at(0.5),
+            q1: at(0.25),
+            q3: at(0.75),
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// One row of a [`Report`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowReport {
+    /// The row's name.
+    pub name: String,
+    /// How it ran, if anything is to be said (pinned cores…).
+    pub note: Option<String>,
+    /// What it measured, or why it has no figure.
+    pub outcome: Outcome,
+    /// Its seconds per iteration in each round (`None` where it did not run).
+    pub secs: Vec<Option<f64>>,
+}
+
+/// What a row of a [`Report`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Its figures.
+    Measured {
+        /// The median over the rounds of its figure ([`Figure`]'s unit: µs, GB/s, M/s, ns).
+        value: f64,
+        /// Its per-round time per iteration divided by the reference's in the same round:
+        /// 1.0 is as fast, 2.0 twice as slow.
+        ratio: Spread,
+        /// How many rounds it ran.
+        rounds: usize,
+        /// Iterations per batch.
+        iters: u64,
+    },
+    /// Not run, or stopped, and why.
+    NotRun(String),
+}
+
+/// The result of a [`Paired`] group: its rows sorted by their median ratio, the rows
+/// without a figure last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The group's name.
+    pub name: String,
+    /// The rows' figure.
+    pub figure: Figure,
+    /// The reference of the ratios, if any row was measured.
+    pub reference: Option<String>,
+    /// How many rounds ran.
+    pub rounds: usize,
+    /// The rows, sorted.
+    pub rows: Vec<RowReport>,
+}
+
+impl Report {
+    fn new(group: Paired) -> Report {
+        let Paired {
+            name,
+            figure,
+            reference,
+            rows,
+            rounds,
+        } = group;
+        let median_secs = |r: &Row| {
+            let s: Vec<f64> = r.secs.iter().flatten().copied().collect();
+            Spread::of(&s).map(|s| s.median)
+        };
+        // The reference: the one asked for if it was measured, else the fastest row.
+        let measured = |r: &&Row| matches!(r.state, State::Done) && median_secs(r).is_some();
+        let chosen = reference
+            .as_deref()
+            .and_then(|want| rows.iter().filter(measured).find(|r| r.name == want))
+            .or_else(|| {
+                rows.iter().filter(measured).min_by(|a, b| {
+                    f64::total_cmp(
+                        &median_secs(a).unwrap_or(f64::INFINITY),
+                        &median_secs(b).unwrap_or(f64::INFINITY),
+                    )
+                })
+            });
+        let base: Option<(String, Vec<Option<f64>>)> =
+            chosen.map(|r| (r.name.clone(), r.secs.clone()));
+        let mut out: Vec<RowReport> = rows
+            .iter()
+            .map(|r| {
+                let outcome = match (&r.state, &base) {
+                    (State::Out(why), _) => Outcome::NotRun(why.clone()),
+                    (_, Some((_, base))) => {
+                        let ratios: Vec<f64> = r
+                            .secs
+                            .iter()
+                            .zip(base)
+                            .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+                            .collect();
+                        match (Spread::of(&ratios), median_secs(r)) {
+                            (Some(ratio), Some(secs)) => Outcome::Measured {
+                                value: figure.value(secs),
+                                ratio,
+                                rounds: ratios.len(),
+                                iters: r.iters,
+                            },
+                            _ => Outcome::NotRun("no round measured".to_owned()),
+                        }
+                    }
+                    (_, None) => Outcome::NotRun("no round measured".to_owned()),
+                };
+                RowReport {
+                    name: r.name.clone(),
+                    note: r.note.clone(),
+                    outcome,
+                    secs: r.secs.clone(),
+                }
+            })
+            .collect();
+        let key = |r: &RowReport| match r.outcome {
+            Outcome::Measured { ratio, .. } => ratio.median,
+            Outcome::NotRun(_) => f64::INFINITY,
+        };
+        out.sort_by(|a, b| f64::total_cmp(&key(a), &key(b)));
+        Report {
+            name,
+            figure,
+            reference: base.map(|(n, _)| n),
+            rounds,
+            rows: out,
+        }
+    }
+
+    /// The report as text lines: per row its median figure and its ratio to the reference
+    /// (median, IQR, min–max).
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "{}: {} rounds, ratios of time per iteration to {} (1.00× = as fast)\n",
+            self.name,
+            self.rounds,
+            self.reference.as_deref().unwrap_or("(none)")
+        );
+        let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        for r in &self.rows {
+            let _ = match &r.outcome {
+                Outcome::Measured { value, ratio, .. } => write!(
+                    s,
+                    "  {:width$}  {:>8} {:<7}  {:>7.2}×  IQR {:.2}–{:.2}  range {:.2}–{:.2}",
+                    r.name,
+                    three_digits(*value),
+                    unit(self.figure),
+                    ratio.median,
+                    ratio.q1,
+                    ratio.q3,
+                    ratio.min,
+                    ratio.max,
+                ),
+                Outcome::NotRun(why) => write!(s, "  {:width$}  not run: {why}", r.name),
+            };
+            if let Some(note) = &r.note {
+                let _ = write!(s, "  ({note})");
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Prints [`text`](Report::text) to standard output.
+    pub fn print(&self) {
+        print!("{}", self.text());
+    }
+
+    /// The spread over the rounds of row `a`'s time per iteration divided by row `b`'s in
+    /// the same round, if both were measured in some round.
+    pub fn between(&self, a: &str, b: &str) -> Option<Spread> {
+        let secs = |name: &str| {
+            self.rows
+                .iter()
+                .find(|r| r.name == name && matches!(r.outcome, Outcome::Measured { .. }))
+                .map(|r| &r.secs)
+        };
+        let ratios: Vec<f64> = secs(a)?
+            .iter()
+            .zip(secs(b)?)
+            .filter_map(|(x, y)| Some(x.as_ref()? / y.as_ref()?))
+            .collect();
+        Spread::of(&ratios)
+    }
+
+    /// The median figure of row `row`, if it was measured.
+    pub fn value(&self, row: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.name == row)
+            .and_then(|r| match r.outcome {
+                Outcome::Measured { value, .. } => Some(value),
+                Outcome::NotRun(_) => None,
+            })
+    }
+
+    /// The line comparing row `ours` with its `floors` (the ratio is ours/raw of the
+    /// figure) and the `peers` (how many times faster or slower ours is), each the median
+    /// of the per-round ratios with their IQR; rows not measured are left out; `None` if
+    /// `ours` was not.
+    pub fn ratio_line(&self, ours: &str, floors: &[&str], peers: &[&str]) -> Option<String> {
+        let f = self.figure;
+        let our = self.value(ours)?;
+        let mut line = format!(
+            "{} (paired, {} rounds): {ours} {} {}",
+            self.name,
+            self.rounds,
+            three_digits(our),
+            unit(f)
+        );
+        // Per-round ratios of times, turned into ratios of the figure.
+        let of_figure = |s: Spread| match f {
+            Figure::RoundTrip | Figure::Operation => s,
+            Figure::Bandwidth(_) | Figure::Rate => Spread {
+                median: 1.0 / s.median,
+                q1: 1.0 / s.q3,
+                q3: 1.0 / s.q1,
+                min: 1.0 / s.max,
+                max: 1.0 / s.min,
+            },
+        };
+        let mut first = true;
+        for &row in floors {
+            let (Some(v), Some(s)) = (self.value(row), self.between(ours, row)) else {
+                continue;
+            };
+            let s = of_figure(s);
+            let _ = write!(
+                line,
+                "{} {row} {} → {ours}/raw = {:.2}× (IQR {:.2}–{:.2})",
+                if first { "," } else { ";" },
+                three_digits(v),
+                s.median,
+                s.q1,
+                s.q3
+            );
+            first = false;
+        }
+        for &row in peers {
+            let (Some(v), Some(s)) = (self.value(row), self.between(row, ours)) else {
+                continue;
+            };
+            // Their time over ours: how many times faster ours is.
+            let (times, lo, hi, word) = if s.median >= 1.0 {
+                (s.median, s.q1, s.q3, "faster")
+            } else {
+                (1.0 / s.median, 1.0 / s.q3, 1.0 / s.q1, "slower")
+            };
+            let _ = write!(
+                line,
+                "; {row} {} → {ours} is {times:.2}× {word} (IQR {lo:.2}–{hi:.2})",
+                three_digits(v)
+            );
+        }
+        Some(line)
+    }
+
+    /// The median ratio of row `row`, if it was measured.
+    pub fn ratio(&self, row: &str) -> Option<Spread> {
+        self.rows
+            .iter()
+            .find(|r| r.name == row)
+            .and_then(|r| match r.outcome {
+                Outcome::Measured { ratio, .. } => Some(ratio),
+                Outcome::NotRun(_) => None,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row that "takes" `per` per iteration, times `slow` in the rounds it is told.
+    struct Fake {
+        per: Duration,
+        runs: u32,
+        slow_every: u32,
+    }
+
+    impl Rig for Fake {
+        fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+            self.runs += 1;
+            let k = if self.slow_every > 0 && self.runs % self.slow_every == 0 {
+                3
+            } else {
+                1
+            };
+            Ok(self.per * (iters as u32) * k)
+        }
+
+        fn finish(self) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn three_significant_digits() {
+        assert_eq!(three_digits(0.02034), "0.0203");
+        assert_eq!(three_digits(0.294), "0.294");
+        assert_eq!(three_digits(4.071), "4.07");
+        assert_eq!(three_digits(46.71), "46.7");
+        assert_eq!(three_digits(1169.2), "1169");
+    }
+
+    #[test]
+    fn spread_of_known_values() {
+        let s = Spread::of(&[4.0, 1.0, 3.0, 2.0, 5.0]).unwrap();
+        assert_eq!(
+            (s.median, s.q1, s.q3, s.min, s.max),
+            (3.0, 2.0, 4.0, 1.0, 5.0)
+        );
+        assert_eq!(Spread::of(&[]), None);
+    }
+
+    #[test]
+    fn ratios_are_per_round_and_rows_sorted() {
+        let mut g = Paired::new("t", Figure::RoundTrip).reference("floor");
+        g.row("slow", || {
+            Ok(Fake {
+                per: Duration::from_micros(30),
+                runs: 0,
+                slow_every: 0,
+            })
+        });
+        g.row("floor", || {
+            Ok(Fake {
+                per: Duration::from_micros(10),
+                runs: 0,
+                slow_every: 0,
+            })
+        });
+        g.row("broken", || -> anyhow::Result<Fake> {
+            bail!("no such thing")
+        });
+        g.skip("absent", "not found");
+        g.run(Rounds {
+            rounds: 5,
+            batch: Duration::from_millis(1),
+        });
+        let r = g.finish();
+        assert_eq!(r.reference.as_deref(), Some("floor"));
+        let names: Vec<&str> = r.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(&names[..2], ["floor", "slow"]);
+        let slow = r.ratio("slow").unwrap();
+        assert!((slow.median - 3.0).abs() < 1e-9, "{slow:?}");
+        // The rows without a figure last, in the order they were added.
+        assert_eq!(
+            r.rows[2].outcome,
+            Outcome::NotRun("cannot start: no such thing".to_owned())
+        );
+        assert_eq!(r.rows[3].outcome, Outcome::NotRun("not found".to_owned()));
+        let text = r.text();
+        assert!(text.contains("3.00×"), "{text}");
+        assert_eq!(
+            r.ratio_line("slow", &["floor"], &["floor"]).unwrap(),
+            "t (paired, 5 rounds): slow 30.0 µs/RTT, floor 10.0 → slow/raw = 3.00× (IQR \
+             3.00–3.00); floor 10.0 → slow is 3.00× slower (IQR 3.00–3.00)"
+        );
+        assert!(text.contains("not run: not found"), "{text}");
+    }
+
+    #[test]
+    fn a_disturbance_spreads_the_ratios_but_not_their_median() {
+        let mut g = Paired::new("t", Figure::Rate);
+        for (name, slow_every) in [("a", 0), ("b", 4)] {
+            g.row(name, || {
+                Ok(Fake {
+                    per: Duration::from_micros(10),
+                    runs: 0,
+                    slow_every,
+                })
+            });
+        }
+        g.run(Rounds {
+            rounds: 9,
+            batch: Duration::from_millis(1),
+        });
+        let r = g.finish();
+        let b = r.ratio("b").unwrap();
+        assert!((b.median - 1.0).abs() < 1e-9, "{b:?}");
+        assert!((b.max - 3.0).abs() < 1e-9, "{b:?}");
+    }
+}
