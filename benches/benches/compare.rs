@@ -52,7 +52,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, Fd, Figure, Outcome, PATIENCE, Paired, PythonProc, Raw, RawSpin, Report, Rig, Rounds,
+    BIG, Fd, Figure, Outcome, PATIENCE, Paired, PythonRow, Raw, RawSpin, Report, Rig, Rounds,
     SMALL, Words, Worker, echoes, pin, serve, two_cores,
 };
 use ipckit_core::{Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
@@ -1211,31 +1211,6 @@ impl Rig for RpcRtt {
     }
 }
 
-/// A Python row: `compare.py WORKLOAD MECHANISM`, which times its own batches.
-struct Py(PythonProc);
-
-impl Py {
-    fn start(python: &Path, workload: &str, mech: &str) -> anyhow::Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/compare.py");
-        let p = PythonProc::start(python, &script, &[workload, mech])?;
-        let line = p.line()?;
-        ensure!(line == "ready", "compare.py said {line:?}");
-        Ok(Py(p))
-    }
-}
-
-impl Rig for Py {
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
-        self.0.order(&iters.to_string())?;
-        let secs: f64 = self.0.line()?.parse().context("a time in seconds")?;
-        Ok(Duration::from_secs_f64(secs))
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        self.0.finish()
-    }
-}
-
 // The workloads.
 
 /// A workload: its name, what it shows, its figure, and how its rows start.
@@ -1383,7 +1358,7 @@ fn rows(env: &Env, w: &Workload) -> Paired {
     }
     for &(label, mech) in w.py_mechs {
         match &env.python {
-            Some(py) => g.row(label, || Py::start(py, w.py, mech)),
+            Some(py) => g.row(label, || PythonRow::start(py, w.py, mech)),
             None => g.skip(label, "no python3 found"),
         }
     }

@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{Context, ensure};
 use criterion::Criterion;
-use ipckit_benches::{Fd, Figure, Group, PATIENCE, Rig, Worker, mean, serve, spawn};
+use ipckit_benches::{Fd, Figure, Group, PATIENCE, Rig, Worker, serve, spawn};
 use ipckit_core::{Child, Ctx, Handle, Role, RoleResult};
 use ipckit_manager::{Dict, Manager, ServeOptions};
 
@@ -294,16 +294,17 @@ fn main() -> anyhow::Result<()> {
     g.row("ipckit", || GetRig::start(false))?;
     g.row("ipckit_fast_path", || GetRig::start(true))?;
     g.row("raw_uds", RawRig::start)?;
-    let printed = g.finish(
+    let report = g.finish(
         &[("ipckit", &["raw_uds"]), ("ipckit_fast_path", &["raw_uds"])],
         &[],
     );
-    if printed && let (Some(ours), Some(raw)) = (mean(name, "ipckit"), mean(name, "raw_uds")) {
-        let ratio = ours.as_secs_f64() / raw.as_secs_f64();
+    if let Some(r) = report
+        && let (Some(ratio), Some(us)) = (r.between("ipckit", "raw_uds"), r.value("ipckit"))
+    {
+        let ratio = ratio.median;
         let verdict = if ratio <= 1.3 { "met" } else { "missed" };
         println!("{name}: target ipckit/raw_uds ≤ 1.3×: {ratio:.2}× {verdict}");
         if let Some(p) = py(&python, "get_rtt_us") {
-            let us = ours.as_secs_f64() * 1e6;
             let (times, word) = if p >= us {
                 (p / us, "faster")
             } else {
@@ -344,8 +345,9 @@ fn main() -> anyhow::Result<()> {
     g.row("incr_fast_path", || FourRig::start(INCR, true))?;
     g.row("lock_get_set", || FourRig::start(LOCKED, false))?;
     g.row("lock_get_set_fast_path", || FourRig::start(LOCKED, true))?;
-    if g.finish(&[], &[]) {
-        let k = |row| mean(name, row).map(|m| 1.0 / m.as_secs_f64() / 1e3);
+    if let Some(r) = g.finish(&[], &[]) {
+        // The report's rates are in M/s.
+        let k = |row| r.value(row).map(|m| m * 1e3);
         if let (Some(incr), Some(locked)) = (k("incr"), k("lock_get_set")) {
             let verdict = if incr >= 100.0 { "met" } else { "missed" };
             println!(

@@ -5,7 +5,9 @@
 //! per row (on the row's first batch), times batches of iterations against it with
 //! criterion's `iter_custom`, and closes the link at the end, upon which the child
 //! returns. Every workload runs for ipckit, for its floor (the raw system calls doing the
-//! same work) and, where one exists, for ipc-channel; a line of ratios follows each group.
+//! same work), for ipc-channel and, for the pipe workloads, Python's `multiprocessing.Pipe`
+//! (`benches/python/compare.py`, when a Python is found); then every row that ran runs
+//! again in paired rounds, whose table and ratio lines follow each group.
 //!
 //! ```text
 //! cargo bench -p ipckit-benches --bench pipes -- --warm-up-time 1 --measurement-time 3
@@ -334,12 +336,13 @@ fn pipe_rtt(c: &mut Criterion) -> anyhow::Result<()> {
     g.row("raw_socketpair", || raw_socketpair(work))?;
     g.row("raw_pipe", || raw_pipes(work))?;
     g.row("ipc-channel", || ipc_channel(work))?;
+    g.python_row("python_mp_pipe", "rtt", "pipe")?;
     g.finish(
         &[
             ("ipckit", &["raw_socketpair"]),
             ("ipckit_pipes", &["raw_pipe"]),
         ],
-        &["ipc-channel"],
+        &["ipc-channel", "python_mp_pipe"],
     );
     Ok(())
 }
@@ -353,12 +356,13 @@ fn pipe_bw(c: &mut Criterion) -> anyhow::Result<()> {
     g.row("raw_pipe", || raw_pipes(work))?;
     g.row("raw_pipe_1MiB", || raw_pipes_1mib(work))?;
     g.row("ipc-channel", || ipc_channel(work))?;
+    g.python_row("python_mp_pipe", "bw", "pipe")?;
     g.finish(
         &[
             ("ipckit", &["raw_socketpair"]),
             ("ipckit_pipes", &["raw_pipe", "raw_pipe_1MiB"]),
         ],
-        &["ipc-channel"],
+        &["ipc-channel", "python_mp_pipe"],
     );
     Ok(())
 }

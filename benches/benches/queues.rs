@@ -17,15 +17,16 @@
 //!   clone of the `IpcBytesSender`), and, for 64-byte messages from one producer, an ipckit
 //!   pipe (`ipckit_pipes::pipe`) as a second reference. Each message carries its number in
 //!   the batch; the consumer reports their sum, which the parent checks, so a lost or
-//!   doubled message fails the row. The ratio lines also quote Python's
-//!   `multiprocessing.Queue`, measured on these machines at 139–164 k msg/s (one producer)
-//!   and 124–127 k msg/s (four).
+//!   doubled message fails the row. Python's `multiprocessing.Queue` runs in the same
+//!   rounds (`python_mp_queue`: `benches/python/compare.py`, producers and consumer in
+//!   processes of their own) when a Python is found.
 //! - `queue_rtt_64B` (µs per RTT): a request queue and a reply queue between the parent
 //!   and an echo server, with blocking waits (`ipckit`) and busy-waiting ones
 //!   (`ipckit_spin`: every handle `spin(true)`), against their floors on a raw shared
 //!   mapping of an anonymous memfd (`memfd_create`, `ftruncate`, `mmap`): `raw_futex`, two
 //!   `AtomicU32`s ping-ponged with `FUTEX_WAIT` and `FUTEX_WAKE` (always woken: the plain
-//!   futex round trip), and `raw_spin`, two `AtomicU64`s spun on (as `shm_spin_rtt`).
+//!   futex round trip), and `raw_spin`, two `AtomicU64`s spun on (as `shm_spin_rtt`). The
+//!   busy-wait rows run their two processes pinned to two different CPUs.
 //!   Per batch, one untimed round trip first wakes the echo server from its order.
 //!
 //! A row's children report ready (an order of no work: their ends are made, a queue's
@@ -52,8 +53,7 @@ use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, Figure, Group, PATIENCE, PingPong, Raw, RawSpin, Rig, SMALL, Words, Worker, echoes, mean,
-    serve,
+    BIG, Figure, Group, PATIENCE, PingPong, Raw, RawSpin, Rig, SMALL, Words, Worker, echoes, serve,
 };
 use ipckit_core::{Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Reader, Writer};
@@ -512,13 +512,22 @@ struct Echo<P> {
 impl Echo<QueuePair> {
     /// ipckit's request and reply queues, busy-waiting on both sides if `spin`.
     fn queue(spin: bool) -> anyhow::Result<Self> {
+        Self::queue_on(spin, None)
+    }
+
+    /// As [`queue`](Echo::queue), the worker pinned to CPU `theirs` if given.
+    fn queue_on(spin: bool, theirs: Option<usize>) -> anyhow::Result<Self> {
         let opts = QueueOptions::new(16).max_message(SMALL);
         let (req, rep) = (ByteQueue::create(opts)?, ByteQueue::create(opts)?);
         let handles = [
             ("req", req.try_clone()?.into_handoff()),
             ("rep", rep.try_clone()?.into_handoff()),
         ];
-        let worker = Worker::start(QUEUE_ECHO, &spin, handles)?;
+        let worker = Worker::launch(QUEUE_ECHO, &spin, handles)?;
+        if let Some(cpu) = theirs {
+            worker.pin(cpu)?;
+        }
+        let worker = worker.ready()?;
         Ok(Echo {
             pair: QueuePair::new(req, rep, spin)?,
             worker,
@@ -540,9 +549,12 @@ impl Echo<FutexPair> {
 }
 
 impl Echo<RawSpin> {
-    fn spin() -> anyhow::Result<Self> {
+    /// Two raw atomics, the worker pinned to CPU `theirs`.
+    fn spin((_, theirs): (usize, usize)) -> anyhow::Result<Self> {
         let words = Raw::<Words<AtomicU64>>::create()?;
-        let worker = Worker::start(SPIN_ECHO, &(), [("mem", words.handoff()?)])?;
+        let worker = Worker::launch(SPIN_ECHO, &(), [("mem", words.handoff()?)])?;
+        worker.pin(theirs)?;
+        let worker = worker.ready()?;
         Ok(Echo {
             pair: RawSpin { words, last: 0 },
             worker,
@@ -572,43 +584,13 @@ impl<P: PingPong> Rig for Echo<P> {
     }
 }
 
-/// Messages per second of `row` in `group`, if it was measured.
-fn rate(group: &str, row: &str) -> Option<f64> {
-    mean(group, row)
-        .filter(|t| !t.is_zero())
-        .map(|t| 1.0 / t.as_secs_f64())
-}
-
-/// Prints how row `ipckit` of `group` compares with Python's `multiprocessing.Queue`
-/// (`python`, its range of k msg/s on these machines) and with the target of `target` M
-/// msg/s.
-fn print_python_and_target(group: &str, python: (f64, f64), target: f64) {
-    let Some(ours) = rate(group, "ipckit") else {
-        return;
-    };
-    let (low, high) = python;
-    let verdict = if ours >= target * 1e6 {
-        "met"
-    } else {
-        "missed"
-    };
-    println!(
-        "{group}: ipckit {:.2} M/s is {:.0}–{:.0}× Python's multiprocessing.Queue \
-         ({low:.0}–{high:.0} k msg/s); target ≥ {target} M/s {verdict}",
-        ours / 1e6,
-        ours / (high * 1e3),
-        ours / (low * 1e3),
-    );
-}
-
-/// Prints whether row `ours` of `group` is within `max` times its floor `floor`.
-fn print_target(group: &str, ours: &str, floor: &str, max: f64) {
-    let (Some(a), Some(b)) = (mean(group, ours), mean(group, floor)) else {
-        return;
-    };
-    let ratio = a.as_secs_f64() / b.as_secs_f64();
-    let verdict = if ratio <= max { "met" } else { "missed" };
-    println!("{group}: target {ours}/{floor} ≤ {max}×: {ratio:.2}× {verdict}");
+/// Prints whether `got` (row `ours`'s figure, or its ratio to `floor`, from the paired
+/// rounds of `group`) meets `target`.
+fn print_target(group: &str, what: &str, got: Option<f64>, target: &str, met: bool) {
+    if let Some(got) = got {
+        let verdict = if met { "met" } else { "missed" };
+        println!("{group}: target {what} {target}: {got:.2} {verdict}");
+    }
 }
 
 fn queue_1p1c(c: &mut Criterion) -> anyhow::Result<()> {
@@ -617,9 +599,11 @@ fn queue_1p1c(c: &mut Criterion) -> anyhow::Result<()> {
     g.row("ipckit", || Flow::queue(SMALL, 1))?;
     g.row("ipc-channel", || Flow::ipc_channel(SMALL, 1))?;
     g.row("ipckit_pipe", || Flow::pipe(SMALL))?;
-    if g.finish(&[("ipckit", &[])], &["ipc-channel", "ipckit_pipe"]) {
-        // Python 3.11's multiprocessing.Queue on these machines: 139–164 k msg/s.
-        print_python_and_target(name, (139.0, 164.0), 10.0);
+    g.python_row("python_mp_queue", "1to1", "queue")?;
+    let peers = ["ipc-channel", "ipckit_pipe", "python_mp_queue"];
+    if let Some(r) = g.finish(&[("ipckit", &[])], &peers) {
+        let v = r.value("ipckit");
+        print_target(name, "ipckit M/s", v, "≥ 10", v >= Some(10.0));
     }
     Ok(())
 }
@@ -629,9 +613,10 @@ fn queue_4p1c(c: &mut Criterion) -> anyhow::Result<()> {
     let mut g = Group::new(c, name, Figure::Rate);
     g.row("ipckit", || Flow::queue(SMALL, PRODUCERS))?;
     g.row("ipc-channel", || Flow::ipc_channel(SMALL, PRODUCERS))?;
-    if g.finish(&[("ipckit", &[])], &["ipc-channel"]) {
-        // Python 3.11's multiprocessing.Queue on these machines: 124–127 k msg/s.
-        print_python_and_target(name, (124.0, 127.0), 5.0);
+    g.python_row("python_mp_queue", "4to1", "queue")?;
+    if let Some(r) = g.finish(&[("ipckit", &[])], &["ipc-channel", "python_mp_queue"]) {
+        let v = r.value("ipckit");
+        print_target(name, "ipckit M/s", v, "≥ 5", v >= Some(5.0));
     }
     Ok(())
 }
@@ -640,15 +625,29 @@ fn queue_rtt(c: &mut Criterion) -> anyhow::Result<()> {
     let name = "queue_rtt_64B";
     let mut g = Group::new(c, name, Figure::RoundTrip);
     g.row("ipckit", || Echo::queue(false))?;
-    g.row("ipckit_spin", || Echo::queue(true))?;
+    g.pinned_row("ipckit_spin", |(_, theirs)| {
+        Echo::queue_on(true, Some(theirs))
+    })?;
     g.row("raw_futex", Echo::futex)?;
-    g.row("raw_spin", Echo::spin)?;
-    if g.finish(
+    g.pinned_row("raw_spin", Echo::spin)?;
+    if let Some(r) = g.finish(
         &[("ipckit", &["raw_futex"]), ("ipckit_spin", &["raw_spin"])],
         &[],
     ) {
-        print_target(name, "ipckit", "raw_futex", 1.15);
-        print_target(name, "ipckit_spin", "raw_spin", 1.5);
+        for (ours, floor, max) in [
+            ("ipckit", "raw_futex", 1.15),
+            ("ipckit_spin", "raw_spin", 1.5),
+        ] {
+            let ratio = r.between(ours, floor).map(|s| s.median);
+            let what = format!("{ours}/{floor}");
+            print_target(
+                name,
+                &what,
+                ratio,
+                &format!("≤ {max}×"),
+                ratio.is_some_and(|x| x <= max),
+            );
+        }
     }
     Ok(())
 }

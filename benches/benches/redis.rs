@@ -17,7 +17,8 @@
 //!     (`RedisSender::send_all_deadline`; 32 `XADD`s in one pipeline) and 32 per read
 //!     (`RedisOptions::prefetch(32)`; `COUNT 32`).
 //!   - `shm_queue`: ipckit-queues' shared-memory `Queue`, same threads, for scale.
-//!   - `python_mp_queue`: `multiprocessing.Queue`, producers and consumer in processes.
+//!   - `python_mp_queue`: `multiprocessing.Queue`, producers and consumer in processes
+//!     (`benches/python/compare.py`), when a Python is found.
 //! - `redis_queue_rtt_64B`: a request and its reply over two queues, answered by an echo
 //!   thread: `ipckit`; `raw_client` (`XADD` + `XREADGROUP BLOCK` both ways, acknowledged
 //!   as above); `raw_ping`, one `PING` (the broker's own round trip); `shm_queue`;
@@ -29,15 +30,13 @@
 
 use std::{
     collections::VecDeque,
-    path::Path,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
-use ipckit_benches::{Figure, Group, Rig, record};
+use ipckit_benches::{Figure, Group, Rig};
 use ipckit_core::{Deadline, RecvBytes, SendBytes};
 use ipckit_queues::{Queue, QueueOptions, QueueReceiver, QueueSender};
 use ipckit_redis::{RedisOptions, RedisQueue, RedisReceiver, RedisSender, RedisServer};
@@ -400,69 +399,10 @@ fn shm_flow(producers: usize) -> anyhow::Result<Flow<QueueSender, QueueReceiver>
     })
 }
 
-/// Python's rows: `(row, elapsed, count)` from benches/python/mp_queue.py, or why none.
-fn python(seconds: f64) -> anyhow::Result<Vec<(String, f64, u64)>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mp_queue.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(seconds.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("python3")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("python3 took more than two minutes");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "python3 ended with {}", out.status);
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((
-                w.next()?.to_string(),
-                w.next()?.parse().ok()?,
-                w.next()?.parse().ok()?,
-            ))
-        })
-        .collect())
-}
-
-/// Records Python's `row` into `group` as `python_mp_queue`, if it ran.
-fn record_python(python: &[(String, f64, u64)], row: &str, group: &'static str) {
-    if let Some((_, secs, count)) = python.iter().find(|(r, _, _)| r == row) {
-        record(
-            group,
-            "python_mp_queue",
-            Duration::from_secs_f64(*secs),
-            *count,
-        );
-    }
-}
-
-fn benchmarking() -> bool {
-    let flag = |f: &str| std::env::args().any(|a| a == f);
-    flag("--bench") && !flag("--test")
-}
-
 fn main() -> anyhow::Result<()> {
     let server = RedisServer::start()?;
     let url = server.url();
     let mut c = Criterion::default().configure_from_args();
-    let python = if benchmarking() {
-        python(2.0).unwrap_or_else(|e| {
-            println!("python multiprocessing.Queue: not run ({e:#})");
-            Vec::new()
-        })
-    } else {
-        Vec::new()
-    };
     let peers: &[&str] = &["shm_queue", "python_mp_queue"];
 
     let name = "redis_queue_1p1c_64B";
@@ -474,7 +414,7 @@ fn main() -> anyhow::Result<()> {
         raw_flow(&url, "bench:1p1c:batched", 1, BATCH)
     })?;
     g.row("shm_queue", || shm_flow(1))?;
-    record_python(&python, "1p1c", name);
+    g.python_row("python_mp_queue", "1to1", "queue")?;
     g.finish(
         &[
             ("ipckit", &["raw_client"]),
@@ -488,7 +428,7 @@ fn main() -> anyhow::Result<()> {
     g.row("ipckit", || ipckit_flow(&url, 4, 1))?;
     g.row("raw_client", || raw_flow(&url, "bench:4p1c", 4, 1))?;
     g.row("shm_queue", || shm_flow(4))?;
-    record_python(&python, "4p1c", name);
+    g.python_row("python_mp_queue", "4to1", "queue")?;
     g.finish(&[("ipckit", &["raw_client"])], peers);
 
     let name = "redis_queue_rtt_64B";
@@ -536,7 +476,7 @@ fn main() -> anyhow::Result<()> {
             last_request,
         ))
     })?;
-    record_python(&python, "rtt", name);
+    g.python_row("python_mp_queue", "rtt", "queue")?;
     g.finish(&[("ipckit", &["raw_client", "raw_ping"])], peers);
 
     c.final_summary();

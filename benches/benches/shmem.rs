@@ -565,8 +565,10 @@ struct Spin<P> {
 }
 
 impl<P: SpinPair> Spin<P> {
-    fn start(role: &'static str, pair: P) -> anyhow::Result<Self> {
+    /// Starts the echoing child of role `role`, pinned to CPU `theirs`.
+    fn start(role: &'static str, pair: P, (_, theirs): (usize, usize)) -> anyhow::Result<Self> {
         let worker = Worker::launch(role, &(), pair.handoffs()?)?;
+        worker.pin(theirs)?;
         Ok(Spin {
             pair,
             worker,
@@ -661,20 +663,20 @@ fn shm_bw(c: &mut Criterion) -> anyhow::Result<()> {
 
 fn shm_spin_rtt(c: &mut Criterion) -> anyhow::Result<()> {
     let mut g = Group::new(c, "shm_spin_rtt", Figure::RoundTrip);
-    g.row("ipckit", || {
+    g.pinned_row("ipckit", |cpus| {
         let pair = SeqPair {
             ping: Shared::create(0)?,
             pong: Shared::create(0)?,
             seen: 0,
         };
-        Spin::start(SPIN_IPCKIT, pair)
+        Spin::start(SPIN_IPCKIT, pair, cpus)
     })?;
-    g.row("raw_atomics", || {
+    g.pinned_row("raw_atomics", |cpus| {
         let pair = RawSpin {
             words: Raw::create()?,
             last: 0,
         };
-        Spin::start(SPIN_RAW, pair)
+        Spin::start(SPIN_RAW, pair, cpus)
     })?;
     g.finish(&[("ipckit", &["raw_atomics"])], &[]);
     Ok(())

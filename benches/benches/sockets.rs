@@ -54,7 +54,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
-use ipckit_benches::{BIG, Figure, Framed, Group, Link, PATIENCE, Rig, SMALL, Work, mean, spawn};
+use ipckit_benches::{BIG, Figure, Framed, Group, Link, PATIENCE, Report, Rig, SMALL, Work, spawn};
 use ipckit_core::{Child, Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_sockets::{
     Address, ConnectOptions, Connection, Event, Events, Listener, Server, ServerOptions,
@@ -535,23 +535,11 @@ impl Rig for RawHub {
     }
 }
 
-/// Prints how row `ipckit` of `group` compares with Python's `multiprocessing.connection`
-/// (`python`, its range of µs per RTT on these machines), and whether it is within `max`
-/// times its floor `floor`.
-fn print_python_and_target(group: &str, python: (f64, f64), floor: &str, max: f64) {
-    let Some(ours) = mean(group, "ipckit") else {
-        return;
-    };
-    let us = ours.as_secs_f64() * 1e6;
-    let (low, high) = python;
-    println!(
-        "{group}: reference Python multiprocessing.connection {low}–{high} µs/RTT \
-         (measured apart) → ipckit/Python = {:.2}–{:.2}×",
-        us / high,
-        us / low,
-    );
-    if let Some(raw) = mean(group, floor) {
-        let ratio = ours.as_secs_f64() / raw.as_secs_f64();
+/// Prints whether row `ipckit` of `report` is within `max` times its floor `floor`, as
+/// the median of the paired rounds' ratios.
+fn print_target(group: &str, report: &Report, floor: &str, max: f64) {
+    if let Some(ratio) = report.between("ipckit", floor) {
+        let ratio = ratio.median;
         let verdict = if ratio <= max { "met" } else { "missed" };
         println!("{group}: target ipckit/{floor} ≤ {max}×: {ratio:.2}× {verdict}");
     }
@@ -563,15 +551,16 @@ fn rtt(c: &mut Criterion) -> anyhow::Result<()> {
     let mut g = Group::new(c, name, figure);
     g.row("ipckit", || ipckit_uds(work))?;
     g.row("raw_uds", || raw_uds(work))?;
-    if g.finish(&[("ipckit", &["raw_uds"])], &[]) {
-        print_python_and_target(name, (14.0, 15.0), "raw_uds", 1.15);
+    g.python_row("python_mp_connection", "rtt", "connection")?;
+    if let Some(r) = g.finish(&[("ipckit", &["raw_uds"])], &["python_mp_connection"]) {
+        print_target(name, &r, "raw_uds", 1.15);
     }
     let name = "tcp_rtt_64B";
     let mut g = Group::new(c, name, figure);
     g.row("ipckit", || ipckit_tcp(work))?;
     g.row("raw_tcp", || raw_tcp(work))?;
-    if g.finish(&[("ipckit", &["raw_tcp"])], &[]) {
-        print_python_and_target(name, (23.0, 25.0), "raw_tcp", 1.15);
+    if let Some(r) = g.finish(&[("ipckit", &["raw_tcp"])], &[]) {
+        print_target(name, &r, "raw_tcp", 1.15);
     }
     Ok(())
 }
@@ -595,11 +584,11 @@ fn broadcast(c: &mut Criterion) -> anyhow::Result<()> {
     g.row("ipckit", Hub::start)?;
     g.row("raw_uds", RawHub::start)?;
     g.row("raw_uds_per_client", RawHub::start_per_client)?;
-    if g.finish(&[("ipckit", &["raw_uds", "raw_uds_per_client"])], &[]) {
+    if let Some(r) = g.finish(&[("ipckit", &["raw_uds", "raw_uds_per_client"])], &[]) {
         // The ratio line's M/s has two decimals: too few here.
         for row in ["ipckit", "raw_uds", "raw_uds_per_client"] {
-            if let Some(t) = mean(name, row) {
-                let per_sec = 1.0 / t.as_secs_f64();
+            if let Some(m) = r.value(row) {
+                let per_sec = m * 1e6;
                 println!(
                     "{name}: {row} {:.1} k broadcasts/s, each to {CLIENTS} clients = {:.1} k \
                      messages/s in all",

@@ -23,9 +23,12 @@ mod raw;
 mod worker;
 
 pub use {
-    paired::{Outcome, Paired, Report, Rounds, RowReport, Spread, pin, three_digits, two_cores},
+    paired::{
+        Outcome, Paired, Report, Rounds, RowReport, Spread, pin, pin_process, three_digits,
+        two_cores,
+    },
     pingpong::{PingPong, echoes},
-    python::PythonProc,
+    python::{PythonProc, PythonRow},
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
     worker::{PATIENCE, SPINS, Worker, serve, spin_until},
 };
@@ -262,8 +265,9 @@ pub struct Group<'a, 's> {
     name: &'static str,
     figure: Figure,
     group: BenchmarkGroup<'a, WallTime>,
-    /// The rows criterion ran, and how to start each again.
-    starts: Vec<(&'static str, Starter<'s>)>,
+    /// The rows criterion ran, how to start each again, and the CPU a busy-wait row's
+    /// batches run on.
+    starts: Vec<(&'static str, Starter<'s>, Option<usize>)>,
 }
 
 /// How a [`Group`] starts a row's rig again for its paired rounds.
@@ -334,6 +338,7 @@ impl<'a, 's> Group<'a, 's> {
                 self.starts.push((
                     row,
                     Box::new(move || Ok(Box::new(start()?) as Box<dyn paired::Batches>)),
+                    None,
                 ));
                 Ok(())
             }
@@ -341,21 +346,72 @@ impl<'a, 's> Group<'a, 's> {
         }
     }
 
+    /// A Python row: `benches/python/compare.py workload mech` ([`PythonRow`]) as row
+    /// `row`, if a Python 3.8 or newer is found; otherwise it says so and adds nothing.
+    ///
+    /// # Errors
+    /// As [`row`](Group::row).
+    pub fn python_row(
+        &mut self,
+        row: &'static str,
+        workload: &'static str,
+        mech: &'static str,
+    ) -> anyhow::Result<()> {
+        match ipckit_testkit::find_python(8..=20) {
+            Some(py) => self.row(row, move || PythonRow::start(&py, workload, mech)),
+            None => {
+                println!("{}/{row}: not run (no python3 found)", self.name);
+                Ok(())
+            }
+        }
+    }
+
+    /// As [`row`](Group::row), for a busy-wait row: this process runs its batches on one
+    /// CPU and `start` is given both, (this side's, the other side's), to pin its other
+    /// process to the second (e.g. with [`Worker::pin`]). On a machine with one CPU the
+    /// row is not run, and says so.
+    ///
+    /// # Errors
+    /// As [`row`](Group::row); when this thread cannot be pinned.
+    pub fn pinned_row<R: Rig + 'static>(
+        &mut self,
+        row: &'static str,
+        start: impl Fn((usize, usize)) -> anyhow::Result<R> + 's,
+    ) -> anyhow::Result<()> {
+        let cpus = match two_cores() {
+            Ok(cpus) => cpus,
+            Err(e) => {
+                println!("{}/{row}: not run: {e:#}", self.name);
+                return Ok(());
+            }
+        };
+        let before = paired::affinity()?;
+        pin(cpus.0)?;
+        let ran = self.row(row, move || start(cpus));
+        paired::restore(&before)?;
+        if let Some(last) = self.starts.last_mut()
+            && last.0 == row
+        {
+            last.2 = Some(cpus.0);
+        }
+        ran
+    }
+
     /// Ends the group; when benchmarking (`--bench`, as `cargo bench` passes, not
     /// criterion's test mode: `--test`, or `cargo test --benches`, where each row runs one
     /// iteration), starts every row that ran again, measures them in paired rounds
     /// ([`Rounds::GROUP`]), prints their report and a ratio line for each of its ipckit
     /// rows `ours` (each with its floors) against those floors and the group's `peers`,
-    /// each ratio the median of the per-round ratios. Returns whether it printed.
-    pub fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) -> bool {
+    /// each ratio the median of the per-round ratios. Returns the report if it ran.
+    pub fn finish(self, ours: &[(&str, &[&str])], peers: &[&str]) -> Option<Report> {
         self.group.finish();
         let flag = |f: &str| std::env::args().any(|a| a == f);
         if !flag("--bench") || flag("--test") || self.starts.is_empty() {
-            return false;
+            return None;
         }
         let mut paired = Paired::new(self.name, self.figure);
-        for (row, start) in &self.starts {
-            paired.row_boxed(row, start);
+        for (row, start, pin) in &self.starts {
+            paired.row_boxed(row, *pin, start);
         }
         paired.run(Rounds::GROUP);
         let report = paired.finish();
@@ -365,7 +421,7 @@ impl<'a, 's> Group<'a, 's> {
                 println!("{line}");
             }
         }
-        true
+        Some(report)
     }
 }
 

@@ -80,18 +80,27 @@ pub fn two_cores() -> anyhow::Result<(usize, usize)> {
 /// # Errors
 /// When the system refuses it.
 pub fn pin(cpu: usize) -> anyhow::Result<()> {
+    pin_process(0, cpu)
+}
+
+/// Pins process `pid` (its main thread; 0 for the calling thread) to CPU `cpu`.
+///
+/// # Errors
+/// When the system refuses it.
+pub fn pin_process(pid: u32, cpu: usize) -> anyhow::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu).context("CPU number")?;
-    nix::sched::sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")?;
+    let pid = Pid::from_raw(i32::try_from(pid).context("a process id")?);
+    nix::sched::sched_setaffinity(pid, &set).context("sched_setaffinity")?;
     Ok(())
 }
 
 /// The calling thread's CPUs, to [`restore`] after a pinned row.
-fn affinity() -> anyhow::Result<CpuSet> {
+pub(crate) fn affinity() -> anyhow::Result<CpuSet> {
     nix::sched::sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")
 }
 
-fn restore(set: &CpuSet) -> anyhow::Result<()> {
+pub(crate) fn restore(set: &CpuSet) -> anyhow::Result<()> {
     nix::sched::sched_setaffinity(Pid::from_raw(0), set).context("sched_setaffinity")
 }
 
@@ -203,10 +212,12 @@ impl Paired {
         }
     }
 
-    /// As [`row`](Paired::row), for a rig already boxed.
+    /// As [`row`](Paired::row), for a rig already boxed, its batches run on CPU `pin` if
+    /// given (a busy-wait row whose other side `start` pinned elsewhere).
     pub(crate) fn row_boxed(
         &mut self,
         name: &str,
+        pin: Option<usize>,
         start: impl FnOnce() -> anyhow::Result<Box<dyn Batches>>,
     ) {
         let state = match start() {
@@ -215,9 +226,9 @@ impl Paired {
         };
         self.rows.push(Row {
             name: name.to_owned(),
-            note: None,
+            note: pin.map(|cpu| format!("busy-wait, pinned: this side to CPU {cpu}")),
             state,
-            pin: None,
+            pin,
             iters: 0,
             secs: Vec::new(),
         });

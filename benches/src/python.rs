@@ -106,3 +106,34 @@ impl Drop for PythonProc {
         }
     }
 }
+
+/// A Python row of a paired group: `benches/python/compare.py WORKLOAD MECHANISM` (see the
+/// script for both), which starts its own processes and times each batch it is ordered.
+#[derive(Debug)]
+pub struct PythonRow(PythonProc);
+
+impl PythonRow {
+    /// Starts `compare.py workload mech` with interpreter `python` and waits until ready.
+    ///
+    /// # Errors
+    /// When it cannot start or does not say it is ready.
+    pub fn start(python: &Path, workload: &str, mech: &str) -> anyhow::Result<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/compare.py");
+        let p = PythonProc::start(python, &script, &[workload, mech])?;
+        let line = p.line()?;
+        anyhow::ensure!(line == "ready", "compare.py said {line:?}");
+        Ok(PythonRow(p))
+    }
+}
+
+impl crate::Rig for PythonRow {
+    fn run(&mut self, iters: u64) -> anyhow::Result<std::time::Duration> {
+        self.0.order(&iters.to_string())?;
+        let secs: f64 = self.0.line()?.parse().context("a time in seconds")?;
+        Ok(std::time::Duration::from_secs_f64(secs))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.0.finish()
+    }
+}

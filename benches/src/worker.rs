@@ -88,6 +88,15 @@ impl Worker {
         })
     }
 
+    /// Pins the child (its main thread, where a role runs) to CPU `cpu`: the other side
+    /// of a busy-wait row.
+    ///
+    /// # Errors
+    /// When the system refuses it.
+    pub fn pin(&self, cpu: usize) -> anyhow::Result<()> {
+        crate::pin_process(self.child.pid(), cpu)
+    }
+
     /// As [`launch`](Worker::launch), then [`ready`](Worker::ready).
     ///
     /// # Errors
