@@ -11,8 +11,9 @@
 //! - `pool_map_1MiB`: 100 tasks each returning 1 MiB, with 4 workers; figure: GB/s of
 //!   results. Peer: Python's `Pool(4).map`.
 //!
-//! Python's rows run in the same bench run, from `benches/scripts/pool.py`, each for about
-//! as long as a criterion row measures, and their figures join the ratio lines.
+//! Every row is measured by criterion, then all of them again in paired rounds (one batch
+//! of each row per round, whole maps per batch), Python's rows included: they run in
+//! processes of `benches/scripts/pool.py` that answer the same batch orders.
 //!
 //! ```text
 //! cargo bench -p ipckit-benches --bench pool -- --warm-up-time 1 --measurement-time 3
@@ -24,11 +25,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, ensure};
-use criterion::{Criterion, Throughput};
-use ipckit_benches::{Figure, PATIENCE, print_ratios, record};
+use anyhow::ensure;
+use criterion::Criterion;
+use ipckit_benches::{Figure, Group, PATIENCE, PythonRow, Rig};
 use ipckit_pool::{Pool, PoolOptions};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
 /// Set for the floor's child: exit as soon as `main` starts.
 const EXIT_AT_ONCE: &str = "IPCKIT_BENCH_EXIT_AT_ONCE";
@@ -73,173 +74,147 @@ fn one_mib(_: u64) -> Blob {
     Blob(vec![7; MIB])
 }
 
-/// The measurement time criterion was given (`--measurement-time S`), 5 s by default.
-fn budget() -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--measurement-time")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0)
-}
+/// One spawn and join of `trivial` per iteration.
+struct SpawnRig;
 
-/// Whether criterion is benchmarking (not in its one-iteration test mode).
-fn benchmarking() -> bool {
-    let flag = |f: &str| std::env::args().any(|a| a == f);
-    flag("--bench") && !flag("--test")
-}
-
-/// Runs Python's rows of `group` and records them; says so if there is no Python.
-fn python_rows(group: &'static str) -> anyhow::Result<()> {
-    if !benchmarking() {
-        return Ok(());
+impl Rig for SpawnRig {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for i in 0..iters {
+            let mut child = ipckit_core::spawn(i, trivial)?;
+            ensure!(child.join()? == i + 1, "a wrong result");
+        }
+        Ok(start.elapsed())
     }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// One fork+exec+waitpid of this executable, which exits at once, per iteration.
+struct ForkExecRig(PathBuf);
+
+impl Rig for ForkExecRig {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let status = Command::new(&self.0).env(EXIT_AT_ONCE, "1").status()?;
+            ensure!(status.success(), "the child ended with {status}");
+        }
+        Ok(start.elapsed())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whole maps of `tasks` tasks through a pool, each map `per_map` iterations (a task or
+/// the whole map); a batch runs the maps covering its iterations and counts their time
+/// per iteration.
+struct MapRig<R> {
+    pool: Pool<u64, R>,
+    tasks: u64,
+    per_map: u64,
+    check: fn(&[R]) -> bool,
+}
+
+impl<R: Serialize + DeserializeOwned + 'static> Rig for MapRig<R> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let maps = iters.div_ceil(self.per_map).max(1);
+        let start = Instant::now();
+        for _ in 0..maps {
+            let out = self.pool.map(0..self.tasks)?;
+            ensure!((self.check)(&out), "a wrong result");
+        }
+        Ok(start
+            .elapsed()
+            .mul_f64(iters as f64 / (maps * self.per_map) as f64))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        Ok(self.pool.join()?)
+    }
+}
+
+/// Python's rows `rows` (`benches/scripts/pool.py`), if a Python 3.8+ is found.
+fn python_rows(g: &mut Group, rows: &[&'static str]) -> anyhow::Result<()> {
     let Some(py) = ipckit_testkit::find_python(8..=13) else {
-        println!("{group}: no Python 3.8+ found; Python's rows are left out");
+        println!("no Python 3.8+ found; Python's rows are left out");
         return Ok(());
     };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pool.py");
-    let secs = budget();
-    let out = ipckit_testkit::Bounded::start(
-        Command::new(&py)
-            .arg(&script)
-            .arg(group)
-            .arg(secs.to_string()),
-    )?
-    .wait_within(Duration::from_secs_f64(secs * 5.0 + 60.0))?;
-    ensure!(
-        out.status.success(),
-        "{} {group} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut words = line.split_whitespace();
-        let (Some(row), Some(secs), Some(count)) = (words.next(), words.next(), words.next())
-        else {
-            continue;
-        };
-        let row: &'static str = Box::leak(row.to_string().into_boxed_str());
-        let secs: f64 = secs.parse().context("seconds")?;
-        let count: u64 = count.parse().context("count")?;
-        record(group, row, Duration::from_secs_f64(secs), count);
+    for &row in rows {
+        let py = py.clone();
+        g.row(row, move || {
+            PythonRow::script("scripts/pool.py", &py, &[row])
+        })?;
     }
     Ok(())
 }
 
 fn spawn_join(c: &mut Criterion) -> anyhow::Result<()> {
-    let group = "spawn_join";
-    let mut g = c.benchmark_group(group);
-    g.bench_function("ipckit", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for i in 0..iters {
-                let mut child = ipckit_core::spawn(i, trivial).expect("spawn");
-                assert_eq!(child.join().expect("join"), i + 1);
-            }
-            record(group, "ipckit", start.elapsed(), iters)
-        });
-    });
-    g.bench_function("raw_fork_exec", |b| {
-        let exe = std::env::current_exe().expect("this executable");
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let status = Command::new(&exe)
-                    .env(EXIT_AT_ONCE, "1")
-                    .status()
-                    .expect("fork+exec");
-                assert!(status.success());
-            }
-            record(group, "raw_fork_exec", start.elapsed(), iters)
-        });
-    });
-    g.finish();
-    python_rows(group)?;
-    if benchmarking() {
-        print_ratios(
-            group,
-            Figure::RoundTrip,
-            "ipckit",
-            &["raw_fork_exec"],
-            &["python_process"],
-        );
-    }
+    let mut g = Group::new(c, "spawn_join", Figure::RoundTrip);
+    g.row("ipckit", || Ok(SpawnRig))?;
+    g.row("raw_fork_exec", || {
+        Ok(ForkExecRig(std::env::current_exe()?))
+    })?;
+    python_rows(&mut g, &["python_process"])?;
+    g.finish(&[("ipckit", &["raw_fork_exec"])], &["python_process"]);
     Ok(())
 }
 
-fn map_row<R>(
-    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    group: &'static str,
-    row: &'static str,
-    pool: &Pool<u64, R>,
-    tasks: u64,
-    per_iter: u64,
-    check: impl Fn(&[R]),
-) where
-    R: Serialize + serde::de::DeserializeOwned + 'static,
-{
-    g.bench_function(row, |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let out = pool.map(0..tasks).expect("map");
-                check(&out);
-            }
-            record(group, row, start.elapsed(), iters * per_iter)
-        });
-    });
-}
-
 fn pool_map_10k(c: &mut Criterion) -> anyhow::Result<()> {
-    let group = "pool_map_10k";
-    let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Elements(TASKS));
-    let check = |out: &[u64]| assert!(out.len() == TASKS as usize && out[9] == 10);
+    let name = "pool_map_10k";
     let opts = PoolOptions::new(4).task_timeout(PATIENCE);
-    let pool = Pool::new(opts.clone().chunk_size(1), trivial)?;
-    map_row(&mut g, group, "ipckit_chunk1", &pool, TASKS, TASKS, check);
-    pool.join()?;
-    let pool = Pool::new(opts, trivial)?;
-    map_row(&mut g, group, "ipckit_batched", &pool, TASKS, TASKS, check);
-    pool.join()?;
-    g.finish();
-    python_rows(group)?;
-    if benchmarking() {
-        let peers = [
-            "python_pool_chunk1",
-            "python_pool_default",
-            "python_executor",
-        ];
-        print_ratios(group, Figure::Rate, "ipckit_chunk1", &[], &peers);
-        print_ratios(group, Figure::Rate, "ipckit_batched", &[], &peers);
+    let map = |opts: PoolOptions| -> anyhow::Result<MapRig<u64>> {
+        Ok(MapRig {
+            pool: Pool::new(opts, trivial)?,
+            tasks: TASKS,
+            per_map: TASKS,
+            check: |out| out.len() == TASKS as usize && out[9] == 10,
+        })
+    };
+    let mut g = Group::new(c, name, Figure::Rate);
+    g.row("ipckit_chunk1", || map(opts.clone().chunk_size(1)))?;
+    g.row("ipckit_batched", || map(opts.clone()))?;
+    let peers = [
+        "python_pool_chunk1",
+        "python_pool_default",
+        "python_executor",
+    ];
+    python_rows(&mut g, &peers)?;
+    let report = g.finish(&[("ipckit_chunk1", &[]), ("ipckit_batched", &[])], &peers);
+    if let Some(times) = report.and_then(|r| r.between("python_pool_chunk1", "ipckit_chunk1")) {
+        let verdict = if times.median >= 20.0 {
+            "met"
+        } else {
+            "missed"
+        };
+        println!(
+            "{name}: target ipckit_chunk1 ≥ 20× python_pool_chunk1: {:.1}× {verdict}",
+            times.median
+        );
     }
     Ok(())
 }
 
 fn pool_map_1mib(c: &mut Criterion) -> anyhow::Result<()> {
-    let group = "pool_map_1MiB";
-    let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Bytes(BIG_TASKS * MIB as u64));
-    g.sampling_mode(criterion::SamplingMode::Flat);
-    g.sample_size(10);
-    let pool = Pool::new(PoolOptions::new(4).task_timeout(PATIENCE), one_mib)?;
-    map_row(&mut g, group, "ipckit", &pool, BIG_TASKS, 1, |out| {
-        assert!(out.len() == BIG_TASKS as usize && out[99].0.len() == MIB);
-    });
-    pool.join()?;
-    g.finish();
-    python_rows(group)?;
-    if benchmarking() {
-        let bytes = BIG_TASKS * MIB as u64;
-        print_ratios(
-            group,
-            Figure::Bandwidth(bytes),
-            "ipckit",
-            &[],
-            &["python_pool"],
-        );
-    }
+    let mut g = Group::new(
+        c,
+        "pool_map_1MiB",
+        Figure::Bandwidth(BIG_TASKS * MIB as u64),
+    );
+    g.row("ipckit", || {
+        Ok(MapRig {
+            pool: Pool::new(PoolOptions::new(4).task_timeout(PATIENCE), one_mib)?,
+            tasks: BIG_TASKS,
+            per_map: 1,
+            check: |out| out.len() == BIG_TASKS as usize && out[99].0.len() == MIB,
+        })
+    })?;
+    python_rows(&mut g, &["python_pool"])?;
+    g.finish(&[("ipckit", &[])], &["python_pool"]);
     Ok(())
 }
 

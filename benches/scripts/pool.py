@@ -1,8 +1,12 @@
-"""Python's rows of benches/benches/pool.rs, measured in the same run as ipckit's.
+"""Python's rows of benches/benches/pool.rs, in the same paired rounds as ipckit's.
 
-Usage: python3 pool.py GROUP SECONDS
-Prints one line per row: `ROW ELAPSED_SECONDS COUNT`, where COUNT is what the row's figure
-is per: processes spawned and joined, tasks mapped, or maps of 100 × 1 MiB.
+Usage: python3 pool.py ROW
+ROW is python_process (spawn a process and join it: one iteration), python_pool_chunk1,
+python_pool_default, python_executor (maps of 10 000 tasks: one iteration per task) or
+python_pool (a map of 100 tasks returning 1 MiB each: one iteration per map). The script
+makes its pool, prints "ready", then for each line "n" on its standard input runs whole
+maps covering n iterations and prints the seconds n iterations took (the maps' time,
+scaled to n); it ends at the end of its input.
 """
 
 import multiprocessing as mp
@@ -19,48 +23,49 @@ def one_mib(_):
     return bytes(1 << 20)
 
 
-def timed(row, budget, run, per):
-    """Runs `run` until `budget` seconds have passed (at least once); prints the row."""
-    n = 0
-    start = time.perf_counter()
-    while True:
-        run()
-        n += 1
+TASKS = 10_000
+
+
+def rows(row):
+    """The row's setup (a context manager, or None) and one run of it: (run, per)."""
+    if row == "python_process":
+        ctx = mp.get_context("spawn")
+
+        def once():
+            p = ctx.Process(target=trivial, args=(7,))
+            p.start()
+            p.join()
+
+        return None, once, 1
+    if row == "python_pool":
+        pool = mp.Pool(4)
+        return pool, lambda: pool.map(one_mib, range(100)), 1
+    items = range(TASKS)
+    if row == "python_executor":
+        ex = ProcessPoolExecutor(4)
+        return ex, lambda: list(ex.map(trivial, items)), TASKS
+    pool = mp.Pool(4)
+    chunks = {"python_pool_chunk1": 1, "python_pool_default": None}[row]
+    return pool, lambda: pool.map(trivial, items, chunksize=chunks), TASKS
+
+
+def main():
+    held, run, per = rows(sys.argv[1])
+    run()  # start the workers
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        runs = max(1, -(-n // per))
+        start = time.perf_counter()
+        for _ in range(runs):
+            run()
         elapsed = time.perf_counter() - start
-        if elapsed >= budget:
-            break
-    print(row, elapsed, n * per, flush=True)
-
-
-def spawn_join(budget):
-    ctx = mp.get_context("spawn")
-
-    def once():
-        p = ctx.Process(target=trivial, args=(7,))
-        p.start()
-        p.join()
-
-    once()
-    timed("python_process", budget, once, 1)
-
-
-def pool_map_10k(budget):
-    items = range(10_000)
-    with mp.Pool(4) as pool:
-        pool.map(trivial, range(100))
-        timed("python_pool_chunk1", budget, lambda: pool.map(trivial, items, chunksize=1), 10_000)
-        timed("python_pool_default", budget, lambda: pool.map(trivial, items), 10_000)
-    with ProcessPoolExecutor(4) as ex:
-        list(ex.map(trivial, range(100)))
-        timed("python_executor", budget, lambda: list(ex.map(trivial, items)), 10_000)
-
-
-def pool_map_1mib(budget):
-    with mp.Pool(4) as pool:
-        pool.map(one_mib, range(4))
-        timed("python_pool", budget, lambda: pool.map(one_mib, range(100)), 1)
+        print(f"{elapsed * n / (runs * per):.9f}", flush=True)
+    if isinstance(held, ProcessPoolExecutor):
+        held.shutdown()
+    elif held is not None:
+        held.terminate()
 
 
 if __name__ == "__main__":
-    group, budget = sys.argv[1], float(sys.argv[2])
-    {"spawn_join": spawn_join, "pool_map_10k": pool_map_10k, "pool_map_1MiB": pool_map_1mib}[group](budget)
+    main()

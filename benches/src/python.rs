@@ -118,10 +118,19 @@ impl PythonRow {
     /// # Errors
     /// When it cannot start or does not say it is ready.
     pub fn start(python: &Path, workload: &str, mech: &str) -> anyhow::Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/compare.py");
-        let p = PythonProc::start(python, &script, &[workload, mech])?;
+        Self::script("python/compare.py", python, &[workload, mech])
+    }
+
+    /// Starts `script` (a path in the benches crate) with `args`: any script that prints
+    /// `ready`, then answers each line `n` with the seconds `n` iterations took.
+    ///
+    /// # Errors
+    /// When it cannot start or does not say it is ready.
+    pub fn script(script: &str, python: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+        let p = PythonProc::start(python, &path, args)?;
         let line = p.line()?;
-        anyhow::ensure!(line == "ready", "compare.py said {line:?}");
+        anyhow::ensure!(line == "ready", "{script} said {line:?}");
         Ok(PythonRow(p))
     }
 }
