@@ -30,6 +30,7 @@
 
 use std::{
     collections::VecDeque,
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -367,6 +368,13 @@ fn ipckit_flow(
     })
 }
 
+/// `stream` with a suffix of its own: a row started again (for the paired rounds) starts
+/// on a stream and group of its own.
+fn fresh(stream: &str) -> String {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    format!("{stream}:{}", STARTED.fetch_add(1, Ordering::Relaxed))
+}
+
 fn raw_flow(
     url: &str,
     stream: &str,
@@ -374,6 +382,8 @@ fn raw_flow(
     batch: usize,
 ) -> anyhow::Result<Flow<RawPut, RawGet>> {
     let client = redis::Client::open(url)?;
+    let stream = fresh(stream);
+    let stream = stream.as_str();
     Ok(Flow {
         consumer: RawGet::new(&client, stream, batch)?,
         producers: (0..producers)
@@ -447,6 +457,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     g.row("raw_client", || {
         let client = redis::Client::open(url.as_str())?;
+        let (req, rep) = (fresh("bench:req"), fresh("bench:rep"));
         let put = |stream: &str| -> anyhow::Result<RawPut> {
             Ok(RawPut {
                 con: client.get_connection()?,
@@ -454,10 +465,10 @@ fn main() -> anyhow::Result<()> {
             })
         };
         Ok(Echo::start(
-            put("bench:req")?,
-            RawGet::new(&client, "bench:rep", 1)?,
-            put("bench:rep")?,
-            RawGet::new(&client, "bench:req", 1)?,
+            put(&req)?,
+            RawGet::new(&client, &rep, 1)?,
+            put(&rep)?,
+            RawGet::new(&client, &req, 1)?,
             last_request,
         ))
     })?;
