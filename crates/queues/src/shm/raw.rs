@@ -26,6 +26,10 @@ const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE2");
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Spins before a waiter sleeps in the kernel.
 const SPINS: u32 = 100;
+/// After its spins, how many times a blocking waiter gives its CPU away (`sched_yield`)
+/// before it sleeps: a producer behind a full queue then lets the consumer run instead of
+/// sleeping, which would make every get that frees a slot pay a wake-up system call.
+const YIELDS: u32 = 16;
 /// How stale a consumer's knowledge of whether sender processes live may be, in ms.
 const LIVENESS_EVERY: u64 = 10;
 /// Spinning, the clock is read (for the deadline, for the senders' liveness) once in this
@@ -311,6 +315,10 @@ impl RawQueue {
         }
         if deadline.has_passed() {
             return Err(Error::Timeout);
+        }
+        if *waited < SPINS + YIELDS {
+            std::thread::yield_now();
+            return Ok(());
         }
         let nap = deadline
             .remaining()
