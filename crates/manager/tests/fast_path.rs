@@ -161,6 +161,12 @@ fn a_killed_server_fails_blocked_calls_and_leaves_nothing() {
     assert!(killed.elapsed() < Duration::from_secs(2));
     assert!(shm_names_of(&pids).is_empty());
     assert!(matches!(lock.try_acquire(), Err(Error::Disconnected)));
+    // A SIGKILLed server cannot remove its socket file: whoever started it does.
+    assert!(server.join_timeout(PATIENCE).is_err(), "killed, not ended");
+    let Address::Unix(path) = &addr else {
+        unreachable!("a Unix socket address")
+    };
+    std::fs::remove_file(path).expect("the killed server's socket file");
 }
 
 #[test]
