@@ -52,8 +52,8 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, Fd, Figure, Outcome, PATIENCE, Paired, PythonRow, Raw, RawSpin, Report, Rig, Rounds,
-    SMALL, Words, Worker, echoes, pin, serve, two_cores,
+    BIG, EchoRig, Fd, Figure, Outcome, PATIENCE, Paired, PythonRow, Raw, RawSpin, Report, Rig,
+    Rounds, SMALL, Words, Worker, echoes, pin, serve, two_cores,
 };
 use ipckit_core::{Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Connection, Fifo, Reader, Writer};
@@ -1129,44 +1129,10 @@ impl Rig for Broadcast {
 
 /// The raw spinning round trip over two atomics, each side pinned to its CPU (the parent's
 /// by the paired group, for its batches).
-struct SpinRtt {
-    pair: RawSpin,
-    worker: Worker,
-    sent: u64,
-}
-
-impl SpinRtt {
-    fn start(cpus: (usize, usize)) -> anyhow::Result<Self> {
-        let words = Raw::<Words<AtomicU64>>::create()?;
-        let worker = Worker::start(SPIN_ECHO, &cpus.1, [("mem", words.handoff()?)])?;
-        Ok(SpinRtt {
-            pair: RawSpin { words, last: 0 },
-            worker,
-            sent: 0,
-        })
-    }
-}
-
-impl Rig for SpinRtt {
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
-        let deadline = Instant::now() + PATIENCE;
-        // One untimed round first: the echo is then spinning, not reading its order.
-        self.worker.order(iters + 1)?;
-        self.sent += 1;
-        self.pair.round(self.sent, deadline)?;
-        let began = Instant::now();
-        for _ in 0..iters {
-            self.sent += 1;
-            self.pair.round(self.sent, deadline)?;
-        }
-        let took = began.elapsed();
-        ensure!(self.worker.report()? == iters + 1, "echoes missing");
-        Ok(took)
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        self.worker.finish()
-    }
+fn spin_rtt(cpus: (usize, usize)) -> anyhow::Result<EchoRig<RawSpin>> {
+    let words = Raw::<Words<AtomicU64>>::create()?;
+    let worker = Worker::start(SPIN_ECHO, &cpus.1, [("mem", words.handoff()?)])?;
+    Ok(EchoRig::new(RawSpin { words, last: 0 }, worker))
 }
 
 /// ipckit rpc: `echo` of 64 bytes on a child's server over a Unix socket.
@@ -1315,7 +1281,7 @@ fn rows(env: &Env, w: &Workload) -> Paired {
                 Ok(Rtt::new(ends, worker))
             });
             g.row("ipckit rpc", RpcRtt::start);
-            g.pinned_row("raw spin (two atomics)", &env.cpus, SpinRtt::start);
+            g.pinned_row("raw spin (two atomics)", &env.cpus, spin_rtt);
         }
         "bw_1MiB" | "tput_1to1_64B" | "fanout_8_64B" => {
             let len = if w.name == "bw_1MiB" { BIG } else { SMALL };

@@ -53,7 +53,8 @@ use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, Figure, Group, PATIENCE, PingPong, Raw, RawSpin, Rig, SMALL, Words, Worker, echoes, serve,
+    BIG, EchoRig, Figure, Group, PATIENCE, PingPong, Raw, RawSpin, Rig, SMALL, Words, Worker,
+    echoes, serve,
 };
 use ipckit_core::{Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Reader, Writer};
@@ -500,88 +501,38 @@ impl Rig for Flow {
     }
 }
 
-/// A round-trip row: per batch, the parent orders `iters + 1` echoes, makes one untimed
-/// round trip (the echo server is then awake), and times the others.
-struct Echo<P> {
-    pair: P,
-    worker: Worker,
-    /// The last value sent.
-    sent: u64,
+/// ipckit's request and reply queues, busy-waiting on both sides if `spin`, the echoing
+/// worker pinned to CPU `theirs` if given.
+fn queue_rig(spin: bool, theirs: Option<usize>) -> anyhow::Result<EchoRig<QueuePair>> {
+    let opts = QueueOptions::new(16).max_message(SMALL);
+    let (req, rep) = (ByteQueue::create(opts)?, ByteQueue::create(opts)?);
+    let handles = [
+        ("req", req.try_clone()?.into_handoff()),
+        ("rep", rep.try_clone()?.into_handoff()),
+    ];
+    let worker = Worker::launch(QUEUE_ECHO, &spin, handles)?;
+    if let Some(cpu) = theirs {
+        worker.pin(cpu)?;
+    }
+    Ok(EchoRig::new(
+        QueuePair::new(req, rep, spin)?,
+        worker.ready()?,
+    ))
 }
 
-impl Echo<QueuePair> {
-    /// ipckit's request and reply queues, busy-waiting on both sides if `spin`.
-    fn queue(spin: bool) -> anyhow::Result<Self> {
-        Self::queue_on(spin, None)
-    }
-
-    /// As [`queue`](Echo::queue), the worker pinned to CPU `theirs` if given.
-    fn queue_on(spin: bool, theirs: Option<usize>) -> anyhow::Result<Self> {
-        let opts = QueueOptions::new(16).max_message(SMALL);
-        let (req, rep) = (ByteQueue::create(opts)?, ByteQueue::create(opts)?);
-        let handles = [
-            ("req", req.try_clone()?.into_handoff()),
-            ("rep", rep.try_clone()?.into_handoff()),
-        ];
-        let worker = Worker::launch(QUEUE_ECHO, &spin, handles)?;
-        if let Some(cpu) = theirs {
-            worker.pin(cpu)?;
-        }
-        let worker = worker.ready()?;
-        Ok(Echo {
-            pair: QueuePair::new(req, rep, spin)?,
-            worker,
-            sent: 0,
-        })
-    }
+/// The futex floor: two raw words ping-ponged with `FUTEX_WAIT` / `FUTEX_WAKE`.
+fn futex_rig() -> anyhow::Result<EchoRig<FutexPair>> {
+    let words = Raw::<Words<AtomicU32>>::create()?;
+    let worker = Worker::start(FUTEX_ECHO, &(), [("mem", words.handoff()?)])?;
+    Ok(EchoRig::new(FutexPair { words, last: 0 }, worker))
 }
 
-impl Echo<FutexPair> {
-    fn futex() -> anyhow::Result<Self> {
-        let words = Raw::<Words<AtomicU32>>::create()?;
-        let worker = Worker::start(FUTEX_ECHO, &(), [("mem", words.handoff()?)])?;
-        Ok(Echo {
-            pair: FutexPair { words, last: 0 },
-            worker,
-            sent: 0,
-        })
-    }
-}
-
-impl Echo<RawSpin> {
-    /// Two raw atomics, the worker pinned to CPU `theirs`.
-    fn spin((_, theirs): (usize, usize)) -> anyhow::Result<Self> {
-        let words = Raw::<Words<AtomicU64>>::create()?;
-        let worker = Worker::launch(SPIN_ECHO, &(), [("mem", words.handoff()?)])?;
-        worker.pin(theirs)?;
-        let worker = worker.ready()?;
-        Ok(Echo {
-            pair: RawSpin { words, last: 0 },
-            worker,
-            sent: 0,
-        })
-    }
-}
-
-impl<P: PingPong> Rig for Echo<P> {
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
-        let deadline = Instant::now() + PATIENCE;
-        self.worker.order(iters + 1)?;
-        self.sent += 1;
-        self.pair.round(self.sent, deadline)?;
-        let began = Instant::now();
-        for _ in 0..iters {
-            self.sent += 1;
-            self.pair.round(self.sent, deadline)?;
-        }
-        let took = began.elapsed();
-        ensure!(self.worker.report()? == iters + 1, "echoes missing");
-        Ok(took)
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        self.worker.finish()
-    }
+/// The spin floor: two raw atomics, the worker pinned to CPU `theirs`.
+fn spin_rig((_, theirs): (usize, usize)) -> anyhow::Result<EchoRig<RawSpin>> {
+    let words = Raw::<Words<AtomicU64>>::create()?;
+    let worker = Worker::launch(SPIN_ECHO, &(), [("mem", words.handoff()?)])?;
+    worker.pin(theirs)?;
+    Ok(EchoRig::new(RawSpin { words, last: 0 }, worker.ready()?))
 }
 
 /// Prints whether `got` (row `ours`'s figure, or its ratio to `floor`, from the paired
@@ -624,12 +575,10 @@ fn queue_4p1c(c: &mut Criterion) -> anyhow::Result<()> {
 fn queue_rtt(c: &mut Criterion) -> anyhow::Result<()> {
     let name = "queue_rtt_64B";
     let mut g = Group::new(c, name, Figure::RoundTrip);
-    g.row("ipckit", || Echo::queue(false))?;
-    g.pinned_row("ipckit_spin", |(_, theirs)| {
-        Echo::queue_on(true, Some(theirs))
-    })?;
-    g.row("raw_futex", Echo::futex)?;
-    g.pinned_row("raw_spin", Echo::spin)?;
+    g.row("ipckit", || queue_rig(false, None))?;
+    g.pinned_row("ipckit_spin", |(_, theirs)| queue_rig(true, Some(theirs)))?;
+    g.row("raw_futex", futex_rig)?;
+    g.pinned_row("raw_spin", spin_rig)?;
     if let Some(r) = g.finish(
         &[("ipckit", &["raw_futex"]), ("ipckit_spin", &["raw_spin"])],
         &[],

@@ -47,8 +47,8 @@ use std::{
 use anyhow::ensure;
 use criterion::Criterion;
 use ipckit_benches::{
-    Figure, Floor, Group, PATIENCE, PingPong, Raw, RawMem, RawSpin, Rig, SPINS, Worker, echoes,
-    serve,
+    EchoRig, Figure, Floor, Group, PATIENCE, PingPong, Raw, RawMem, RawSpin, Rig, SPINS, Worker,
+    echoes, serve,
 };
 use ipckit_core::{Ctx, Handle, Handoff, Role, RoleResult};
 use ipckit_shmem::{Mutex, Segment, SeqLock, Shared};
@@ -555,47 +555,16 @@ impl SpinPair for RawSpin {
     }
 }
 
-/// The spinning round-trip row: per batch, the parent orders `iters + 1` echoes, makes
-/// one untimed round trip (the worker is then awake and spinning), and times the others.
-struct Spin<P> {
+/// The spinning round-trip row of role `role` over `pair`, its echoing child pinned to
+/// CPU `theirs`.
+fn spin_rig<P: SpinPair>(
+    role: &'static str,
     pair: P,
-    worker: Worker,
-    /// The last value sent.
-    sent: u64,
-}
-
-impl<P: SpinPair> Spin<P> {
-    /// Starts the echoing child of role `role`, pinned to CPU `theirs`.
-    fn start(role: &'static str, pair: P, (_, theirs): (usize, usize)) -> anyhow::Result<Self> {
-        let worker = Worker::launch(role, &(), pair.handoffs()?)?;
-        worker.pin(theirs)?;
-        Ok(Spin {
-            pair,
-            worker,
-            sent: 0,
-        })
-    }
-}
-
-impl<P: SpinPair> Rig for Spin<P> {
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
-        let deadline = Instant::now() + PATIENCE;
-        self.worker.order(iters + 1)?;
-        self.sent += 1;
-        self.pair.round(self.sent, deadline)?;
-        let began = Instant::now();
-        for _ in 0..iters {
-            self.sent += 1;
-            self.pair.round(self.sent, deadline)?;
-        }
-        let took = began.elapsed();
-        ensure!(self.worker.report()? == iters + 1, "echoes missing");
-        Ok(took)
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        self.worker.finish()
-    }
+    (_, theirs): (usize, usize),
+) -> anyhow::Result<EchoRig<P>> {
+    let worker = Worker::launch(role, &(), pair.handoffs()?)?;
+    worker.pin(theirs)?;
+    Ok(EchoRig::new(pair, worker))
 }
 
 /// A row in this process alone: `op(iters)` runs a batch.
@@ -669,14 +638,14 @@ fn shm_spin_rtt(c: &mut Criterion) -> anyhow::Result<()> {
             pong: Shared::create(0)?,
             seen: 0,
         };
-        Spin::start(SPIN_IPCKIT, pair, cpus)
+        spin_rig(SPIN_IPCKIT, pair, cpus)
     })?;
     g.pinned_row("raw_atomics", |cpus| {
         let pair = RawSpin {
             words: Raw::create()?,
             last: 0,
         };
-        Spin::start(SPIN_RAW, pair, cpus)
+        spin_rig(SPIN_RAW, pair, cpus)
     })?;
     g.finish(&[("ipckit", &["raw_atomics"])], &[]);
     Ok(())

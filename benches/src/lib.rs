@@ -27,7 +27,7 @@ pub use {
         Outcome, Paired, Report, Rounds, RowReport, Spread, pin, pin_process, three_digits,
         two_cores,
     },
-    pingpong::{PingPong, echoes},
+    pingpong::{EchoRig, PingPong, echoes},
     python::{PythonProc, PythonRow},
     raw::{Floor, Line, Raw, RawMem, RawSpin, Words},
     worker::{PATIENCE, SPINS, Worker, serve, spin_until},

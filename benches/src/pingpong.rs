@@ -1,11 +1,12 @@
 //! Round trips between the parent and an echoing worker, written once for every
 //! round-trip row (the queue's, the sequence lock's, the raw floors').
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use anyhow::ensure;
 use ipckit_core::{Ctx, RoleResult};
 
-use crate::{PATIENCE, RawSpin, serve};
+use crate::{PATIENCE, RawSpin, Rig, Worker, serve};
 
 /// One side's ends of a ping-pong between the parent and its echoing worker.
 pub trait PingPong {
@@ -45,4 +46,48 @@ pub fn echoes(ctx: &mut Ctx, mut pair: impl PingPong) -> RoleResult {
         }
         Ok(n)
     })
+}
+
+/// A round-trip row: the parent's ends of a [`PingPong`] and the worker that echoes (its
+/// role runs [`echoes`]). Per batch the parent orders `iters + 1` echoes, makes one
+/// untimed round trip (the worker is then waiting on the pair, not reading its order), and
+/// times the others.
+#[derive(Debug)]
+pub struct EchoRig<P> {
+    pair: P,
+    worker: Worker,
+    /// The last value sent.
+    sent: u64,
+}
+
+impl<P: PingPong> EchoRig<P> {
+    /// The row of `pair`'s parent ends and its started `worker`.
+    pub fn new(pair: P, worker: Worker) -> Self {
+        EchoRig {
+            pair,
+            worker,
+            sent: 0,
+        }
+    }
+}
+
+impl<P: PingPong> Rig for EchoRig<P> {
+    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + PATIENCE;
+        self.worker.order(iters + 1)?;
+        self.sent += 1;
+        self.pair.round(self.sent, deadline)?;
+        let began = Instant::now();
+        for _ in 0..iters {
+            self.sent += 1;
+            self.pair.round(self.sent, deadline)?;
+        }
+        let took = began.elapsed();
+        ensure!(self.worker.report()? == iters + 1, "echoes missing");
+        Ok(took)
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.worker.finish()
+    }
 }
