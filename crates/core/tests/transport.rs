@@ -4,7 +4,8 @@
 use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use ipckit_core::{Connection, Error, Framing, RecvBytes, RecvTimeoutError, SendBytes};
@@ -86,4 +87,45 @@ fn peer_credentials_name_this_process_on_a_socket_pair() {
     let (conn, _plain) = pair();
     let creds = conn.peer_credentials().unwrap();
     assert_eq!(creds.pid, std::process::id() as i32);
+}
+
+/// A socket read with a deadline blocks in `recv` bounded by the socket's receive timeout:
+/// it still times out no earlier than its deadline, and later reads (a longer deadline, or
+/// none) wait past that timeout for what comes.
+#[test]
+fn socket_reads_with_a_deadline_leave_later_reads_waiting_as_long_as_theirs() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut conn = Connection::from_fd(a.into()).unwrap();
+    let mut peer = Connection::from_fd(b.into()).unwrap();
+    let short = Duration::from_millis(50);
+    for _ in 0..2 {
+        let start = Instant::now();
+        assert!(matches!(
+            conn.recv_bytes_timeout(short),
+            Err(RecvTimeoutError::Timeout)
+        ));
+        let took = start.elapsed();
+        assert!(took >= short, "timed out early, after {took:?}");
+    }
+    // The data comes after three times the short timeout: a read with no deadline gets it.
+    let sending = thread::spawn(move || {
+        thread::sleep(short * 3);
+        peer.send_bytes(b"late").unwrap();
+        thread::sleep(short * 3);
+        peer.send_bytes(b"later").unwrap();
+        peer
+    });
+    assert_eq!(conn.recv_bytes().unwrap(), b"late");
+    // A short deadline again, then a long one that the later data comes within.
+    assert!(matches!(
+        conn.recv_bytes_timeout(Duration::from_millis(5)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    assert_eq!(conn.recv_bytes_timeout(PATIENCE).unwrap(), b"later");
+    let peer = sending.join().unwrap();
+    drop(peer);
+    assert!(matches!(
+        conn.recv_bytes_timeout(PATIENCE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
 }

@@ -33,7 +33,17 @@ struct Slot {
     waiting: bool,
     /// Its caller was handed the turn to read.
     lead: bool,
-    wake: Arc<Condvar>,
+    /// Made when its caller first waits: a lone caller reads its own answer and never does.
+    wake: Option<Arc<Condvar>>,
+}
+
+impl Slot {
+    /// Wakes its caller, if it waits.
+    fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+    }
 }
 
 struct Pending {
@@ -335,7 +345,7 @@ impl Inner {
             queue: VecDeque::new(),
             waiting: false,
             lead: false,
-            wake: Arc::new(Condvar::new()),
+            wake: None,
         };
         lock(&self.pending)
             .calls
@@ -398,7 +408,7 @@ impl Inner {
                 return Err(Error::Timeout);
             }
             slot.waiting = true;
-            let wake = slot.wake.clone();
+            let wake = slot.wake.get_or_insert_with(Arc::default).clone();
             p = wake
                 .wait_timeout(p, left)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -442,7 +452,7 @@ impl Inner {
                 // It will not read: the turn to read goes to another caller.
                 slot.waiting = false;
                 slot.queue.push_back(msg);
-                slot.wake.notify_one();
+                slot.wake();
             }
         }
     }
@@ -455,7 +465,7 @@ impl Inner {
         };
         if let Some(slot) = calls.values_mut().find(|s| s.waiting && !s.lead) {
             slot.lead = true;
-            slot.wake.notify_one();
+            slot.wake();
         }
     }
 
@@ -464,7 +474,7 @@ impl Inner {
         let mut p = lock(&self.pending);
         if let Some(calls) = p.calls.take() {
             for slot in calls.values() {
-                slot.wake.notify_one();
+                slot.wake();
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::{
     io::IoSlice,
     os::fd::{AsFd, AsRawFd, OwnedFd},
+    time::Duration,
 };
 
 use nix::{
@@ -11,8 +12,9 @@ use nix::{
     fcntl::{FcntlArg, OFlag, fcntl},
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::{
-        socket::{MsgFlags, recv, sendmsg},
+        socket::{MsgFlags, recv, sendmsg, setsockopt, sockopt},
         stat::{SFlag, fstat},
+        time::TimeVal,
     },
     unistd::read,
 };
@@ -28,6 +30,13 @@ pub(super) enum Kind {
 /// The largest pipe buffer ipckit asks for, the default `/proc/sys/fs/pipe-max-size`.
 const MAX_PIPE_BUFFER: usize = 1 << 20;
 
+/// A socket's receive timeout is at least this long: a read with less time left waits in
+/// `poll`.
+const MIN_SLICE: Duration = Duration::from_millis(1);
+/// A receive timeout this long is kept for any longer deadline (a wait that long wakes up
+/// once more per second at most); a shorter one is raised when a deadline allows twice it.
+const LONG_SLICE: Duration = Duration::from_secs(1);
+
 /// A descriptor, what it is, and whether `O_NONBLOCK` is set on it.
 #[derive(Debug)]
 pub(super) struct Fd {
@@ -40,6 +49,9 @@ pub(super) struct Fd {
     /// try found nothing (a request/reply peer: the try would fail again, a wasted system
     /// call), cleared when a read fills the buffer (a stream that keeps data waiting).
     poll_first: bool,
+    /// The receive timeout (`SO_RCVTIMEO`) set on a socket by this descriptor, if any: a
+    /// read with a deadline at least that far blocks in `recv` itself, bounded by it.
+    recv_slice: Option<Duration>,
 }
 
 impl Fd {
@@ -63,7 +75,49 @@ impl Fd {
             nonblocking: flags.contains(OFlag::O_NONBLOCK),
             pipe_buffer,
             poll_first: false,
+            recv_slice: None,
         })
+    }
+
+    /// Whether a read with `deadline` on a socket may block in `recv`, bounded by the
+    /// socket's receive timeout, instead of waiting in `poll` and then reading: one system
+    /// call per message where a request/reply peer otherwise makes two, as a plain blocking
+    /// read does. Sets the receive timeout to the time left when the one set is too long
+    /// for the deadline (or much shorter than it).
+    ///
+    /// `SO_RCVTIMEO` belongs to the socket, shared by its clones: a clone reading the
+    /// same socket at once with another deadline may set a timeout that this read
+    /// overshoots by; readers that take turns (under a lock) do not.
+    fn sliced(&mut self, deadline: Deadline) -> bool {
+        if self.kind != Kind::Socket {
+            return false;
+        }
+        let Some(left) = deadline.remaining().filter(|&d| d >= MIN_SLICE) else {
+            return false;
+        };
+        if let Some(slice) = self.recv_slice
+            && slice <= left
+            && (slice >= LONG_SLICE || left < slice * 2)
+        {
+            return true;
+        }
+        // Whole milliseconds, under the time left.
+        let slice = Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+        let tv = TimeVal::new(
+            i64::try_from(slice.as_secs()).unwrap_or(i64::MAX),
+            i64::from(slice.subsec_micros()),
+        );
+        match setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv) {
+            Ok(()) => {
+                self.recv_slice = Some(slice);
+                true
+            }
+            Err(e) => {
+                tracing::trace!(error = %e, "no receive timeout: reads with a deadline poll");
+                self.recv_slice = None;
+                false
+            }
+        }
     }
 
     /// Grows a pipe's kernel buffer towards `frame` bytes (at most 1 MiB), so that a large
@@ -127,7 +181,10 @@ impl Fd {
     pub(super) fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> Result<usize> {
         let blocking = deadline == Deadline::Never;
         self.set_mode(!blocking)?;
-        if self.poll_first && deadline.is_blocking() && !blocking {
+        // A socket read with a deadline blocks in `recv` for at most its receive timeout,
+        // which is not past the deadline; when it passes, the wait goes on in `poll`.
+        let sliced = !blocking && self.sliced(deadline);
+        if self.poll_first && deadline.is_blocking() && !blocking && !sliced {
             // Out of time, the read below still takes what is there.
             match self.wait(PollFlags::POLLIN, deadline) {
                 Ok(_) | Err(Error::Timeout) => {}
@@ -137,7 +194,7 @@ impl Fd {
         loop {
             let r = match self.kind {
                 Kind::Socket => {
-                    let flags = if blocking {
+                    let flags = if blocking || sliced {
                         MsgFlags::empty()
                     } else {
                         MsgFlags::MSG_DONTWAIT
@@ -203,6 +260,8 @@ impl Fd {
             nonblocking: self.nonblocking,
             pipe_buffer: self.pipe_buffer,
             poll_first: false,
+            // Not known: the socket's timeout is whatever the last reader set.
+            recv_slice: None,
         })
     }
 }

@@ -94,6 +94,15 @@ impl Drop for EndOnDrop {
 ///
 /// To send from one thread while another receives, [`split`](Connection::split) it.
 ///
+/// A receive with a deadline on a socket blocks in `recv` itself, bounded by the socket's
+/// receive timeout (`SO_RCVTIMEO`, set to the time left and kept while later deadlines
+/// allow it): one system call per message, as a plain blocking read makes. The timeout
+/// belongs to the socket, so code that reads the same socket through another descriptor
+/// (a clone, or the raw descriptor) sees it too: its blocking reads may end with
+/// `EAGAIN` after that long. Receives of this `Connection` and its clones handle that, but
+/// two clones receiving with different deadlines at the same time share the timeout: one may
+/// then wait past its deadline, up to the other's.
+///
 /// It is also a plain byte stream, as `TcpStream` is: [`io::Read`] gives the bytes as
 /// they arrive (what a receive had read ahead first) and [`io::Write`] writes bytes as
 /// they are, whatever the framing, within [`set_read_timeout`](Connection::set_read_timeout)
