@@ -52,8 +52,8 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, EchoRig, Fd, Figure, Outcome, PATIENCE, Paired, PythonRow, Raw, RawSpin, Report, Rig,
-    Rounds, SMALL, Words, Worker, echoes, pin, serve, two_cores,
+    BIG, EchoRig, Fd, Figure, OneCpu, Outcome, PATIENCE, Paired, PythonRow, Raw, RawSpin, Report,
+    Rig, Rounds, SMALL, Words, Worker, echoes, pin, serve, two_cores,
 };
 use ipckit_core::{Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Connection, Fifo, Reader, Writer};
@@ -1444,7 +1444,9 @@ fn markdown(reports: &[(&Workload, Report)], env: &Env, command: &str, took: Dur
          time per iteration (round trip or message) divided by the fastest row's in the same \
          round: 1.00× is the fastest, 2.00× takes twice as long; IQR and range are those of \
          the per-round ratios, the median figure that of the row's own rounds. Busy-wait \
-         rows pin their two processes to two CPUs. Python's rows run \
+         rows pin their two processes to two CPUs; in the round-trip table every other \
+         process runs on one CPU, so that no row pays the wake-up of an idle CPU that \
+         another is spared (see docs/benchmarks.md). Python's rows run \
          `benches/python/compare.py`, in the same rounds. Figures from a loaded machine move \
          more than their ratios: regenerate on a quiet one.\n"
     );
@@ -1619,9 +1621,14 @@ fn main() -> anyhow::Result<()> {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == w.name) {
             continue;
         }
+        // Blocking round trips on one CPU, as every round-trip group (see `OneCpu`).
+        let one_cpu = (w.figure == Figure::RoundTrip)
+            .then(OneCpu::pin)
+            .transpose()?;
         let mut g = rows(&env, w);
         g.run(rounds);
         let report = g.finish();
+        drop(one_cpu);
         report.print();
         reports.push((w, report));
     }

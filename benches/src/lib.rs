@@ -24,7 +24,7 @@ mod worker;
 
 pub use {
     paired::{
-        Outcome, Paired, Report, Rounds, RowReport, Spread, pin, pin_process, three_digits,
+        OneCpu, Outcome, Paired, Report, Rounds, RowReport, Spread, pin, pin_process, three_digits,
         two_cores,
     },
     pingpong::{EchoRig, PingPong, echoes},
@@ -260,7 +260,8 @@ pub trait Rig {
 ///
 /// Criterion measures the rows one after the other; [`finish`](Group::finish) then starts
 /// every row that ran again and measures them in paired rounds ([`Paired`]), and its ratio
-/// lines come from those rounds, with their spread.
+/// lines come from those rounds, with their spread. A round-trip group runs with every
+/// process on one CPU ([`OneCpu`]), except its busy-wait rows, pinned to two.
 pub struct Group<'a, 's> {
     name: &'static str,
     figure: Figure,
@@ -268,6 +269,8 @@ pub struct Group<'a, 's> {
     /// The rows criterion ran, how to start each again, and the CPU a busy-wait row's
     /// batches run on.
     starts: Vec<(&'static str, Starter<'s>, Option<usize>)>,
+    /// A round-trip group runs on one CPU ([`OneCpu`]), its busy-wait rows excepted.
+    _one_cpu: Option<OneCpu>,
 }
 
 /// How a [`Group`] starts a row's rig again for its paired rounds.
@@ -300,11 +303,18 @@ impl<'a, 's> Group<'a, 's> {
             }
             Figure::RoundTrip | Figure::Operation => {}
         }
+        let one_cpu = match figure {
+            Figure::RoundTrip => OneCpu::pin()
+                .inspect_err(|e| println!("{name}: not pinned to one CPU: {e:#}"))
+                .ok(),
+            _ => None,
+        };
         Group {
             name,
             figure,
             group,
             starts: Vec::new(),
+            _one_cpu: one_cpu,
         }
     }
 

@@ -67,11 +67,70 @@ impl Rounds {
 /// When this process may run on one CPU only: two spinning processes would then take turns
 /// at a scheduler tick each, and the figure would measure the scheduler.
 pub fn two_cores() -> anyhow::Result<(usize, usize)> {
-    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    let set = original_cpus()?;
     let mut cpus = (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
     match (cpus.next(), cpus.next()) {
         (Some(a), Some(b)) => Ok((a, b)),
         _ => bail!("cannot run on one core: a busy-wait row needs two"),
+    }
+}
+
+/// The CPUs this process may use, as they were before any [`OneCpu`].
+fn original_cpus() -> anyhow::Result<CpuSet> {
+    static ORIGINAL: std::sync::OnceLock<CpuSet> = std::sync::OnceLock::new();
+    if let Some(set) = ORIGINAL.get() {
+        return Ok(*set);
+    }
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    Ok(*ORIGINAL.get_or_init(|| set))
+}
+
+/// Every thread of this process on one CPU, the first it may use, until dropped; the
+/// processes and threads started meanwhile inherit it. For the blocking round-trip
+/// groups: on a machine whose idle CPUs halt at once (a VM), a round trip whose two sides
+/// sit on two CPUs pays a wake-up of a halted CPU each way (25–30 µs here), one whose two
+/// sides share a CPU does not, and which of the two a row gets is up to the scheduler: on
+/// one CPU every row gets the same, and the figure is the kernel path's.
+#[derive(Debug)]
+pub struct OneCpu {
+    before: Vec<(Pid, CpuSet)>,
+}
+
+impl OneCpu {
+    /// Pins every thread of this process to its first CPU.
+    ///
+    /// # Errors
+    /// When the process's threads cannot be listed or its CPUs read.
+    pub fn pin() -> anyhow::Result<OneCpu> {
+        let cpu = (0..CpuSet::count())
+            .find(|&c| original_cpus().is_ok_and(|s| s.is_set(c).unwrap_or(false)))
+            .context("no CPU to run on")?;
+        let mut one = CpuSet::new();
+        one.set(cpu).context("CPU number")?;
+        let mut before = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+            let tid: i32 = task?
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse().ok())
+                .context("a thread id")?;
+            let tid = Pid::from_raw(tid);
+            // A thread that ended meanwhile is left out.
+            if let Ok(set) = nix::sched::sched_getaffinity(tid)
+                && nix::sched::sched_setaffinity(tid, &one).is_ok()
+            {
+                before.push((tid, set));
+            }
+        }
+        Ok(OneCpu { before })
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        for (tid, set) in &self.before {
+            let _ = nix::sched::sched_setaffinity(*tid, set);
+        }
     }
 }
 
