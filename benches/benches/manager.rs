@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{Context, ensure};
 use criterion::Criterion;
-use ipckit_benches::{Fd, Figure, Group, PATIENCE, Rig, Worker, serve, spawn};
+use ipckit_benches::{Fd, Figure, Group, OneCpu, PATIENCE, Rig, Worker, serve, spawn};
 use ipckit_core::{Child, Ctx, Handle, Role, RoleResult};
 use ipckit_manager::{Dict, Manager, ServeOptions};
 
@@ -281,6 +281,9 @@ fn main() -> anyhow::Result<()> {
     let mut c = Criterion::default().configure_from_args();
     // Python first, so that its figures stand beside ours in each group's lines.
     let python = if benchmarking() {
+        // Round trips, each server and its Python clients on one CPU as the round-trip
+        // groups run (see `OneCpu`); the four-process figures too, for the same reason.
+        let _one_cpu = OneCpu::pin()?;
         python(2.0).unwrap_or_else(|e| {
             println!("python multiprocessing.Manager: not run ({e:#})");
             Vec::new()

@@ -24,12 +24,14 @@ use crate::senders::{SenderTable, Senders};
 const MAGIC: u64 = u64::from_le_bytes(*b"IPCKQUE2");
 /// How often a waiter looks for dead processes that block it.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
-/// Spins before a waiter sleeps in the kernel.
-const SPINS: u32 = 100;
+/// Spins before a blocking waiter starts giving its CPU away: a peer on another CPU
+/// answers within them, a peer on this CPU cannot run while they last, so they are few.
+const SPINS: u32 = 20;
 /// After its spins, how many times a blocking waiter gives its CPU away (`sched_yield`)
-/// before it sleeps: a producer behind a full queue then lets the consumer run instead of
-/// sleeping, which would make every get that frees a slot pay a wake-up system call.
-const YIELDS: u32 = 16;
+/// before it sleeps: a peer on this CPU runs at once, and a producer behind a full queue
+/// lets the consumer run instead of sleeping, which would make every get that frees a
+/// slot pay a wake-up system call.
+const YIELDS: u32 = 40;
 /// How stale a consumer's knowledge of whether sender processes live may be, in ms.
 const LIVENESS_EVERY: u64 = 10;
 /// Spinning, the clock is read (for the deadline, for the senders' liveness) once in this
