@@ -1650,5 +1650,19 @@ fn main() -> anyhow::Result<()> {
         md_path.display(),
         began.elapsed().as_secs_f64()
     );
+    if args.smoke && args.out.is_none() {
+        // A smoke round's output is only a check that it could be written.
+        let charts = reports
+            .iter()
+            .filter(|(w, _)| out.join(format!("{}.svg", w.name)).exists())
+            .count();
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+        ensure!(
+            charts == reports.len(),
+            "{charts} charts of {} were written",
+            reports.len()
+        );
+        println!("smoke round: the table and {charts} charts were written, then removed");
+    }
     Ok(())
 }
