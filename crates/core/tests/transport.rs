@@ -129,3 +129,40 @@ fn socket_reads_with_a_deadline_leave_later_reads_waiting_as_long_as_theirs() {
         Err(RecvTimeoutError::Disconnected)
     ));
 }
+
+/// The receive timeout belongs to the socket: after a clone's read with a long deadline set
+/// it, a read of the original with a short deadline still times out at its own deadline.
+#[test]
+fn a_clones_long_read_timeout_does_not_stretch_a_short_deadline() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut conn = Connection::from_fd(a.into()).unwrap();
+    let mut clone = conn.try_clone().unwrap();
+    let mut peer = Connection::from_fd(b.into()).unwrap();
+    // A short read first, so that the original knows a 60 ms timeout is set, one that a
+    // 100 ms deadline keeps...
+    assert!(matches!(
+        conn.recv_bytes_timeout(Duration::from_millis(60)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    // ...then the clone sets a long one while it waits for a message that comes.
+    let sending = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        peer.send_bytes(b"for the clone").unwrap();
+        peer
+    });
+    assert_eq!(
+        clone.recv_bytes_timeout(Duration::from_secs(30)).unwrap(),
+        b"for the clone"
+    );
+    let start = Instant::now();
+    assert!(matches!(
+        conn.recv_bytes_timeout(Duration::from_millis(100)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "a 100 ms read waited {took:?}: the clone's timeout stretched it"
+    );
+    drop(sending.join().unwrap());
+}

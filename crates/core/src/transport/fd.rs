@@ -4,6 +4,10 @@
 use std::{
     io::IoSlice,
     os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -49,9 +53,10 @@ pub(super) struct Fd {
     /// try found nothing (a request/reply peer: the try would fail again, a wasted system
     /// call), cleared when a read fills the buffer (a stream that keeps data waiting).
     poll_first: bool,
-    /// The receive timeout (`SO_RCVTIMEO`) set on a socket by this descriptor, if any: a
-    /// read with a deadline at least that far blocks in `recv` itself, bounded by it.
-    recv_slice: Option<Duration>,
+    /// The receive timeout (`SO_RCVTIMEO`) set on a socket, in ms (0: none), shared with
+    /// this descriptor's clones, since the timeout belongs to the socket: a read with a
+    /// deadline at least that far blocks in `recv` itself, bounded by it.
+    recv_slice: Arc<AtomicU64>,
 }
 
 impl Fd {
@@ -75,7 +80,7 @@ impl Fd {
             nonblocking: flags.contains(OFlag::O_NONBLOCK),
             pipe_buffer,
             poll_first: false,
-            recv_slice: None,
+            recv_slice: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -85,9 +90,10 @@ impl Fd {
     /// read does. Sets the receive timeout to the time left when the one set is too long
     /// for the deadline (or much shorter than it).
     ///
-    /// `SO_RCVTIMEO` belongs to the socket, shared by its clones: a clone reading the
-    /// same socket at once with another deadline may set a timeout that this read
-    /// overshoots by; readers that take turns (under a lock) do not.
+    /// `SO_RCVTIMEO` belongs to the socket, shared by its clones, and so is what this
+    /// descriptor knows of it: readers of clones that take turns always know the timeout
+    /// set; two clones reading at the same moment with different deadlines may still see
+    /// one's read overshoot its deadline by the other's timeout.
     fn sliced(&mut self, deadline: Deadline) -> bool {
         if self.kind != Kind::Socket {
             return false;
@@ -95,7 +101,8 @@ impl Fd {
         let Some(left) = deadline.remaining().filter(|&d| d >= MIN_SLICE) else {
             return false;
         };
-        if let Some(slice) = self.recv_slice
+        let set = self.recv_slice.load(Ordering::Relaxed);
+        if let Some(slice) = (set > 0).then(|| Duration::from_millis(set))
             && slice <= left
             && (slice >= LONG_SLICE || left < slice * 2)
         {
@@ -109,12 +116,12 @@ impl Fd {
         );
         match setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv) {
             Ok(()) => {
-                self.recv_slice = Some(slice);
+                let ms = u64::try_from(slice.as_millis()).unwrap_or(u64::MAX);
+                self.recv_slice.store(ms, Ordering::Relaxed);
                 true
             }
             Err(e) => {
                 tracing::trace!(error = %e, "no receive timeout: reads with a deadline poll");
-                self.recv_slice = None;
                 false
             }
         }
@@ -261,7 +268,7 @@ impl Fd {
             pipe_buffer: self.pipe_buffer,
             poll_first: false,
             // Not known: the socket's timeout is whatever the last reader set.
-            recv_slice: None,
+            recv_slice: Arc::clone(&self.recv_slice),
         })
     }
 }
