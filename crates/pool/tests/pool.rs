@@ -170,13 +170,31 @@ fn hang_once(h: Hang) -> (u64, u32) {
     (h.n * h.n, std::process::id())
 }
 
-/// A fresh directory for one round's marker file.
-fn marker_dir(name: &str, round: usize) -> PathBuf {
+/// A fresh directory for one round's marker files, removed when dropped (a failing test
+/// included).
+fn marker_dir(name: &str, round: usize) -> Markers {
     let dir =
         std::env::temp_dir().join(format!("ipckit-pool-{name}-{}-{round}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("make the marker directory");
-    dir
+    Markers(dir)
+}
+
+/// A marker directory, removed on drop.
+struct Markers(PathBuf);
+
+impl std::ops::Deref for Markers {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Markers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Waits for the victim's marker; gives the pid of the worker running it.
@@ -206,7 +224,7 @@ fn a_worker_killed_mid_task_is_noticed_at_once_and_its_task_retried_50_times_ove
         let args = (0..10).map(|n| Hang {
             n,
             victim,
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
         });
         let mut results = pool.imap_unordered(args).unwrap();
         let pid = victim_pid(&dir, victim);
@@ -236,7 +254,6 @@ fn a_worker_killed_mid_task_is_noticed_at_once_and_its_task_retried_50_times_ove
             *tally.entry(i).or_insert(0) += 1;
         }
         assert_eq!(tally, (0..10).map(|i| (i, 1)).collect(), "round {round}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
     let (mid, most) = (
         median(noticed.clone()),
@@ -268,7 +285,7 @@ fn without_retries_a_killed_workers_task_is_reported_within_100_ms() {
             .submit(Hang {
                 n: 7,
                 victim: 7,
-                dir: dir.clone(),
+                dir: dir.to_path_buf(),
             })
             .unwrap();
         let pid = victim_pid(&dir, 7);
@@ -291,10 +308,9 @@ fn without_retries_a_killed_workers_task_is_reported_within_100_ms() {
         let next = Hang {
             n: 3,
             victim: 7,
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
         };
         assert_eq!(pool.apply(next).unwrap().0, 9);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
     let (mid, most) = (
         median(reported.clone()),
@@ -323,7 +339,7 @@ fn held_replies_then(name: &str, timeout: Option<Duration>) {
     let task = |n, victim| Hang {
         n,
         victim,
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
     };
     assert_eq!(
         pool.map((0..500).map(|n| task(n, u64::MAX))).unwrap().len(),
@@ -367,7 +383,6 @@ fn held_replies_then(name: &str, timeout: Option<Duration>) {
         *tally.entry(i).or_insert(0) += 1;
     }
     assert_eq!(tally, (0..10).map(|i| (i, 1)).collect());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -396,7 +411,7 @@ fn workers_shows_the_task_a_worker_runs_while_it_holds_back_the_reply_before_it(
         .imap((0..3).map(|n| Hang {
             n,
             victim: 1,
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
         }))
         .unwrap();
     let pid = victim_pid(&dir, 1);
@@ -410,7 +425,6 @@ fn workers_shows_the_task_a_worker_runs_while_it_holds_back_the_reply_before_it(
         let r = results.next_timeout(PATIENCE).expect("a result");
         assert_eq!(r.unwrap().0, i * i);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn abort_on_odd(x: u64) -> u64 {
