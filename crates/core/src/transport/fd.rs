@@ -267,7 +267,7 @@ impl Fd {
             nonblocking: self.nonblocking,
             pipe_buffer: self.pipe_buffer,
             poll_first: false,
-            // Not known: the socket's timeout is whatever the last reader set.
+            // The same socket, so the same receive timeout.
             recv_slice: Arc::clone(&self.recv_slice),
         })
     }
