@@ -52,8 +52,9 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipckit_benches::{
-    BIG, EchoRig, Fd, Figure, OneCpu, Outcome, PATIENCE, Paired, PythonRow, Raw, RawSpin, Report,
-    Rig, Rounds, SMALL, Words, Worker, echoes, pin, serve, two_cores,
+    BIG, Broadcast, EchoRig, Fd, Figure, OneCpu, Outcome, PATIENCE, Paired, PythonRow, Raw,
+    RawSpin, Report, Rig, Rounds, SMALL, Words, Worker, broadcast_client, echoes, pin, serve,
+    two_cores,
 };
 use ipckit_core::{Ctx, Deadline, Handle, Handoff, RecvBytes, Role, RoleResult, SendBytes};
 use ipckit_pipes::{Connection, Fifo, Reader, Writer};
@@ -497,35 +498,6 @@ fn rpc_serve(ctx: &mut Ctx) -> RoleResult {
 
 /// A client of the parent's `Server`: for every window (its size `k` in 8 bytes, then `k`
 /// messages numbered from 0), checks the numbers and acknowledges with one byte.
-fn broadcast_client(ctx: &mut Ctx) -> RoleResult {
-    let addr: String = ctx.arg()?;
-    let opts = ipckit_sockets::ConnectOptions::new()
-        .timeout(PATIENCE)
-        .retry(true);
-    let mut conn = ipckit_sockets::connect_with(&addr.parse()?, &opts)?;
-    let mut buf = Vec::with_capacity(SMALL);
-    loop {
-        match conn.recv_bytes_into(&mut buf) {
-            Ok(()) => {}
-            Err(ipckit_core::Error::Disconnected) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        let k = u64::from_le_bytes(buf.as_slice().try_into()?);
-        let mut sum = 0u64;
-        for _ in 0..k {
-            conn.recv_bytes_into_deadline(&mut buf, Deadline::after(PATIENCE))?;
-            if buf.len() != SMALL {
-                return Err(format!("a message of {} bytes", buf.len()).into());
-            }
-            sum = sum.wrapping_add(number(&buf)?);
-        }
-        if sum != sum_below(k) {
-            return Err("broadcasts lost".into());
-        }
-        conn.send_bytes(&[1])?;
-    }
-}
-
 /// What an ipc-channel child gets from the parent: its sending and its receiving end.
 type IpcEnds = (Option<IpcBytesSender>, Option<IpcBytesReceiver>);
 
@@ -1036,97 +1008,6 @@ impl Rig for Gather {
     }
 }
 
-/// The most broadcasts sent before every client has acknowledged them: well within the
-/// server's outbox of each client (`ServerOptions::outbox`, 1024 by default), since
-/// `Server::broadcast` never waits and drops a client that falls further behind.
-const WINDOW: u64 = 256;
-
-/// Fan-out over ipckit's `Server` on a Unix socket: each message goes to every client with
-/// one `broadcast`, in windows that the clients acknowledge.
-struct Broadcast {
-    server: ipckit_sockets::Server<Vec<u8>, ipckit_sockets::Raw>,
-    events: ipckit_sockets::Events<Vec<u8>, ipckit_sockets::Raw>,
-    clients: Vec<ipckit_core::Child>,
-    msg: Vec<u8>,
-    _path: SockPath,
-}
-
-impl Broadcast {
-    fn start() -> anyhow::Result<Self> {
-        let path = SockPath::new("compare-bcast");
-        let addr: ipckit_sockets::Address = format!("unix://{}", path.0.display()).parse()?;
-        let (server, events) = ipckit_sockets::Server::start_raw_with(
-            ipckit_sockets::Listener::bind(&addr)?,
-            &ipckit_sockets::ServerOptions::new(),
-        )?;
-        let clients = (0..CONSUMERS)
-            .map(|_| ipckit_benches::spawn(BROADCAST_CLIENT, &addr.to_string(), []))
-            .collect::<ipckit_core::Result<_>>()?;
-        let b = Broadcast {
-            server,
-            events,
-            clients,
-            msg: vec![0xa5; SMALL],
-            _path: path,
-        };
-        for _ in 0..CONSUMERS {
-            match b.next_event()? {
-                ipckit_sockets::Event::Joined { .. } => {}
-                e => bail!("{e:?} before every client joined"),
-            }
-        }
-        Ok(b)
-    }
-
-    fn next_event(&self) -> anyhow::Result<ipckit_sockets::Event<Vec<u8>>> {
-        self.events
-            .recv_timeout(PATIENCE)
-            .with_context(|| format!("no event in {PATIENCE:?}"))
-    }
-
-    /// Broadcasts a window of `k` messages and waits for every client's acknowledgement.
-    fn window(&mut self, k: u64) -> anyhow::Result<()> {
-        let sent = self.server.broadcast(&k.to_le_bytes().to_vec())?;
-        ensure!(sent == CONSUMERS, "{sent} clients left of {CONSUMERS}");
-        for i in 0..k {
-            stamp(&mut self.msg, i);
-            let sent = self.server.broadcast(&self.msg)?;
-            ensure!(sent == CONSUMERS, "{sent} clients left of {CONSUMERS}");
-        }
-        for _ in 0..CONSUMERS {
-            match self.next_event()? {
-                ipckit_sockets::Event::Message { msg, .. } if msg == [1] => {}
-                e => bail!("{e:?} instead of an acknowledgement"),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Rig for Broadcast {
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
-        let began = Instant::now();
-        let mut left = iters;
-        while left > 0 {
-            let k = left.min(WINDOW);
-            self.window(k)?;
-            left -= k;
-        }
-        Ok(began.elapsed())
-    }
-
-    /// Shuts the server down: each client reads to the end of its stream and returns.
-    fn finish(self) -> anyhow::Result<()> {
-        self.server.shutdown();
-        drop(self.events);
-        for mut c in self.clients {
-            let status = c.join_timeout(PATIENCE)?;
-            ensure!(status.success(), "a broadcast client ended with {status}");
-        }
-        Ok(())
-    }
-}
-
 /// The raw spinning round trip over two atomics, each side pinned to its CPU (the parent's
 /// by the paired group, for its batches).
 fn spin_rtt(cpus: (usize, usize)) -> anyhow::Result<EchoRig<RawSpin>> {
@@ -1304,7 +1185,9 @@ fn rows(env: &Env, w: &Workload) -> Paired {
                     Fan::start(env, Mech::ShmSpin, len, 1, Some(cpus.1))
                 });
             } else {
-                g.row("ipckit socket Server (broadcast)", Broadcast::start);
+                g.row("ipckit socket Server (broadcast)", || {
+                    Broadcast::start(BROADCAST_CLIENT, CONSUMERS)
+                });
             }
         }
         "tput_4to1_64B" => {

@@ -54,12 +54,12 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use criterion::Criterion;
-use ipckit_benches::{BIG, Figure, Framed, Group, Link, PATIENCE, Report, Rig, SMALL, Work, spawn};
-use ipckit_core::{Child, Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
-use ipckit_sockets::{
-    Address, ConnectOptions, Connection, Event, Events, Listener, Server, ServerOptions,
-    connect_with,
+use ipckit_benches::{
+    BIG, BROADCAST_WINDOW, Broadcast, Figure, Framed, Group, Link, PATIENCE, Report, Rig, SMALL,
+    Work, broadcast_client, spawn,
 };
+use ipckit_core::{Child, Ctx, Deadline, Handle, RecvBytes, Role, RoleResult, SendBytes};
+use ipckit_sockets::{Address, ConnectOptions, Connection, Listener, connect_with};
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout, poll},
@@ -68,12 +68,8 @@ use serde::{Deserialize, Serialize};
 
 /// The clients of `broadcast_8`.
 const CLIENTS: usize = 8;
-/// The most broadcasts sent before every client has acknowledged them: well within the
-/// server's outbox of each client ([`OUTBOX`], with room for the window's announcement).
-const WINDOW: u64 = 256;
-/// The server's outbox of each client (`ServerOptions::outbox`; its default).
-const OUTBOX: usize = 1024;
-const _: () = assert!(WINDOW < OUTBOX as u64, "an outbox smaller than a window");
+/// The floors' windows: as many messages as ipckit's row sends before the acknowledgements.
+const WINDOW: u64 = BROADCAST_WINDOW;
 /// Where the TCP rows listen; the system picks the port.
 const TCP_ANY: &str = "tcp://127.0.0.1:0";
 
@@ -150,7 +146,7 @@ const RAW_CLIENT: &str = "raw_client";
 const ROLES: &[Role] = &[
     Role::new(IPCKIT_SERVE, ipckit_serve),
     Role::new(RAW_SERVE, raw_serve),
-    Role::new(IPCKIT_CLIENT, ipckit_client),
+    Role::new(IPCKIT_CLIENT, broadcast_client),
     Role::new(RAW_CLIENT, raw_client),
 ];
 
@@ -210,18 +206,6 @@ fn window(link: &mut impl Link, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
         );
     }
     Ok(true)
-}
-
-/// A client of ipckit's `Server`: acknowledges every window with one byte.
-fn ipckit_client(ctx: &mut Ctx) -> RoleResult {
-    let addr: String = ctx.arg()?;
-    let opts = ConnectOptions::new().timeout(PATIENCE).retry(true);
-    let mut stream = Framed(connect_with(&addr.parse()?, &opts)?);
-    let mut buf = Vec::new();
-    while window(&mut stream, &mut buf)? {
-        stream.0.send_bytes(&[1])?;
-    }
-    Ok(())
 }
 
 /// A raw broadcast client: reads through a 64 KiB buffer, acknowledges every window with
@@ -366,86 +350,6 @@ fn raw_tcp(work: Work) -> anyhow::Result<Peer<Raw<TcpStream>>> {
     })
 }
 
-/// `broadcast_8` over ipckit's `Server`: the clients' acknowledgements come as events.
-struct Hub {
-    server: Server<Vec<u8>, ipckit_sockets::Raw>,
-    events: Events<Vec<u8>, ipckit_sockets::Raw>,
-    clients: Vec<Child>,
-    msg: Vec<u8>,
-    _path: SockPath,
-}
-
-impl Hub {
-    fn start() -> anyhow::Result<Self> {
-        let path = SockPath::new();
-        let addr = path.address();
-        let opts = ServerOptions::new().outbox(OUTBOX);
-        let (server, events) = Server::start_raw_with(Listener::bind(&addr)?, &opts)?;
-        let clients = (0..CLIENTS)
-            .map(|_| spawn(IPCKIT_CLIENT, &addr.to_string(), []))
-            .collect::<ipckit_core::Result<_>>()?;
-        let mut hub = Hub {
-            server,
-            events,
-            clients,
-            msg: vec![0xa5; SMALL],
-            _path: path,
-        };
-        for _ in 0..CLIENTS {
-            match hub.next_event()? {
-                Event::Joined { .. } => {}
-                e => bail!("{e:?} before every client joined"),
-            }
-        }
-        // The clients serve windows now.
-        hub.window(0)?;
-        Ok(hub)
-    }
-
-    fn next_event(&self) -> anyhow::Result<Event<Vec<u8>>> {
-        self.events
-            .recv_timeout(PATIENCE)
-            .with_context(|| format!("no event in {PATIENCE:?}"))
-    }
-
-    /// Broadcasts a window of `k` messages and waits for every client's acknowledgement.
-    fn window(&mut self, k: u64) -> anyhow::Result<()> {
-        let sent = self.server.broadcast(&k.to_le_bytes().to_vec())?;
-        ensure!(sent == CLIENTS, "{sent} clients left of {CLIENTS}");
-        for _ in 0..k {
-            let sent = self.server.broadcast(&self.msg)?;
-            ensure!(sent == CLIENTS, "{sent} clients left of {CLIENTS}");
-        }
-        for _ in 0..CLIENTS {
-            match self.next_event()? {
-                Event::Message { msg, .. } if msg == [1] => {}
-                e => bail!("{e:?} instead of an acknowledgement"),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Rig for Hub {
-    fn run(&mut self, iters: u64) -> anyhow::Result<Duration> {
-        let began = Instant::now();
-        let mut left = iters;
-        while left > 0 {
-            let k = left.min(WINDOW);
-            self.window(k)?;
-            left -= k;
-        }
-        Ok(began.elapsed())
-    }
-
-    /// Shuts the server down (each client reads to the end of its stream and returns).
-    fn finish(self) -> anyhow::Result<()> {
-        self.server.shutdown();
-        drop(self.events);
-        self.clients.into_iter().try_for_each(join)
-    }
-}
-
 /// `broadcast_8`'s floors: the parent writes every message to eight raw Unix sockets, one
 /// `write(2)` each, and reads one byte of acknowledgement from each per window.
 struct RawHub {
@@ -581,7 +485,7 @@ fn bw(c: &mut Criterion) -> anyhow::Result<()> {
 fn broadcast(c: &mut Criterion) -> anyhow::Result<()> {
     let name = "broadcast_8";
     let mut g = Group::new(c, name, Figure::Rate);
-    g.row("ipckit", Hub::start)?;
+    g.row("ipckit", || Broadcast::start(IPCKIT_CLIENT, CLIENTS))?;
     g.row("raw_uds", RawHub::start)?;
     g.row("raw_uds_per_client", RawHub::start_per_client)?;
     if let Some(r) = g.finish(&[("ipckit", &["raw_uds", "raw_uds_per_client"])], &[]) {

@@ -16,6 +16,7 @@
 //! - [`PingPong`] is one round trip of the round-trip rows, [`echoes`] the worker that
 //!   answers it.
 
+mod broadcast;
 mod paired;
 mod pingpong;
 mod python;
@@ -23,6 +24,7 @@ mod raw;
 mod worker;
 
 pub use {
+    broadcast::{BROADCAST_WINDOW, Broadcast, broadcast_client},
     paired::{
         OneCpu, Outcome, Paired, Report, Rounds, RowReport, Spread, pin, pin_process, three_digits,
         two_cores,
