@@ -1140,7 +1140,7 @@ fn carries(mech: Mech, len: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn rows(env: &Env, w: &Workload) -> Paired {
+fn rows<'e>(env: &'e Env, w: &Workload) -> Paired<'e> {
     let mut g = Paired::new(w.name, w.figure);
     let redis_out = |g: &mut Paired, m: Mech| {
         if let (Mech::Redis, Err(why)) = (m, &env.redis) {
@@ -1154,10 +1154,10 @@ fn rows(env: &Env, w: &Workload) -> Paired {
         "rtt_64B" => {
             for &m in STREAMS {
                 if !redis_out(&mut g, m) {
-                    g.row(m.label(), || Rtt::start(env, m));
+                    g.row(m.label(), move || Rtt::start(env, m));
                 }
             }
-            g.pinned_row(Mech::ShmSpin.label(), &env.cpus, |cpus| {
+            g.pinned_row(Mech::ShmSpin.label(), &env.cpus, move |cpus| {
                 let (ends, worker) = link(env, Mech::ShmSpin, Part::Echo, SMALL, Some(cpus.1))?;
                 Ok(Rtt::new(ends, worker))
             });
@@ -1176,16 +1176,16 @@ fn rows(env: &Env, w: &Workload) -> Paired {
                     continue;
                 }
                 match carries(m, len) {
-                    Ok(()) => g.row(m.label(), || Fan::start(env, m, len, children, None)),
+                    Ok(()) => g.row(m.label(), move || Fan::start(env, m, len, children, None)),
                     Err(why) => g.skip(m.label(), &why),
                 }
             }
             if children == 1 {
-                g.pinned_row(Mech::ShmSpin.label(), &env.cpus, |cpus| {
+                g.pinned_row(Mech::ShmSpin.label(), &env.cpus, move |cpus| {
                     Fan::start(env, Mech::ShmSpin, len, 1, Some(cpus.1))
                 });
             } else {
-                g.row("ipckit socket Server (broadcast)", || {
+                g.row("ipckit socket Server (broadcast)", move || {
                     Broadcast::start(BROADCAST_CLIENT, CONSUMERS)
                 });
             }
@@ -1199,15 +1199,16 @@ fn rows(env: &Env, w: &Workload) -> Paired {
                 Mech::IpcChannel,
             ] {
                 if !redis_out(&mut g, m) {
-                    g.row(m.label(), || Gather::start(env, m, PRODUCERS));
+                    g.row(m.label(), move || Gather::start(env, m, PRODUCERS));
                 }
             }
         }
         other => g.skip(other, "no such workload"),
     }
+    let py_arg = w.py;
     for &(label, mech) in w.py_mechs {
         match &env.python {
-            Some(py) => g.row(label, || PythonRow::start(py, w.py, mech)),
+            Some(py) => g.row(label, move || PythonRow::start(py, py_arg, mech)),
             None => g.skip(label, "no python3 found"),
         }
     }

@@ -1,6 +1,6 @@
-//! Paired measurement: the rows of a group take turns in short rounds against processes
-//! that stay up for the whole run, and each row's figure is the median of its per-round
-//! ratios to the group's reference, with their spread.
+//! Paired measurement: the rows of a group take turns in short rounds, and each row's
+//! figure is the median of its per-round ratios to the group's reference, with their
+//! spread.
 //!
 //! A criterion group measures one row after the other, so whatever else the machine does
 //! meanwhile (another build, a frequency change) lands on one row and not on the next, and
@@ -8,6 +8,12 @@
 //! every row (the order rotated each round), a batch sized to a few milliseconds, so a
 //! disturbance lasting longer than a round hits all rows alike and cancels out of that
 //! round's ratios.
+//!
+//! The rounds run in blocks, and every row's processes are started afresh for each block:
+//! what one start happens to get (where its memory lies, which cache lines its atomics
+//! share, the buffers the kernel gives it) differs from one start to the next and then
+//! stays for as long as the processes live. Were the rounds all run against one start,
+//! their spread would not show it, and a second run would land outside it.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -40,24 +46,31 @@ pub struct Rounds {
     /// How long one batch should take: its iterations are sized to it once, before the
     /// first round.
     pub batch: Duration,
+    /// Into how many blocks the rounds are split: each block runs against fresh
+    /// processes (see the module's documentation).
+    pub blocks: usize,
 }
 
 impl Rounds {
-    /// A full measurement: 100 rounds of batches of about 10 ms.
+    /// A full measurement: 100 rounds of batches of about 10 ms, in 5 blocks.
     pub const FULL: Rounds = Rounds {
         rounds: 100,
         batch: Duration::from_millis(10),
+        blocks: 5,
     };
-    /// The paired rounds that follow a criterion [`Group`](crate::Group): 20 rounds of
-    /// about 5 ms.
+    /// The paired rounds that follow a criterion [`Group`](crate::Group): 24 rounds of
+    /// about 5 ms, in 4 blocks.
     pub const GROUP: Rounds = Rounds {
-        rounds: 20,
+        rounds: 24,
         batch: Duration::from_millis(5),
+        blocks: 4,
     };
-    /// A smoke round, to check that every row works: 3 rounds of about 1 ms.
+    /// A smoke round, to check that every row works and starts again: 3 rounds of about
+    /// 1 ms, in 2 blocks.
     pub const SMOKE: Rounds = Rounds {
         rounds: 3,
         batch: Duration::from_millis(1),
+        blocks: 2,
     };
 }
 
@@ -183,12 +196,17 @@ fn unit(f: Figure) -> &'static str {
     }
 }
 
+/// How a row's rig is started, for each block of rounds.
+type Start<'a> = Box<dyn FnMut() -> anyhow::Result<Box<dyn Batches>> + 'a>;
+
 /// A row of a paired group while it runs.
-struct Row {
+struct Row<'a> {
     name: String,
     /// Said after the row's name: how it ran (pinned cores…).
     note: Option<String>,
     state: State,
+    /// Starts its rig again (`None` for a row kept as not run).
+    start: Option<Start<'a>>,
     /// The CPU the parent runs this row's batches on, if pinned.
     pin: Option<usize>,
     iters: u64,
@@ -207,17 +225,18 @@ enum State {
 /// A group of rows measured in paired rounds (see the module's documentation).
 ///
 /// Make it with [`Paired::new`], add rows with [`row`](Paired::row) (which starts the
-/// row's processes at once: they stay up until [`finish`](Paired::finish)), then
-/// [`run`](Paired::run) the rounds and [`finish`](Paired::finish) for the [`Report`].
-pub struct Paired {
+/// row's processes at once, and keeps `start` to start them afresh for each block of
+/// rounds), then [`run`](Paired::run) the rounds and [`finish`](Paired::finish) for the
+/// [`Report`].
+pub struct Paired<'a> {
     name: String,
     figure: Figure,
     reference: Option<String>,
-    rows: Vec<Row>,
+    rows: Vec<Row<'a>>,
     rounds: usize,
 }
 
-impl std::fmt::Debug for Paired {
+impl std::fmt::Debug for Paired<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Paired")
             .field("name", &self.name)
@@ -227,7 +246,7 @@ impl std::fmt::Debug for Paired {
     }
 }
 
-impl Paired {
+impl<'a> Paired<'a> {
     /// An empty group `name` whose rows' figure is `figure`.
     pub fn new(name: impl Into<String>, figure: Figure) -> Self {
         Paired {
@@ -247,9 +266,13 @@ impl Paired {
         self
     }
 
-    /// Adds row `name`, starting its rig with `start` now. A row that cannot start is kept,
-    /// with the reason, as not run.
-    pub fn row<R: Rig + 'static>(&mut self, name: &str, start: impl FnOnce() -> anyhow::Result<R>) {
+    /// Adds row `name`, starting its rig with `start` now and again for each block of
+    /// rounds. A row that cannot start is kept, with the reason, as not run.
+    pub fn row<R: Rig + 'static>(
+        &mut self,
+        name: &str,
+        start: impl FnMut() -> anyhow::Result<R> + 'a,
+    ) {
         self.add(name, None, None, start);
     }
 
@@ -260,12 +283,12 @@ impl Paired {
         &mut self,
         name: &str,
         cpus: &anyhow::Result<(usize, usize)>,
-        start: impl FnOnce((usize, usize)) -> anyhow::Result<R>,
+        mut start: impl FnMut((usize, usize)) -> anyhow::Result<R> + 'a,
     ) {
         match cpus {
-            Ok((a, b)) => {
+            &Ok((a, b)) => {
                 let note = format!("busy-wait, pinned to CPUs {a} and {b}");
-                self.add(name, Some(note), Some(*a), || start((*a, *b)));
+                self.add(name, Some(note), Some(a), move || start((a, b)));
             }
             Err(e) => self.skip(name, &format!("{e:#}")),
         }
@@ -277,20 +300,10 @@ impl Paired {
         &mut self,
         name: &str,
         pin: Option<usize>,
-        start: impl FnOnce() -> anyhow::Result<Box<dyn Batches>>,
+        start: impl FnMut() -> anyhow::Result<Box<dyn Batches>> + 'a,
     ) {
-        let state = match start() {
-            Ok(rig) => State::Running(rig),
-            Err(e) => State::Out(format!("cannot start: {e:#}")),
-        };
-        self.rows.push(Row {
-            name: name.to_owned(),
-            note: pin.map(|cpu| format!("busy-wait, pinned: this side to CPU {cpu}")),
-            state,
-            pin,
-            iters: 0,
-            secs: Vec::new(),
-        });
+        let note = pin.map(|cpu| format!("busy-wait, pinned: this side to CPU {cpu}"));
+        self.push(name, note, pin, Box::new(start));
     }
 
     /// Keeps row `name` as not run, because of `why`.
@@ -299,6 +312,7 @@ impl Paired {
             name: name.to_owned(),
             note: None,
             state: State::Out(why.to_owned()),
+            start: None,
             pin: None,
             iters: 0,
             secs: Vec::new(),
@@ -310,25 +324,32 @@ impl Paired {
         name: &str,
         note: Option<String>,
         pin: Option<usize>,
-        start: impl FnOnce() -> anyhow::Result<R>,
+        mut start: impl FnMut() -> anyhow::Result<R> + 'a,
     ) {
-        let state = match start() {
-            Ok(rig) => State::Running(Box::new(rig)),
-            Err(e) => State::Out(format!("cannot start: {e:#}")),
-        };
-        self.rows.push(Row {
+        let start = move || Ok(Box::new(start()?) as Box<dyn Batches>);
+        self.push(name, note, pin, Box::new(start));
+    }
+
+    /// Adds a row and starts its rig.
+    fn push(&mut self, name: &str, note: Option<String>, pin: Option<usize>, start: Start<'a>) {
+        let mut row = Row {
             name: name.to_owned(),
             note,
-            state,
+            state: State::Out(String::new()),
+            start: Some(start),
             pin,
             iters: 0,
             secs: Vec::new(),
-        });
+        };
+        row.state = row.started();
+        self.rows.push(row);
     }
 
     /// Sizes each row's batch to `rounds.batch`, then runs `rounds.rounds` rounds: each
-    /// runs one batch of every running row, starting one row further each round. A row
-    /// that fails is stopped, and reported with its error.
+    /// runs one batch of every running row, starting one row further each round. The
+    /// rounds are split into `rounds.blocks` blocks, and before each block but the first
+    /// every row's rig is finished and started afresh. A row that fails is stopped, and
+    /// reported with its error.
     pub fn run(&mut self, rounds: Rounds) {
         for row in &mut self.rows {
             if let Err(e) = row.size(rounds.batch) {
@@ -336,7 +357,13 @@ impl Paired {
             }
         }
         let n = self.rows.len();
+        let blocks = rounds.blocks.clamp(1, rounds.rounds.max(1));
         for round in 0..rounds.rounds {
+            if round > 0 && round * blocks / rounds.rounds != (round - 1) * blocks / rounds.rounds {
+                for row in &mut self.rows {
+                    row.restart();
+                }
+            }
             for k in 0..n {
                 let row = &mut self.rows[(round + k) % n];
                 let got = row.batch(row.iters);
@@ -375,7 +402,38 @@ impl Paired {
     }
 }
 
-impl Row {
+impl Row<'_> {
+    /// Its rig, started, or why it is out.
+    fn started(&mut self) -> State {
+        let Some(start) = &mut self.start else {
+            return State::Out("no way to start it".to_owned());
+        };
+        match start() {
+            Ok(rig) => State::Running(rig),
+            Err(e) => State::Out(format!("cannot start: {e:#}")),
+        }
+    }
+
+    /// Finishes a running row's rig and starts it afresh, warmed up by one iteration; a
+    /// row that does not end cleanly or start again is stopped.
+    fn restart(&mut self) {
+        let rig = match std::mem::replace(&mut self.state, State::Done) {
+            State::Running(rig) => rig,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        if let Err(e) = rig.finish() {
+            self.state = State::Out(format!("did not end cleanly between blocks: {e:#}"));
+            return;
+        }
+        self.state = self.started();
+        if let Err(e) = self.batch(1) {
+            self.stop(format!("failed after a fresh start: {e:#}"));
+        }
+    }
+
     /// Runs one batch of `iters` (on the pinned CPU if any); `None` if the row is out.
     fn batch(&mut self, iters: u64) -> anyhow::Result<Option<Duration>> {
         let State::Running(rig) = &mut self.state else {
@@ -506,7 +564,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(group: Paired) -> Report {
+    fn new(group: Paired<'_>) -> Report {
         let Paired {
             name,
             figure,
@@ -789,6 +847,7 @@ mod tests {
         g.run(Rounds {
             rounds: 5,
             batch: Duration::from_millis(1),
+            blocks: 1,
         });
         let r = g.finish();
         assert_eq!(r.reference.as_deref(), Some("floor"));
@@ -816,7 +875,7 @@ mod tests {
     fn a_disturbance_spreads_the_ratios_but_not_their_median() {
         let mut g = Paired::new("t", Figure::Rate);
         for (name, slow_every) in [("a", 0), ("b", 4)] {
-            g.row(name, || {
+            g.row(name, move || {
                 Ok(Fake {
                     per: Duration::from_micros(10),
                     runs: 0,
@@ -827,10 +886,52 @@ mod tests {
         g.run(Rounds {
             rounds: 9,
             batch: Duration::from_millis(1),
+            blocks: 1,
         });
         let r = g.finish();
         let b = r.ratio("b").unwrap();
         assert!((b.median - 1.0).abs() < 1e-9, "{b:?}");
         assert!((b.max - 3.0).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn each_block_runs_against_a_fresh_start() {
+        let starts = std::cell::Cell::new(0);
+        let mut g = Paired::new("t", Figure::RoundTrip);
+        g.row("fresh", || {
+            starts.set(starts.get() + 1);
+            Ok(Fake {
+                per: Duration::from_micros(10),
+                runs: 0,
+                slow_every: 0,
+            })
+        });
+        let mut failing = 0;
+        g.row("once", move || {
+            failing += 1;
+            if failing > 1 {
+                bail!("gone");
+            }
+            Ok(Fake {
+                per: Duration::from_micros(10),
+                runs: 0,
+                slow_every: 0,
+            })
+        });
+        g.run(Rounds {
+            rounds: 8,
+            batch: Duration::from_millis(1),
+            blocks: 4,
+        });
+        let r = g.finish();
+        assert_eq!(starts.get(), 4);
+        assert_eq!(r.rounds, 8);
+        let once = r.rows.iter().find(|r| r.name == "once").unwrap();
+        assert_eq!(
+            once.outcome,
+            Outcome::NotRun("cannot start: gone".to_owned())
+        );
+        // It ran the two rounds of the first block, and no more.
+        assert_eq!(once.secs.iter().flatten().count(), 2);
     }
 }
