@@ -327,6 +327,13 @@ fn main() -> anyhow::Result<()> {
              against Python's manager {theirs:.1} µs → {:.1}× (goal ≥ 3×)",
             theirs / ours
         );
+        if let Some(cpu) = py(&python, "ipckit_get_client_cpu_us") {
+            println!(
+                "manager_python_client_get: Python's client code alone takes {cpu:.1} µs of CPU \
+                 per d.get; against a server that took no time at all, {:.1}× at most",
+                theirs / cpu
+            );
+        }
     }
     if let (Some(ours), Some(theirs)) = (
         py(&python, "ipckit_lock_get_set_4x_ops"),
@@ -340,6 +347,15 @@ fn main() -> anyhow::Result<()> {
             theirs / 1e3,
             ours / theirs
         );
+        if let Some(cpu) = py(&python, "ipckit_lock_get_set_4x_client_cpu_us") {
+            // On one CPU, the increments can go no faster than the clients' own CPU time.
+            println!(
+                "manager_python_client_incr_4x: Python's client code alone takes {cpu:.1} µs \
+                 of CPU per locked increment; on one CPU, against a server that took no time \
+                 at all, {:.1}× at most",
+                1e6 / cpu / theirs
+            );
+        }
     }
 
     let name = "manager_dict_incr_4x";

@@ -5,6 +5,10 @@ Prints one line per figure: `get_rtt_us <µs>`, `lock_get_set_4x_ops <ops/s>`,
 `unlocked_4x_ops <ops/s>`, `unlocked_4x_lost <updates>`. Given the socket of an ipckit
 manager (holding a dict `bench` with `x` and a lock `lock`), the same Python client code
 runs against it too: `ipckit_get_rtt_us`, `ipckit_lock_get_set_4x_ops`.
+
+With each, the CPU time Python's client code spends per call (`get_client_cpu_us`) or per
+locked increment in all four clients (`lock_get_set_4x_client_cpu_us`), each prefixed
+`ipckit_` against the ipckit manager: what no server can take off a call's time.
 """
 
 import multiprocessing as mp
@@ -15,11 +19,19 @@ from multiprocessing.managers import BaseManager
 N = 2000
 
 
-def locked(d, lock, n, start):
-    start.wait()
+def timed_increments(d, lock, n, cpu):
+    """`n` locked increments, their CPU time added to `cpu`."""
+    began = time.process_time()
     for _ in range(n):
         with lock:
             d["x"] = d["x"] + 1
+    with cpu.get_lock():
+        cpu.value += time.process_time() - began
+
+
+def locked(d, lock, n, cpu, start):
+    start.wait()
+    timed_increments(d, lock, n, cpu)
 
 
 def unlocked(d, n, start):
@@ -54,13 +66,34 @@ def ipckit_connect(address, authkey):
     return m
 
 
-def ipckit_locked(address, authkey, n, start):
+def ipckit_locked(address, authkey, n, cpu, start):
     m = ipckit_connect(address, authkey)
     d, lock = m.get_bench(), m.get_lock()
     start.wait()
-    for _ in range(n):
-        with lock:
-            d["x"] = d["x"] + 1
+    timed_increments(d, lock, n, cpu)
+
+
+def gets(d, seconds, prefix):
+    """`d.get` for `seconds`: prints its round trip and the client's CPU time per call."""
+    n = 0
+    t, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - t < seconds:
+        for _ in range(100):
+            d.get("x")
+        n += 100
+    cpu = (time.process_time() - cpu) / n * 1e6
+    print(f"{prefix}get_rtt_us {(time.perf_counter() - t) / n * 1e6:.2f}", flush=True)
+    print(f"{prefix}get_client_cpu_us {cpu:.2f}", flush=True)
+
+
+def four_locked(target, args, d, prefix):
+    """Four clients' locked increments: prints their rate and CPU time per increment."""
+    cpu = mp.Value("d", 0.0)
+    took = four(target, (*args, N, cpu, mp.Event()))
+    assert d["x"] == 4 * N, d["x"]
+    print(f"{prefix}lock_get_set_4x_ops {4 * N / took:.0f}", flush=True)
+    per = cpu.value / (4 * N) * 1e6
+    print(f"{prefix}lock_get_set_4x_client_cpu_us {per:.2f}", flush=True)
 
 
 def against_ipckit(seconds, address, authkey):
@@ -68,16 +101,8 @@ def against_ipckit(seconds, address, authkey):
     m = ipckit_connect(address, authkey)
     d = m.get_bench()
     d["x"] = 0
-    n = 0
-    t = time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        for _ in range(100):
-            d.get("x")
-        n += 100
-    print(f"ipckit_get_rtt_us {(time.perf_counter() - t) / n * 1e6:.2f}", flush=True)
-    took = four(ipckit_locked, (address, authkey, N, mp.Event()))
-    assert d["x"] == 4 * N, d["x"]
-    print(f"ipckit_lock_get_set_4x_ops {4 * N / took:.0f}", flush=True)
+    gets(d, seconds, "ipckit_")
+    four_locked(ipckit_locked, (address, authkey), d, "ipckit_")
 
 
 def main():
@@ -88,18 +113,8 @@ def main():
         d = m.dict()
         d["x"] = 0
         d["y"] = 0
-        n = 0
-        t = time.perf_counter()
-        while time.perf_counter() - t < seconds:
-            for _ in range(100):
-                d.get("x")
-            n += 100
-        print(f"get_rtt_us {(time.perf_counter() - t) / n * 1e6:.2f}", flush=True)
-
-        lock = m.Lock()
-        took = four(locked, (d, lock, N, m.Event()))
-        assert d["x"] == 4 * N, d["x"]
-        print(f"lock_get_set_4x_ops {4 * N / took:.0f}", flush=True)
+        gets(d, seconds, "")
+        four_locked(locked, (d, m.Lock()), d, "")
 
         took = four(unlocked, (d, N, m.Event()))
         print(f"unlocked_4x_ops {4 * N / took:.0f}", flush=True)
