@@ -513,6 +513,18 @@ impl Spread {
             max: v[v.len() - 1],
         })
     }
+
+    /// The spread of the inverses of the values.
+    #[must_use]
+    pub fn inverse(self) -> Spread {
+        Spread {
+            median: 1.0 / self.median,
+            q1: 1.0 / self.q3,
+            q3: 1.0 / self.q1,
+            min: 1.0 / self.max,
+            max: 1.0 / self.min,
+        }
+    }
 }
 
 /// One row of a [`Report`].
@@ -706,8 +718,8 @@ impl Report {
 
     /// The line comparing row `ours` with its `floors` (the ratio is ours/raw of the
     /// figure) and the `peers` (how many times faster or slower ours is), each the median
-    /// of the per-round ratios with their IQR; rows not measured are left out; `None` if
-    /// `ours` was not.
+    /// of the per-round ratios with their IQR and range; rows not measured are left out;
+    /// `None` if `ours` was not.
     pub fn ratio_line(&self, ours: &str, floors: &[&str], peers: &[&str]) -> Option<String> {
         let f = self.figure;
         let our = self.value(ours)?;
@@ -721,13 +733,7 @@ impl Report {
         // Per-round ratios of times, turned into ratios of the figure.
         let of_figure = |s: Spread| match f {
             Figure::RoundTrip | Figure::Operation => s,
-            Figure::Bandwidth(_) | Figure::Rate => Spread {
-                median: 1.0 / s.median,
-                q1: 1.0 / s.q3,
-                q3: 1.0 / s.q1,
-                min: 1.0 / s.max,
-                max: 1.0 / s.min,
-            },
+            Figure::Bandwidth(_) | Figure::Rate => s.inverse(),
         };
         let mut first = true;
         for &row in floors {
@@ -737,12 +743,14 @@ impl Report {
             let s = of_figure(s);
             let _ = write!(
                 line,
-                "{} {row} {} → {ours}/raw = {:.2}× (IQR {:.2}–{:.2})",
+                "{} {row} {} → {ours}/raw = {:.2}× (IQR {:.2}–{:.2}, range {:.2}–{:.2})",
                 if first { "," } else { ";" },
                 three_digits(v),
                 s.median,
                 s.q1,
-                s.q3
+                s.q3,
+                s.min,
+                s.max
             );
             first = false;
         }
@@ -751,15 +759,20 @@ impl Report {
                 continue;
             };
             // Their time over ours: how many times faster ours is.
-            let (times, lo, hi, word) = if s.median >= 1.0 {
-                (s.median, s.q1, s.q3, "faster")
+            let (s, word) = if s.median >= 1.0 {
+                (s, "faster")
             } else {
-                (1.0 / s.median, 1.0 / s.q3, 1.0 / s.q1, "slower")
+                (s.inverse(), "slower")
             };
             let _ = write!(
                 line,
-                "; {row} {} → {ours} is {times:.2}× {word} (IQR {lo:.2}–{hi:.2})",
-                three_digits(v)
+                "; {row} {} → {ours} is {:.2}× {word} (IQR {:.2}–{:.2}, range {:.2}–{:.2})",
+                three_digits(v),
+                s.median,
+                s.q1,
+                s.q3,
+                s.min,
+                s.max
             );
         }
         Some(line)
@@ -866,7 +879,8 @@ mod tests {
         assert_eq!(
             r.ratio_line("slow", &["floor"], &["floor"]).unwrap(),
             "t (paired, 5 rounds): slow 30.0 µs/RTT, floor 10.0 → slow/raw = 3.00× (IQR \
-             3.00–3.00); floor 10.0 → slow is 3.00× slower (IQR 3.00–3.00)"
+             3.00–3.00, range 3.00–3.00); floor 10.0 → slow is 3.00× slower (IQR 3.00–3.00, \
+             range 3.00–3.00)"
         );
         assert!(text.contains("not run: not found"), "{text}");
     }
