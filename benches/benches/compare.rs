@@ -1323,8 +1323,9 @@ fn markdown(reports: &[(&Workload, Report)], env: &Env, command: &str, took: Dur
     let _ = writeln!(
         s,
         "Each table's rows ran in paired rounds: every round runs one batch of a few \
-         milliseconds of every row, in an order rotated each round, against processes that \
-         stay up for the whole run. A row's *× fastest* is the median over the rounds of its \
+         milliseconds of every row, in an order rotated each round; the rounds run in {} \
+         blocks, each against freshly started processes, so that the spread shows what \
+         differs from one start to the next. A row's *× fastest* is the median over the rounds of its \
          time per iteration (round trip or message) divided by the fastest row's in the same \
          round: 1.00× is the fastest, 2.00× takes twice as long; IQR and range are those of \
          the per-round ratios, the median figure that of the row's own rounds. Busy-wait \
@@ -1332,7 +1333,8 @@ fn markdown(reports: &[(&Workload, Report)], env: &Env, command: &str, took: Dur
          process runs on one CPU, so that no row pays the wake-up of an idle CPU that \
          another is spared (see docs/benchmarks.md). Python's rows run \
          `benches/python/compare.py`, in the same rounds. Figures from a loaded machine move \
-         more than their ratios: regenerate on a quiet one.\n"
+         more than their ratios: regenerate on a quiet one.\n",
+        Rounds::FULL.blocks
     );
     for (w, r) in reports {
         let better = if higher_is_better(w.figure) {
