@@ -514,6 +514,15 @@ impl Spread {
         })
     }
 
+    /// Its IQR and range, as the reports print them: `(IQR 1.21–1.26, range 1.05–1.27)`.
+    #[must_use]
+    pub fn bounds(&self) -> String {
+        format!(
+            "(IQR {:.2}–{:.2}, range {:.2}–{:.2})",
+            self.q1, self.q3, self.min, self.max
+        )
+    }
+
     /// The spread of the inverses of the values.
     #[must_use]
     pub fn inverse(self) -> Spread {
@@ -743,14 +752,11 @@ impl Report {
             let s = of_figure(s);
             let _ = write!(
                 line,
-                "{} {row} {} → {ours}/raw = {:.2}× (IQR {:.2}–{:.2}, range {:.2}–{:.2})",
+                "{} {row} {} → {ours}/raw = {:.2}× {}",
                 if first { "," } else { ";" },
                 three_digits(v),
                 s.median,
-                s.q1,
-                s.q3,
-                s.min,
-                s.max
+                s.bounds()
             );
             first = false;
         }
@@ -766,13 +772,10 @@ impl Report {
             };
             let _ = write!(
                 line,
-                "; {row} {} → {ours} is {:.2}× {word} (IQR {:.2}–{:.2}, range {:.2}–{:.2})",
+                "; {row} {} → {ours} is {:.2}× {word} {}",
                 three_digits(v),
                 s.median,
-                s.q1,
-                s.q3,
-                s.min,
-                s.max
+                s.bounds()
             );
         }
         Some(line)
