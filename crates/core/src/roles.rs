@@ -18,8 +18,9 @@ use std::{
 };
 
 use nix::{
+    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
     sys::socket::{AddressFamily, SockFlag, SockType, socketpair},
-    unistd::{getpid, getppid},
+    unistd::{Pid, getpid, getppid},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -759,9 +760,14 @@ impl<R> Child<R> {
 /// kernel means the *thread* that forked it: a child spawned from a short-lived thread
 /// would die with that thread. Forking from one lasting thread keeps the promise "a child
 /// never outlives its parent process, and lives as long as it".
+///
+/// A forked child runs on the CPUs its forking thread may run on: the lasting thread
+/// takes on the calling thread's CPUs before it forks, so the child gets what the caller
+/// would have given it, not what the lasting thread was left with.
 fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std::process::Child> {
     type Job = (
         std::process::Command,
+        Option<CpuSet>,
         mpsc::Sender<std::io::Result<std::process::Child>>,
     );
     static SPAWNER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
@@ -770,7 +776,10 @@ fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std:
         std::thread::Builder::new()
             .name("ipckit-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
+                for (mut cmd, cpus, reply) in rx {
+                    if let Some(cpus) = cpus {
+                        let _ = sched_setaffinity(Pid::from_raw(0), &cpus);
+                    }
                     let _ = reply.send(cmd.spawn());
                 }
             })
@@ -781,8 +790,9 @@ fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std:
         return Err(std::io::Error::other("the spawner thread could not start"));
     };
     let (reply, answer) = mpsc::channel();
+    let cpus = sched_getaffinity(Pid::from_raw(0)).ok();
     spawner
-        .send((cmd, reply))
+        .send((cmd, cpus, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     answer
         .recv()

@@ -9,6 +9,7 @@ use std::{
 use ipckit_core::{Command, Ctx, Error, Reader, RecvBytes, Role, RoleResult, SendBytes, Writer};
 use nix::{
     fcntl::OFlag,
+    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
     sys::signal::kill,
     unistd::{Pid, pipe2},
 };
@@ -340,4 +341,50 @@ fn functions_pass_to_a_child_checked_by_type() {
         .spawn()
         .unwrap();
     assert_eq!(child.join_timeout(PATIENCE).unwrap(), 81);
+}
+
+/// The CPUs the calling thread may run on.
+fn cpus_here() -> Vec<usize> {
+    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
+fn cpus_of_child((): ()) -> Vec<usize> {
+    cpus_here()
+}
+
+/// Pins the calling thread to `cpus`.
+fn pin(cpus: &[usize]) {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c).unwrap();
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+}
+
+#[test]
+fn a_child_runs_on_the_cpus_of_the_thread_that_spawned_it() {
+    ipckit_core::enter(ROLES);
+    let all = cpus_here();
+    if all.len() < 2 {
+        eprintln!("one CPU: nothing to tell apart");
+        return;
+    }
+    let child_cpus = || {
+        ipckit_core::spawn((), cpus_of_child)
+            .unwrap()
+            .join_timeout(PATIENCE)
+            .unwrap()
+    };
+    // Pinned, then not, then pinned to another: whatever CPUs the thread that forks
+    // children was left with, each child gets its caller's.
+    pin(&all[..1]);
+    assert_eq!(child_cpus(), all[..1]);
+    pin(&all);
+    assert_eq!(child_cpus(), all);
+    pin(&all[1..2]);
+    assert_eq!(child_cpus(), all[1..2]);
+    pin(&all);
 }
