@@ -121,13 +121,7 @@ impl OneCpu {
         let mut one = CpuSet::new();
         one.set(cpu).context("CPU number")?;
         let mut before = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
-            let tid: i32 = task?
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse().ok())
-                .context("a thread id")?;
-            let tid = Pid::from_raw(tid);
+        for tid in threads()? {
             // A thread that ended meanwhile is left out.
             if let Ok(set) = nix::sched::sched_getaffinity(tid)
                 && nix::sched::sched_setaffinity(tid, &one).is_ok()
@@ -139,10 +133,27 @@ impl OneCpu {
     }
 }
 
+/// The threads of this process.
+fn threads() -> anyhow::Result<Vec<Pid>> {
+    std::fs::read_dir("/proc/self/task")
+        .context("/proc/self/task")?
+        .map(|task| {
+            let tid = task?.file_name().to_str().and_then(|t| t.parse().ok());
+            Ok(Pid::from_raw(tid.context("a thread id")?))
+        })
+        .collect()
+}
+
 impl Drop for OneCpu {
+    /// Gives every thread back the CPUs it had; one started meanwhile (which took the one
+    /// CPU from its parent) gets the CPUs the process had at first.
     fn drop(&mut self) {
-        for (tid, set) in &self.before {
-            let _ = nix::sched::sched_setaffinity(*tid, set);
+        let original = original_cpus().ok();
+        for tid in threads().unwrap_or_default() {
+            let had = self.before.iter().find(|(t, _)| *t == tid).map(|(_, s)| s);
+            if let Some(set) = had.or(original.as_ref()) {
+                let _ = nix::sched::sched_setaffinity(tid, set);
+            }
         }
     }
 }
@@ -950,5 +961,32 @@ mod tests {
         );
         // It ran the two rounds of the first block, and no more.
         assert_eq!(once.secs.iter().flatten().count(), 2);
+    }
+
+    #[test]
+    fn a_thread_started_on_one_cpu_gets_every_cpu_back() {
+        let all = original_cpus().unwrap();
+        let cpus = |set: &CpuSet| {
+            (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .count()
+        };
+        if cpus(&all) < 2 {
+            return;
+        }
+        let pinned = OneCpu::pin().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let here = || nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
+            tx.send(here()).unwrap();
+            wait.recv().unwrap();
+            tx.send(here()).unwrap();
+        });
+        assert_eq!(cpus(&rx.recv().unwrap()), 1);
+        drop(pinned);
+        go.send(()).unwrap();
+        assert_eq!(cpus(&rx.recv().unwrap()), cpus(&all));
+        t.join().unwrap();
     }
 }
