@@ -29,6 +29,10 @@ use crate::{
 const CONNECT: Duration = Duration::from_secs(10);
 /// How long a dropped [`Manager`] waits for the server process it started to end.
 const STOP: Duration = Duration::from_secs(5);
+/// How many calls of one connection may await their answers before a call sent without
+/// waiting ([`Conn::submit`]) reads answers first: fewer than the fast path's queues
+/// hold, so the server never waits for room to answer a client that is not reading.
+const IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
@@ -155,6 +159,20 @@ impl Conn {
 
     pub(crate) fn call_id(&self, id: u64, op: Op, deadline: Option<Instant>) -> Result<Answer> {
         let blocks = matches!(&op, Op::On { call, .. } if call.blocks());
+        self.send_call(id, op)?;
+        match self.wait(deadline, true, |r| r.done.remove(&id)) {
+            Ok(answer) => answer,
+            Err(Error::Timeout) if blocks => {
+                // Withdraw it; its answer is then Cancelled (a timeout), or what it got.
+                self.send(&Request::Cancel { id })?;
+                self.wait(None, true, |r| r.done.remove(&id))?
+            }
+            Err(e) => self.forget(id).unwrap_or(Err(e)),
+        }
+    }
+
+    /// Sends a call whose answer its caller awaits.
+    fn send_call(&self, id: u64, op: Op) -> Result<()> {
         {
             let mut r = lock(&self.routes);
             if r.dead {
@@ -162,27 +180,37 @@ impl Conn {
             }
             r.waiting.insert(id);
         }
-        if let Err(e) = self.send(&Request::Call { id, op }) {
+        self.send(&Request::Call { id, op }).inspect_err(|_| {
             lock(&self.routes).waiting.remove(&id);
-            return Err(e);
-        }
-        let taken = |r: &mut Routes| r.done.remove(&id);
-        match self.wait(deadline, true, taken) {
+        })
+    }
+
+    /// Sends a call without waiting for its answer, which [`collect`](Conn::collect)
+    /// takes later; first, while [`IN_FLIGHT`] calls await theirs, reads answers (until
+    /// `deadline`). Calls of one connection are applied in the order they are sent.
+    pub(crate) fn submit(&self, op: Op, deadline: Option<Instant>) -> Result<u64> {
+        self.wait(deadline, true, |r| {
+            (r.waiting.len() < IN_FLIGHT).then_some(())
+        })?;
+        let id = self.fresh_id();
+        self.send_call(id, op)?;
+        Ok(id)
+    }
+
+    /// The answer of call `id` made by [`submit`](Conn::submit), waiting for it until
+    /// `deadline`; past it, the answer is forgotten (the call is not withdrawn).
+    pub(crate) fn collect(&self, id: u64, deadline: Option<Instant>) -> Result<Answer> {
+        match self.wait(deadline, true, |r| r.done.remove(&id)) {
             Ok(answer) => answer,
-            Err(Error::Timeout) if blocks => {
-                // Withdraw it; its answer is then Cancelled (a timeout), or what it got.
-                self.send(&Request::Cancel { id })?;
-                self.wait(None, true, taken)?
-            }
-            Err(e) => {
-                let mut r = lock(&self.routes);
-                r.waiting.remove(&id);
-                match r.done.remove(&id) {
-                    Some(answer) => answer,
-                    None => Err(e),
-                }
-            }
+            Err(e) => self.forget(id).unwrap_or(Err(e)),
         }
+    }
+
+    /// No longer awaits the answer of call `id`; gives it if it came.
+    pub(crate) fn forget(&self, id: u64) -> Option<Result<Answer>> {
+        let mut r = lock(&self.routes);
+        r.waiting.remove(&id);
+        r.done.remove(&id)
     }
 
     /// Waits until `ready` gives a value (a watch's event), or `deadline`. On the socket

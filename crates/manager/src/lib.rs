@@ -26,8 +26,8 @@ pub use {
     ipckit_sockets::{Address, ConnectOptions},
     protocol::{Change, Update},
     proxies::{
-        Barrier, Condition, Dict, Guard, List, Lock, Namespace, Queue, RGuard, RLock, Semaphore,
-        Shared, SharedEvent, Step,
+        Barrier, Condition, Dict, Guard, List, Lock, Namespace, Pending, Queue, RGuard, RLock,
+        Semaphore, Shared, SharedEvent, Step,
     },
     server::{ServeOptions, Server},
     value::{Value, ValueError},

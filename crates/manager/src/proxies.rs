@@ -76,8 +76,95 @@ impl Object {
         self.call_until(call, self.deadline())
     }
 
+    /// Sends `call` without waiting for its answer, which `read` makes a `T` of.
+    fn later<T>(&self, call: Call, read: fn(Answer) -> Result<T>) -> Result<Pending<T>> {
+        let op = Op::On {
+            obj: self.handle,
+            call,
+        };
+        Ok(Pending {
+            id: self.conn.submit(op, self.deadline())?,
+            conn: Arc::clone(&self.conn),
+            timeout: self.timeout,
+            read,
+            waited: false,
+        })
+    }
+
     fn watch(&self) -> Result<Watch> {
         Watch::start(&self.conn, self.handle)
+    }
+}
+
+/// The answer, still to come, of a call sent without waiting for it — made by a proxy's
+/// `_later` methods ([`Dict::incr_later`], [`Dict::insert_later`], [`List::push_later`] …)
+/// and taken with [`wait`](Pending::wait).
+///
+/// A caller that sends many calls before it waits for the first answer pays one round
+/// trip for all of them rather than one each, as a Redis pipeline does. The calls of one
+/// [`Manager`] are applied in the order they were sent, so a later call, waited for or
+/// not, sees what an earlier one did. While 32 calls of the connection await their
+/// answers, sending another first reads answers, which wait for their `Pending`s.
+///
+/// Dropping a `Pending` drops its answer, not its call: the server applies it all the
+/// same.
+///
+/// ```no_run
+/// # fn main() -> ipckit_manager::Result<()> {
+/// let m = ipckit_manager::Manager::connect(&"unix:///tmp/scores.sock".parse()?, None)?;
+/// let hits = m.dict::<String, i64>("hits")?;
+/// let sent = (0..1000)
+///     .map(|_| hits.incr_later("/", 1))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// let last = sent.into_iter().map(|p| p.wait()).last().transpose()?;
+/// println!("{last:?}");
+/// # Ok(()) }
+/// ```
+#[must_use = "the call is sent; only `wait` gives its answer"]
+pub struct Pending<T> {
+    conn: Arc<Conn>,
+    id: u64,
+    timeout: Option<Duration>,
+    read: fn(Answer) -> Result<T>,
+    waited: bool,
+}
+
+impl<T> fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Pending<T> {
+    /// Waits for the answer, under the timeout of the proxy that sent the call.
+    ///
+    /// # Errors
+    /// What the call itself would give; [`Error::Timeout`] past the proxy's timeout.
+    pub fn wait(self) -> Result<T> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        self.wait_until(deadline)
+    }
+
+    /// Waits for the answer at most `timeout`; past it, the answer is given up (the call
+    /// is applied all the same).
+    ///
+    /// # Errors
+    /// As [`wait`](Pending::wait); [`Error::Timeout`] past `timeout`.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<T> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(mut self, deadline: Option<Instant>) -> Result<T> {
+        self.waited = true;
+        (self.read)(self.conn.collect(self.id, deadline)?)
+    }
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.conn.forget(self.id);
+        }
     }
 }
 
@@ -125,6 +212,21 @@ fn boolean(a: Answer) -> Result<bool> {
         Answer::Bool(b) => Ok(b),
         other => Err(unexpected(&other)),
     }
+}
+
+/// What an [`Update`] gives.
+fn updated(a: Answer) -> Result<Value> {
+    match a {
+        Answer::Value(v) => Ok(v),
+        Answer::Len(n) => Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
+        Answer::Many(v) => Ok(Value::List(v)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// What an [`Update::Add`] gives: the new number.
+fn added<T: DeserializeOwned>(a: Answer) -> Result<T> {
+    Ok(updated(a)?.into_typed()?)
 }
 
 fn length(a: Answer) -> Result<usize> {
@@ -214,6 +316,22 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
             self.obj
                 .call(Call::Insert(to_value(key)?, to_value(value)?))?,
         )
+    }
+
+    /// [`insert`](Dict::insert), sent without waiting for its answer (see [`Pending`]).
+    ///
+    /// # Errors
+    /// As [`incr_later`](Dict::incr_later).
+    pub fn insert_later<Q: Serialize + ?Sized>(
+        &self,
+        key: &Q,
+        value: &V,
+    ) -> Result<Pending<Option<V>>>
+    where
+        K: Borrow<Q>,
+    {
+        let call = Call::Insert(to_value(key)?, to_value(value)?);
+        self.obj.later(call, maybe)
     }
 
     /// Removes `key`; gives its value.
@@ -333,8 +451,34 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        self.update(key, Update::Add(to_value(&by)?))
-            .and_then(|v| Ok(v.into_typed()?))
+        added(
+            self.obj
+                .call(Call::Apply(to_value(key)?, Update::Add(to_value(&by)?)))?,
+        )
+    }
+
+    /// [`incr`](Dict::incr), sent without waiting for its answer (see [`Pending`]).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`], [`Error::Value`], [`Error::TooLarge`]; [`Error::Timeout`]
+    /// past the proxy's timeout while 32 calls await their answers.
+    pub fn incr_later<Q: Serialize + ?Sized>(&self, key: &Q, by: V) -> Result<Pending<V>>
+    where
+        K: Borrow<Q>,
+    {
+        let call = Call::Apply(to_value(key)?, Update::Add(to_value(&by)?));
+        self.obj.later(call, added)
+    }
+
+    /// [`update`](Dict::update), sent without waiting for its answer (see [`Pending`]).
+    ///
+    /// # Errors
+    /// As [`incr_later`](Dict::incr_later).
+    pub fn update_later<Q: Serialize + ?Sized>(&self, key: &Q, op: Update) -> Result<Pending<Value>>
+    where
+        K: Borrow<Q>,
+    {
+        self.obj.later(Call::Apply(to_value(key)?, op), updated)
     }
 
     /// Applies `op` to the value at `key` on the server, atomically, and gives its answer
@@ -348,12 +492,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        match self.obj.call(Call::Apply(to_value(key)?, op))? {
-            Answer::Value(v) => Ok(v),
-            Answer::Len(n) => Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
-            Answer::Many(v) => Ok(Value::List(v)),
-            other => Err(unexpected(&other)),
-        }
+        updated(self.obj.call(Call::Apply(to_value(key)?, op))?)
     }
 
     /// Sets `key` to `new` if its value is `expected` (`None`: absent); gives `Ok` with
@@ -449,6 +588,15 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// [`Error::Disconnected`], [`Error::Timeout`], [`Error::TooLarge`], [`Error::Value`].
     pub fn push(&self, item: &T) -> Result<usize> {
         length(self.obj.call(Call::Push(to_value(item)?))?)
+    }
+
+    /// [`push`](List::push), sent without waiting for its answer (see [`Pending`]).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`], [`Error::Value`], [`Error::TooLarge`]; [`Error::Timeout`]
+    /// past the proxy's timeout while 32 calls await their answers.
+    pub fn push_later(&self, item: &T) -> Result<Pending<usize>> {
+        self.obj.later(Call::Push(to_value(item)?), length)
     }
 
     /// Appends every item, atomically; gives the new length.
@@ -603,8 +751,20 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// # Errors
     /// [`Error::Invalid`] if the value is not a number; as [`get`](Shared::get).
     pub fn incr(&self, by: T) -> Result<T> {
-        self.update(Update::Add(to_value(&by)?))
-            .and_then(|v| Ok(v.into_typed()?))
+        added(
+            self.obj
+                .call(Call::ApplyValue(Update::Add(to_value(&by)?)))?,
+        )
+    }
+
+    /// [`incr`](Shared::incr), sent without waiting for its answer (see [`Pending`]).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`], [`Error::Value`]; [`Error::Timeout`] past the proxy's
+    /// timeout while 32 calls await their answers.
+    pub fn incr_later(&self, by: T) -> Result<Pending<T>> {
+        self.obj
+            .later(Call::ApplyValue(Update::Add(to_value(&by)?)), added)
     }
 
     /// Applies `op` on the server, atomically; gives its answer (see [`Update`]).
@@ -612,12 +772,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// # Errors
     /// [`Error::Invalid`] if `op` does not apply; as [`get`](Shared::get).
     pub fn update(&self, op: Update) -> Result<Value> {
-        match self.obj.call(Call::ApplyValue(op))? {
-            Answer::Value(v) => Ok(v),
-            Answer::Len(n) => Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
-            Answer::Many(v) => Ok(Value::List(v)),
-            other => Err(unexpected(&other)),
-        }
+        updated(self.obj.call(Call::ApplyValue(op))?)
     }
 
     /// A step of a [`Manager::transaction`]: sets the value.
@@ -973,15 +1128,10 @@ impl Namespace {
     /// # Errors
     /// [`Error::Invalid`] if `op` does not apply; as [`get`](Namespace::get).
     pub fn update(&self, attr: &str, op: Update) -> Result<Value> {
-        match self
-            .obj
-            .call(Call::Apply(Value::Str(attr.to_string()), op))?
-        {
-            Answer::Value(v) => Ok(v),
-            Answer::Len(n) => Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
-            Answer::Many(v) => Ok(Value::List(v)),
-            other => Err(unexpected(&other)),
-        }
+        updated(
+            self.obj
+                .call(Call::Apply(Value::Str(attr.to_string()), op))?,
+        )
     }
 
     /// Watches every change ([`Change::Set`](crate::Change::Set) with the attribute's

@@ -74,6 +74,8 @@ macro_rules! both_ways {
 
 both_ways!(
     every_object_type,
+    calls_sent_without_waiting,
+    server_killed_with_calls_unanswered,
     wrong_type_names_object_and_both_types,
     four_processes_lose_no_update,
     watch_sees_every_change_in_order,
@@ -300,6 +302,27 @@ fn incr_worker((addr, n): (String, u32)) -> Result<bool, String> {
     Ok(m.is_fast_path())
 }
 
+/// Adds 1 to "x" `n` times without waiting for each answer, then takes every answer: the
+/// values it saw, which must rise (its calls are applied in the order it sent them).
+fn incr_later_worker((addr, n): (String, u32)) -> Result<bool, String> {
+    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
+        .map_err(|e| e.to_string())?;
+    let d = m.dict::<String, i64>("scores").map_err(|e| e.to_string())?;
+    let sent = (0..n)
+        .map(|_| d.incr_later("x", 1))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut last = 0;
+    for p in sent {
+        let v = p.wait().map_err(|e| e.to_string())?;
+        if v <= last {
+            return Err(format!("{v} after {last}"));
+        }
+        last = v;
+    }
+    Ok(m.is_fast_path())
+}
+
 fn lock_worker((addr, n): (String, u32)) -> Result<bool, String> {
     let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
         .map_err(|e| e.to_string())?;
@@ -330,6 +353,104 @@ fn four_processes_lose_no_update(via: Via) {
     assert_eq!(d.get("y").unwrap(), Some(1200));
     let hits = m.dict::<String, Vec<u32>>("hits").unwrap();
     assert_eq!(hits.get("who").unwrap().unwrap().len(), 80);
+}
+
+fn calls_sent_without_waiting(via: Via) {
+    enter(&[]);
+    let m = start(via);
+    let addr = m.address().to_string();
+    // Four processes, each with far more calls unanswered than the queues hold.
+    let mut kids: Vec<_> = (0..4)
+        .map(|_| spawn((addr.clone(), 3000), incr_later_worker).unwrap())
+        .collect();
+    for k in &mut kids {
+        assert_eq!(k.join_timeout(PATIENCE).unwrap(), Ok(via.fast()));
+    }
+    let d = m.dict::<String, i64>("scores").unwrap();
+    assert_eq!(d.get("x").unwrap(), Some(12_000));
+
+    // A call waited for sees what an earlier one not yet waited for did.
+    let first = d.insert_later("a", &1).unwrap();
+    assert_eq!(d.get("a").unwrap(), Some(1));
+    assert_eq!(first.wait().unwrap(), None);
+    // A dropped answer leaves its call made.
+    drop(d.incr_later("dropped", 5).unwrap());
+    assert_eq!(d.get("dropped").unwrap(), Some(5));
+    // Each kind of answer, and an error, come through `wait`.
+    let l = m.list::<String>("l").unwrap();
+    let pushed: Vec<_> = (0..100)
+        .map(|i| l.push_later(&i.to_string()).unwrap())
+        .collect();
+    let lens: Vec<usize> = pushed.into_iter().map(|p| p.wait().unwrap()).collect();
+    assert_eq!(lens, (1..=100).collect::<Vec<_>>());
+    let v = m.value::<i64>("v").unwrap();
+    let added = v.incr_later(7).unwrap().wait_timeout(PATIENCE).unwrap();
+    assert_eq!(added, 7);
+    let mixed = m.dict::<String, Value>("mixed").unwrap();
+    mixed.insert("s", &Value::Str("seven".into())).unwrap();
+    let bad = mixed.incr_later("s", Value::Int(1)).unwrap();
+    let max = mixed.update_later("n", Update::Max(Value::Int(3))).unwrap();
+    assert!(matches!(bad.wait(), Err(Error::Invalid { .. })));
+    assert_eq!(max.wait().unwrap(), Value::Int(3));
+    // The connection is as good as before.
+    assert_eq!(d.incr("x", 1).unwrap(), 12_001);
+}
+
+/// Sends calls without waiting, for as long as it can: until the server is gone.
+fn send_until_gone(addr: String) -> Result<String, String> {
+    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
+        .map_err(|e| e.to_string())?;
+    let d = m.dict::<String, i64>("d").map_err(|e| e.to_string())?;
+    m.event("sending")
+        .and_then(|e| e.set())
+        .map_err(|e| e.to_string())?;
+    let mut sent = Vec::new();
+    loop {
+        match d.incr_later("x", 1) {
+            Ok(p) => sent.push(p),
+            Err(Error::Disconnected) => break,
+            Err(e) => return Err(format!("sending: {e}")),
+        }
+    }
+    let gone = Instant::now();
+    // Every answer not taken yet is `Disconnected` (or came before the end).
+    for p in sent {
+        match p.wait() {
+            Ok(_) | Err(Error::Disconnected) => {}
+            Err(e) => return Err(format!("waiting: {e}")),
+        }
+    }
+    Ok(format!("{}", gone.elapsed().as_millis()))
+}
+
+fn server_killed_with_calls_unanswered(via: Via) {
+    enter(&[]);
+    let addr = fresh_addr();
+    let mut server = spawn((addr.to_string(), via.fast()), serve_at).unwrap();
+    let m =
+        Manager::connect_with(&addr, &ConnectOptions::new().retry(true).timeout(PATIENCE)).unwrap();
+    assert_eq!(m.is_fast_path(), via.fast());
+    let mut client = spawn(addr.to_string(), send_until_gone).unwrap();
+    m.event("sending")
+        .unwrap()
+        .with_timeout(PATIENCE)
+        .wait()
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let killed = Instant::now();
+    server.kill().unwrap();
+    let ms: u128 = client
+        .join_timeout(PATIENCE)
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ms < 1000, "the unanswered calls took {ms} ms to end");
+    assert!(killed.elapsed() < Duration::from_secs(2));
+    let _ = server.join_timeout(PATIENCE);
+    if let Address::Unix(path) = &addr {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn many_changes((addr, n): (String, i64)) -> Result<(), String> {
