@@ -1,10 +1,12 @@
 """Python's multiprocessing.Manager doing what benches/benches/manager.rs measures.
 
 Usage: python3 manager_bench.py SECONDS [IPCKIT_SOCKET AUTHKEY]
+       python3 manager_bench.py SECONDS --four
 Prints one line per figure: `get_rtt_us <µs>`, `lock_get_set_4x_ops <ops/s>`,
 `unlocked_4x_ops <ops/s>`, `unlocked_4x_lost <updates>`. Given the socket of an ipckit
 manager (holding a dict `bench` with `x` and a lock `lock`), the same Python client code
-runs against it too: `ipckit_get_rtt_us`, `ipckit_lock_get_set_4x_ops`.
+runs against it too: `ipckit_get_rtt_us`, `ipckit_lock_get_set_4x_ops`. With `--four`,
+only Python's manager's four-process figures.
 
 With each, the CPU time Python's client code spends per call (`get_client_cpu_us`) or per
 locked increment in all four clients (`lock_get_set_4x_client_cpu_us`), each prefixed
@@ -107,13 +109,15 @@ def against_ipckit(seconds, address, authkey):
 
 def main():
     seconds = float(sys.argv[1])
+    four_only = sys.argv[2:] == ["--four"]
     if len(sys.argv) > 3:
         against_ipckit(seconds, sys.argv[2], sys.argv[3].encode())
     with mp.Manager() as m:
         d = m.dict()
         d["x"] = 0
         d["y"] = 0
-        gets(d, seconds, "")
+        if not four_only:
+            gets(d, seconds, "")
         four_locked(locked, (d, m.Lock()), d, "")
 
         took = four(unlocked, (d, N, m.Event()))

@@ -1,15 +1,16 @@
 //! Four processes add 1 to one key of a manager's dict, `N` times each (default
 //! 200 000), through the local fast path, and the parent prints operations per second:
 //! the `manager_dict_incr_4x` bench's `incr_fast_path` row (or, with `--later`, its
-//! `incr_later_fast_path` row) alone, small enough to run under `perf`.
+//! `incr_later_fast_path` row; with `--socket`, over the socket) alone, small enough to
+//! run under `perf`.
 //!
 //! ```text
-//! cargo run --release -p ipckit-manager --example incr_4x -- [N] [--later]
+//! cargo run --release -p ipckit-manager --example incr_4x -- [N] [--later] [--socket]
 //! ```
 
 use std::{collections::VecDeque, time::Instant};
 
-use ipckit_manager::{Manager, Result};
+use ipckit_manager::{Manager, Result, ServeOptions};
 
 /// Calls a `--later` worker lets await their answers.
 const IN_FLIGHT: usize = 32;
@@ -45,7 +46,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200_000);
     let later = args.iter().any(|a| a == "--later");
-    let m = Manager::start()?;
+    let socket = args.iter().any(|a| a == "--socket");
+    let m = Manager::start_with(ServeOptions::new().fast_path(!socket))?;
     let addr = m.address().to_string();
     let start = Instant::now();
     let mut children = (0..4)

@@ -388,7 +388,8 @@ fn read_socket(mut reader: Reader, conn: &Weak<Conn>) {
 ///
 /// On a Unix socket (what `start` uses), calls and answers pass through two
 /// shared-memory queues of this connection's own instead of the socket — the local fast
-/// path, same proxies, same answers, about 1.5× the socket's calls per second — when the
+/// path, same proxies, same answers, 1.6× the socket's calls per second for one caller
+/// and 2× for calls sent without waiting (docs/design.md has the exceptions) — when the
 /// server offers it ([`ServeOptions::fast_path`], on by default);
 /// [`is_fast_path`](Manager::is_fast_path) says whether it does. The socket stays open
 /// beside them as the sign of life, and carries watch events. Over TCP everything goes

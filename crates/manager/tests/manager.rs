@@ -10,14 +10,39 @@ use std::{
 };
 
 use ipckit_manager::{
-    Address, Change, ConnectOptions, CoreError, Error, Event, Manager, ServeOptions, Update, Value,
-    enter, spawn,
+    Address, Change, Child, ConnectOptions, CoreError, Error, Event, Manager, ServeOptions, Update,
+    Value, enter, spawn,
 };
 use ipckit_testkit::{PATIENCE, wait_until};
 use serde::{Deserialize, Serialize};
 
 fn fresh_addr() -> Address {
     Address::Unix(ipckit_core::temp_path("mgrtest"))
+}
+
+/// A client, in a child process, of the server at `addr`; its error as text.
+fn client(addr: &str) -> Result<Manager, String> {
+    let addr: Address = addr.parse().map_err(|e| format!("{e}"))?;
+    Manager::connect(&addr, None).map_err(|e| e.to_string())
+}
+
+/// A worker process's function: its server's address and a count; whether it came
+/// through the fast path.
+type Work = fn((String, u32)) -> Result<bool, String>;
+
+/// Four worker processes of each `(work, count)` against `m`'s server, run together;
+/// each must have come `via`.
+fn run_workers(m: &Manager, via: Via, works: &[(Work, u32)]) {
+    let addr = m.address().to_string();
+    let kids: Vec<_> = works
+        .iter()
+        .flat_map(|&(work, n)| (0..4).map(move |_| (work, n)))
+        .map(|(work, n)| spawn((addr.clone(), n), work).unwrap())
+        .collect();
+    for mut k in kids {
+        let came = k.join_timeout(PATIENCE).unwrap();
+        assert_eq!(came, Ok(via.fast()), "each worker came {via:?}");
+    }
 }
 
 /// How local clients reach the server: every behaviour of the proxies runs both ways
@@ -286,8 +311,7 @@ fn wrong_type_names_object_and_both_types(via: Via) {
 }
 
 fn incr_worker((addr, n): (String, u32)) -> Result<bool, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let d = m.dict::<String, i64>("scores").map_err(|e| e.to_string())?;
     let hits = m
         .dict::<String, Vec<u32>>("hits")
@@ -305,8 +329,7 @@ fn incr_worker((addr, n): (String, u32)) -> Result<bool, String> {
 /// Adds 1 to "x" `n` times without waiting for each answer, then takes every answer: the
 /// values it saw, which must rise (its calls are applied in the order it sent them).
 fn incr_later_worker((addr, n): (String, u32)) -> Result<bool, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let d = m.dict::<String, i64>("scores").map_err(|e| e.to_string())?;
     let sent = (0..n)
         .map(|_| d.incr_later("x", 1))
@@ -324,8 +347,7 @@ fn incr_later_worker((addr, n): (String, u32)) -> Result<bool, String> {
 }
 
 fn lock_worker((addr, n): (String, u32)) -> Result<bool, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let d = m.dict::<String, i64>("scores").map_err(|e| e.to_string())?;
     let lock = m.lock("scores-lock").map_err(|e| e.to_string())?;
     for _ in 0..n {
@@ -339,15 +361,7 @@ fn lock_worker((addr, n): (String, u32)) -> Result<bool, String> {
 fn four_processes_lose_no_update(via: Via) {
     enter(&[]);
     let m = start(via);
-    let addr = m.address().to_string();
-    let mut kids: Vec<_> = (0..4)
-        .map(|_| spawn((addr.clone(), 2000), incr_worker).unwrap())
-        .chain((0..4).map(|_| spawn((addr.clone(), 300), lock_worker).unwrap()))
-        .collect();
-    for k in &mut kids {
-        let fast = k.join_timeout(PATIENCE).unwrap().unwrap();
-        assert_eq!(fast, via.fast(), "each worker came {via:?}");
-    }
+    run_workers(&m, via, &[(incr_worker, 2000), (lock_worker, 300)]);
     let d = m.dict::<String, i64>("scores").unwrap();
     assert_eq!(d.get("x").unwrap(), Some(8000));
     assert_eq!(d.get("y").unwrap(), Some(1200));
@@ -358,14 +372,8 @@ fn four_processes_lose_no_update(via: Via) {
 fn calls_sent_without_waiting(via: Via) {
     enter(&[]);
     let m = start(via);
-    let addr = m.address().to_string();
     // Four processes, each with far more calls unanswered than the queues hold.
-    let mut kids: Vec<_> = (0..4)
-        .map(|_| spawn((addr.clone(), 3000), incr_later_worker).unwrap())
-        .collect();
-    for k in &mut kids {
-        assert_eq!(k.join_timeout(PATIENCE).unwrap(), Ok(via.fast()));
-    }
+    run_workers(&m, via, &[(incr_later_worker, 3000)]);
     let d = m.dict::<String, i64>("scores").unwrap();
     assert_eq!(d.get("x").unwrap(), Some(12_000));
 
@@ -398,8 +406,7 @@ fn calls_sent_without_waiting(via: Via) {
 
 /// Sends calls without waiting, for as long as it can: until the server is gone.
 fn send_until_gone(addr: String) -> Result<String, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let d = m.dict::<String, i64>("d").map_err(|e| e.to_string())?;
     m.event("sending")
         .and_then(|e| e.set())
@@ -425,26 +432,16 @@ fn send_until_gone(addr: String) -> Result<String, String> {
 
 fn server_killed_with_calls_unanswered(via: Via) {
     enter(&[]);
-    let addr = fresh_addr();
-    let mut server = spawn((addr.to_string(), via.fast()), serve_at).unwrap();
-    let m =
-        Manager::connect_with(&addr, &ConnectOptions::new().retry(true).timeout(PATIENCE)).unwrap();
-    assert_eq!(m.is_fast_path(), via.fast());
-    let mut client = spawn(addr.to_string(), send_until_gone).unwrap();
-    m.event("sending")
-        .unwrap()
-        .with_timeout(PATIENCE)
-        .wait()
-        .unwrap();
+    let ServerAndClient {
+        addr,
+        mut server,
+        m: _m,
+        mut client,
+    } = server_and_client(via, send_until_gone, "sending");
     thread::sleep(Duration::from_millis(50));
     let killed = Instant::now();
     server.kill().unwrap();
-    let ms: u128 = client
-        .join_timeout(PATIENCE)
-        .unwrap()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ms = millis(&mut client);
     assert!(ms < 1000, "the unanswered calls took {ms} ms to end");
     assert!(killed.elapsed() < Duration::from_secs(2));
     let _ = server.join_timeout(PATIENCE);
@@ -454,8 +451,7 @@ fn server_killed_with_calls_unanswered(via: Via) {
 }
 
 fn many_changes((addr, n): (String, i64)) -> Result<(), String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let d = m.dict::<String, i64>("w").map_err(|e| e.to_string())?;
     for i in 0..n {
         d.insert("k", &i).map_err(|e| e.to_string())?;
@@ -542,8 +538,7 @@ fn slow_watcher_lags_without_stalling_others(via: Via) {
 }
 
 fn hold_lock(addr: String) -> Result<(), String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let _g = m
         .lock("l")
         .and_then(|l| l.acquire())
@@ -591,8 +586,7 @@ fn serve_at((addr, fast): (String, bool)) -> Result<(), String> {
 }
 
 fn blocked_client(addr: String) -> Result<String, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let q = m.queue::<i32>("never").map_err(|e| e.to_string())?;
     m.event("client-ready")
         .and_then(|e| e.set())
@@ -604,19 +598,54 @@ fn blocked_client(addr: String) -> Result<String, String> {
     }
 }
 
-fn server_killed_disconnects_every_client_and_blocked_call(via: Via) {
-    enter(&[]);
+/// The milliseconds a client process reports.
+fn millis(client: &mut Child<Result<String, String>>) -> u128 {
+    let said = client.join_timeout(PATIENCE).unwrap().unwrap();
+    said.parse().unwrap()
+}
+
+/// A server process, a client of it here, and a client process.
+struct ServerAndClient {
+    addr: Address,
+    server: Child<Result<(), String>>,
+    m: Manager,
+    client: Child<Result<String, String>>,
+}
+
+/// A server process at a fresh address whose clients come `via`, a client of it here,
+/// and a client process running `role`, once that process has set the event `ready`.
+fn server_and_client(
+    via: Via,
+    role: fn(String) -> Result<String, String>,
+    ready: &str,
+) -> ServerAndClient {
     let addr = fresh_addr();
-    let mut server = spawn((addr.to_string(), via.fast()), serve_at).unwrap();
+    let server = spawn((addr.to_string(), via.fast()), serve_at).unwrap();
     let m =
         Manager::connect_with(&addr, &ConnectOptions::new().retry(true).timeout(PATIENCE)).unwrap();
     assert_eq!(m.is_fast_path(), via.fast());
-    let mut client = spawn(addr.to_string(), blocked_client).unwrap();
-    m.event("client-ready")
+    let client = spawn(addr.to_string(), role).unwrap();
+    m.event(ready)
         .unwrap()
         .with_timeout(PATIENCE)
         .wait()
         .unwrap();
+    ServerAndClient {
+        addr,
+        server,
+        m,
+        client,
+    }
+}
+
+fn server_killed_disconnects_every_client_and_blocked_call(via: Via) {
+    enter(&[]);
+    let ServerAndClient {
+        addr,
+        mut server,
+        m,
+        mut client,
+    } = server_and_client(via, blocked_client, "client-ready");
     let lock = m.lock("l").unwrap();
     let _g = lock.acquire().unwrap();
     let other = connect(&addr, via);
@@ -639,12 +668,7 @@ fn server_killed_disconnects_every_client_and_blocked_call(via: Via) {
         Err(Error::Disconnected)
     ));
     assert!(killed.elapsed() < Duration::from_secs(1));
-    let ms: u128 = client
-        .join_timeout(PATIENCE)
-        .unwrap()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ms = millis(&mut client);
     assert!(ms < 30_000);
     assert!(killed.elapsed() < Duration::from_secs(2));
     assert!(matches!(
@@ -760,8 +784,7 @@ fn nothing_left_behind(via: Via) {
 }
 
 fn stopped_watcher(addr: String) -> Result<u64, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let mut w = m
         .value::<String>("big")
         .and_then(|v| v.watch())
@@ -863,8 +886,7 @@ fn many_threads_share_one_connection(via: Via) {
 }
 
 fn barrier_party(addr: String) -> Result<usize, String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let b = m.barrier("b", 4).map_err(|e| e.to_string())?;
     m.dict::<String, i64>("arrived")
         .and_then(|d| d.incr("n", 1))
@@ -928,8 +950,7 @@ fn rlock_barrier_and_namespace(via: Via) {
 }
 
 fn hold_rlock(addr: String) -> Result<(), String> {
-    let m = Manager::connect(&addr.parse().map_err(|e| format!("{e}"))?, None)
-        .map_err(|e| e.to_string())?;
+    let m = client(&addr)?;
     let r = m.rlock("r").map_err(|e| e.to_string())?;
     let _a = r.acquire().map_err(|e| e.to_string())?;
     let _b = r.acquire().map_err(|e| e.to_string())?;
